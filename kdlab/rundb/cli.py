@@ -1,0 +1,87 @@
+"""kdlab runs list|show|export: look at the run database without SQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from kdlab.rundb.query import runs_frame
+from kdlab.rundb.store import DEFAULT_URL, RunStore
+
+LIST_COLUMNS = [
+    "key",
+    "status",
+    "role",
+    "model",
+    "n_params",
+    "tokens",
+    "tokens_per_param",
+    "val_loss",
+]
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    runs = subparsers.add_parser("runs", help="list, show or export recorded runs")
+    runs.add_argument("--db", default=DEFAULT_URL, help="SQLAlchemy URL of the run database")
+    sub = runs.add_subparsers(dest="runs_command", required=True)
+    listing = sub.add_parser("list", help="one line per run")
+    listing.add_argument("--status", choices=["running", "done", "failed"])
+    listing.add_argument("--role", choices=["teacher", "supervised", "student"])
+    listing.set_defaults(func=_list)
+    show = sub.add_parser("show", help="every field of one run and its curve")
+    show.add_argument("key", help="run key or a unique prefix of it")
+    show.set_defaults(func=_show)
+    export = sub.add_parser("export", help="all runs to CSV or Parquet")
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=_export)
+
+
+def _filters(args: argparse.Namespace) -> dict:
+    return {k: v for k in ("status", "role") if (v := getattr(args, k, None))}
+
+
+def _list(args: argparse.Namespace) -> int:
+    frame = runs_frame(args.db, **_filters(args))
+    table = Table(title=f"{len(frame)} runs in {args.db}")
+    for column in LIST_COLUMNS:
+        table.add_column(column)
+    for _, row in frame.iterrows():
+        table.add_row(*(_fmt(row.get(c)) for c in LIST_COLUMNS))
+    Console().print(table)
+    return 0
+
+
+def _fmt(value: object) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _show(args: argparse.Namespace) -> int:
+    store = RunStore(args.db)
+    matches = store.find_key_prefix(args.key)
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        print(f"kdlab: error: {found} matches key '{args.key}' in {args.db}", file=sys.stderr)
+        return 2
+    row = matches[0]
+    row["curve"] = store.curve(row["key"])
+    print(json.dumps(row, indent=2, default=str))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    frame = runs_frame(args.db)
+    if args.format == "csv":
+        frame.to_csv(args.out, index=False)
+    else:
+        frame.to_parquet(args.out, index=False)
+    print(f"kdlab: wrote {len(frame)} runs to {args.out}")
+    return 0

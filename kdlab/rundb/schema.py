@@ -1,0 +1,83 @@
+"""Tables of the run database: one row per run, one row per validation point.
+
+Distillation fields live in the same row as the rest (null for teachers) so a fit, an
+export or a W&B-style table needs no joins.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, DateTime, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("failure", Text),
+    Column("role", String(16), nullable=False),  # teacher | supervised | student
+    Column("study", String(128)),
+    Column("family", String(128)),
+    Column("corpus", String(64)),
+    Column("corpus_fingerprint", String(64)),
+    Column("tokenizer", String(128)),
+    Column("vocab_size", Integer),
+    Column("n_ctx", Integer),
+    Column("split", String(16)),
+    Column("ladder", String(32)),
+    Column("model", String(32)),
+    Column("n_layer", Integer),
+    Column("d_model", Integer),
+    Column("n_head", Integer),
+    Column("d_ff", Integer),
+    Column("n_params", Integer),  # N: non-embedding, norms included
+    Column("total_params", Integer),
+    Column("tokens", Integer),  # D: exactly the tokens trained on
+    Column("tokens_per_param", Float),  # M = D / N
+    Column("flops_per_token", Float),  # exact forward count
+    Column("flops", Float),  # training FLOPs of this run, 3 F(N) D
+    Column("passes", Float),  # times the training split was repeated
+    Column("steps", Integer),
+    Column("batch_size", Integer),
+    Column("lr", Float),
+    Column("seed", Integer),
+    Column("val_loss", Float),
+    Column("val_ppl", Float),
+    Column("tokens_per_sec", Float),
+    Column("mfu", Float),
+    Column("wall_time_s", Float),
+    # distillation: the teacher and the objective
+    Column("teacher_key", String(64)),
+    Column("teacher_model", String(32)),
+    Column("teacher_n_params", Integer),
+    Column("teacher_tokens", Integer),
+    Column("teacher_loss", Float),  # L_T on the same validation tokens
+    Column("kd_lambda", Float),
+    Column("kd_tau", Float),
+    Column("divergence", String(32)),
+    Column("flops_student", Float),  # 3 F(N_S) D_S
+    Column("flops_teacher_logits", Float),  # F(N_T) D_S
+    Column("flops_teacher_pretraining", Float),  # 3 F(N_T) D_T
+    Column("val_kl", Float),
+    Column("val_top1_agreement", Float),
+    Column("val_ece", Float),
+    # provenance
+    Column("git_rev", String(64)),
+    Column("wandb_url", Text),
+    Column("run_dir", Text),
+    Column("config", JSON),
+    Column("created_at", DateTime),
+    Column("updated_at", DateTime),
+)
+
+curves = Table(
+    "curves",
+    metadata,
+    Column("run_key", String(64), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("tokens", Integer),
+    Column("val_loss", Float),
+)
+
+RUN_COLUMNS = frozenset(c.name for c in runs.columns)

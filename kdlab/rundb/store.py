@@ -1,0 +1,139 @@
+"""The run store: SQLite by default, any SQLAlchemy URL (PostgreSQL on clusters).
+
+Every write is a short transaction keyed by the run key, so many jobs on many nodes can
+share one database; SQLite gets WAL and a busy timeout so parallel local jobs wait
+instead of failing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from kdlab.rundb.schema import RUN_COLUMNS, curves, metadata, runs
+
+DEFAULT_URL = "sqlite:///runs/kdlab.db"
+
+
+class RunDBError(RuntimeError):
+    """The database cannot be opened or read; the message names the URL."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _dialect_insert(dialect: str) -> Any:
+    """INSERT with ON CONFLICT: one atomic statement, so concurrent writers never race."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise RunDBError(f"the run database supports SQLite and PostgreSQL, not {dialect}")
+    return insert
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+class RunStore:
+    """Reads and writes runs and their validation curves."""
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url = url
+        self.engine = self._connect(url)
+
+    @staticmethod
+    def _connect(url: str) -> Engine:
+        try:
+            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                url, connect_args={"timeout": 60} if url.startswith("sqlite") else {}
+            )
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            metadata.create_all(engine, checkfirst=True)
+        except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as err:
+            reason = str(err).splitlines()[0]
+            raise RunDBError(f"cannot open the run database '{url}': {reason}") from err
+        return engine
+
+    # -- writes ---------------------------------------------------------------------
+
+    def upsert(self, key: str, **fields: Any) -> None:
+        """Insert the run or update the given fields of an existing one."""
+        unknown = set(fields) - RUN_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+        now = _now()
+        insert = _dialect_insert(self.engine.dialect.name)
+        statement = insert(runs).values(key=key, created_at=now, updated_at=now, **fields)
+        statement = statement.on_conflict_do_update(
+            index_elements=[runs.c.key], set_={"updated_at": now, **fields}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement)
+
+    def start(self, key: str, **fields: Any) -> None:
+        self.upsert(key, status="running", failure=None, **fields)
+
+    def update(self, key: str, **fields: Any) -> None:
+        """Change fields of a run that was started; a missing run is a bug, so it raises."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                runs.update().where(runs.c.key == key).values(updated_at=_now(), **fields)
+            )
+        if done.rowcount != 1:
+            raise KeyError(f"run {key} is not in the database {self.url}")
+
+    def finish(self, key: str, **fields: Any) -> None:
+        self.update(key, status="done", failure=None, **fields)
+
+    def fail(self, key: str, reason: str, **fields: Any) -> None:
+        self.update(key, status="failed", failure=reason, **fields)
+
+    def add_curve_point(self, key: str, step: int, tokens: int, val_loss: float) -> None:
+        insert = _dialect_insert(self.engine.dialect.name)
+        statement = insert(curves).values(run_key=key, step=step, tokens=tokens, val_loss=val_loss)
+        statement = statement.on_conflict_do_update(
+            index_elements=[curves.c.run_key, curves.c.step],
+            set_={"tokens": tokens, "val_loss": val_loss},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.key == key)).mappings().first()
+        return dict(row) if row else None
+
+    def find(self, **equals: Any) -> list[dict[str, Any]]:
+        """Runs whose columns equal the given values, oldest first."""
+        query = select(runs).order_by(runs.c.created_at, runs.c.key)
+        for name, value in equals.items():
+            query = query.where(runs.c[name] == value)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def find_key_prefix(self, prefix: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs).where(runs.c.key.startswith(prefix))).mappings()
+            return [dict(r) for r in rows]
+
+    def curve(self, key: str) -> list[dict[str, Any]]:
+        query = select(curves).where(curves.c.run_key == key).order_by(curves.c.step)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]

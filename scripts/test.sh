@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up and run the test suite (slow tests too with: scripts/test.sh -m "")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec "${PYTHON:-python3}" -m pytest -m "not slow" -q "$@"

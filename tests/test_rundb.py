@@ -1,0 +1,120 @@
+"""The run database on a real SQLite file: rows, curves, queries, CLI, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from kdlab.rundb import RunDBError, RunStore, fit_points
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path}/runs.db"
+
+
+def _teacher(store: RunStore, key: str, n: int, d: int, loss: float | None, status="done"):
+    store.start(
+        key,
+        role="teacher",
+        n_params=n,
+        tokens=d,
+        corpus_fingerprint="c1",
+        tokenizer="byte",
+        n_ctx=128,
+    )
+    if status == "done":
+        store.finish(key, val_loss=loss)
+    elif status == "failed":
+        store.fail(key, "diverged: loss became nan at step 3")
+
+
+def test_lifecycle_and_curve(url):
+    store = RunStore(url)
+    store.start("k1", role="teacher", n_params=10, tokens=200)
+    assert store.get("k1")["status"] == "running"
+    store.add_curve_point("k1", 5, 100, 3.0)
+    store.add_curve_point("k1", 5, 100, 2.9)  # rewritten, not duplicated (resume)
+    store.add_curve_point("k1", 10, 200, 2.5)
+    store.finish("k1", val_loss=2.5)
+    row = store.get("k1")
+    assert (row["status"], row["val_loss"], row["failure"]) == ("done", 2.5, None)
+    assert [(p["step"], p["val_loss"]) for p in store.curve("k1")] == [(5, 2.9), (10, 2.5)]
+    assert RunStore(url).get("k1")["tokens"] == 200  # persisted in the file
+
+
+def test_fit_points_only_finished_runs_of_the_right_role(url):
+    store = RunStore(url)
+    _teacher(store, "a", 100, 2000, 3.0)
+    _teacher(store, "b", 200, 4000, 2.8)
+    _teacher(store, "c", 300, 6000, None, status="failed")
+    _teacher(store, "d", 400, 8000, None, status="running")
+    store.start("s", role="student", n_params=100, tokens=4000, teacher_loss=2.8)
+    store.finish("s", val_loss=2.9)
+    sup = fit_points(url, "supervised")
+    assert sorted(sup["run_key"]) == ["a", "b"]
+    assert list(sup.columns[:3]) == ["N", "D", "loss"]
+    dist = fit_points(url, "distillation")
+    assert dist[["N_S", "D_S", "L_T", "loss"]].values.tolist() == [[100, 4000, 2.8, 2.9]]
+
+
+def test_failure_reason_kept(url):
+    store = RunStore(url)
+    _teacher(store, "x", 1, 1, None, status="failed")
+    assert store.get("x")["failure"].startswith("diverged")
+
+
+@pytest.mark.parametrize("bad", ["nodb://nowhere", "sqlite:////proc/no/such/dir/x.db"])
+def test_unreadable_url_is_one_sentence(bad):
+    with pytest.raises(RunDBError, match="cannot open the run database"):
+        RunStore(bad)
+
+
+def _writer(url: str, worker: int, n: int) -> None:
+    store = RunStore(url)
+    for i in range(n):
+        key = f"w{worker}-{i}"
+        store.start(key, role="teacher", n_params=i + 1)
+        store.add_curve_point(key, 1, 1, 1.0)
+        store.finish(key, val_loss=1.0)
+
+
+def test_two_processes_lose_no_rows(url):
+    RunStore(url)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(url, w, 40)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rows = RunStore(url).find(status="done")
+    assert len(rows) == 80
+
+
+def test_cli_list_show_export(url, tmp_path):
+    store = RunStore(url)
+    _teacher(store, "abcdef0123456789", 100, 2000, 3.0)
+
+    def kdlab(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "kdlab.cli", "runs", "--db", url, *args],
+            capture_output=True,
+            text=True,
+        )
+
+    out = kdlab("list")
+    assert out.returncode == 0 and "abcdef0123456789" in out.stdout
+    shown = kdlab("show", "abcd")
+    assert shown.returncode == 0 and '"val_loss": 3.0' in shown.stdout
+    missing = kdlab("show", "zzz")
+    assert missing.returncode == 2 and "no run matches key 'zzz'" in missing.stderr
+    for fmt in ("csv", "parquet"):
+        target = tmp_path / f"runs.{fmt}"
+        assert kdlab("export", "--format", fmt, "--out", str(target)).returncode == 0
+        frame = pd.read_csv(target) if fmt == "csv" else pd.read_parquet(target)
+        assert frame.loc[0, "val_loss"] == 3.0 and frame.loc[0, "n_params"] == 100
