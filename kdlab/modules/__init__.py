@@ -1,0 +1,6 @@
+"""LightningModules: the shared LM base, pretraining, and distillation."""
+
+from kdlab.modules.base import DivergedError, LanguageModelModule
+from kdlab.modules.pretrain import PretrainModule
+
+__all__ = ["DivergedError", "LanguageModelModule", "PretrainModule"]

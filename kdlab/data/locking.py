@@ -1,0 +1,75 @@
+"""Build-once files shared by concurrent runs: a lock plus write-to-temp and rename.
+
+Every run of a sweep may ask for the same cached artefact (token array, tokenizer,
+fingerprint) at the same moment; the first one builds it, the others wait on the lock and
+then find the finished file. Readers never see a half-written file because the final path
+only ever appears through an atomic ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def temp_path_for(final: str | os.PathLike[str]) -> Path:
+    """A fresh temporary file in the same directory as ``final`` (so rename is atomic)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``final`` so that readers see either nothing or all of it."""
+    tmp = temp_path_for(final)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(final: str | os.PathLike[str], obj: Any) -> None:
+    """JSON flavour of :func:`atomic_write_text` (sorted keys, so files diff cleanly)."""
+    atomic_write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def build_once(final: str | os.PathLike[str], build: Callable[[], None]) -> bool:
+    """Run ``build`` unless ``final`` exists; concurrent callers wait instead of rebuilding.
+
+    ``build`` must create ``final`` atomically. Returns True when this call built it.
+    """
+    final = Path(final)
+    if final.exists():
+        return False
+    with file_lock(final.with_name(final.name + ".lock")):
+        if final.exists():  # another process finished it while we waited
+            return False
+        build()
+        if not final.exists():
+            raise RuntimeError(f"building {final} finished without creating it")
+        return True

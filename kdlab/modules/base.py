@@ -1,0 +1,100 @@
+"""The LightningModule every kdlab run shares: model, optimiser, schedule, validation.
+
+Pretraining and distillation differ only in their training loss, so everything a
+scaling-law point depends on besides that loss (muP groups, the schedule, the validation
+cross-entropy on the fixed set) lives here once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from kdlab.losses import next_token_loss
+from kdlab.models.gpt import GPT
+from kdlab.models.ladder import ModelShape
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; the run is recorded as failed, never fitted."""
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warm-up, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LanguageModelModule(L.LightningModule):
+    """Shared base; subclasses define ``training_loss(batch) -> (loss, logs)``."""
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        total_steps: int,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 1e-3,
+        z_loss: float = 1e-4,
+        flops_per_token: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.shape = shape
+        self.model = GPT(shape)
+        self.total_steps = total_steps
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.z_loss = z_loss
+        self.flops_per_token = flops_per_token
+        self.val_ce = MeanMetric()
+        self.flops_per_batch = 0.0  # read by Lightning's ThroughputMonitor
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.model.optimizer_groups(self.lr, self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(
+                step, self.total_steps, self.warmup_steps, self.min_lr_ratio
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, _ = batch
+        # 3 F(N) per token: forward plus a backward of twice its cost.
+        self.flops_per_batch = 3.0 * self.flops_per_token * x.numel()
+        loss, logs = self.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"loss became {loss.item()} at step {self.global_step}")
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        sums = next_token_loss(self.model(x), y)
+        self.val_ce.update(sums.ce / sums.n_tokens, weight=sums.n_tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_ce.compute()
+        self.val_ce.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss), sync_dist=True)

@@ -1,0 +1,303 @@
+"""One run, end to end: plan before compute, skip or resume, fit, record.
+
+``plan_run`` does everything that can fail on bad input (shape, data, budget, database)
+so a mistake costs no compute and writes nothing; ``execute`` then trains and records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from kdlab.callbacks import CurveRecorder, TrainClock
+from kdlab.data import TokenDataModule, resolve_tokens
+from kdlab.errors import ConfigError
+from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params, total_params
+from kdlab.modules import DivergedError
+from kdlab.rundb import RunStore
+from kdlab.runkey import run_key
+
+ROLE_SPLIT = {"teacher": "teacher", "supervised": "student", "student": "student"}
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a run will do, fixed before any compute."""
+
+    key: str
+    role: str
+    shape: ModelShape
+    data: TokenDataModule
+    tokens: int
+    n_params: int
+    flops_per_token: float
+    science: dict[str, Any]
+    run_dir: Path
+    store: RunStore
+
+    @property
+    def steps(self) -> int:
+        return self.data.num_steps
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Resolve shape, data, budget and key; raise ConfigError on any bad input."""
+    try:
+        return _plan_run(cfg)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValueError):
+            raise ConfigError(str(cause)) from cause
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _plan_run(cfg: DictConfig) -> RunPlan:
+    role = cfg.role
+    if role not in ROLE_SPLIT:
+        raise ConfigError(f"role must be one of {sorted(ROLE_SPLIT)}, not '{role}'")
+    store = RunStore(cfg.db.url)
+
+    shape = instantiate(cfg.model)
+    data = instantiate(cfg.data.module, split=ROLE_SPLIT[role], seq_len=shape.n_ctx, train_tokens=1)
+    shape = instantiate(cfg.model, vocab_size=data.vocab_size)
+    n_params = non_embedding_params(shape)
+    fpt = flops_per_token(shape)
+    tokens = resolve_tokens(
+        tokens=cfg.data.tokens,
+        tokens_per_param=cfg.data.tokens_per_param,
+        flops=cfg.data.flops,
+        n_params=n_params,
+        flops_per_token=fpt,
+    )
+    data.train_tokens = tokens
+    data.prepare_data()
+    data.setup("fit")
+
+    science = {
+        "role": role,
+        "shape": dataclasses.asdict(shape),
+        "corpus": data.fingerprint,
+        "tokenizer": data.tokenizer_name,
+        "split": ROLE_SPLIT[role],
+        "tokens": tokens,
+        "batch_size": data.batch_size,
+        "val_tokens": data.val_tokens,
+        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "objective": OmegaConf.to_container(cfg.objective, resolve=True),
+        "seed": cfg.seed,
+    }
+    key = run_key(science)
+    return RunPlan(
+        key=key,
+        role=role,
+        shape=shape,
+        data=data,
+        tokens=tokens,
+        n_params=n_params,
+        flops_per_token=fpt,
+        science=science,
+        run_dir=Path(cfg.paths.runs_dir) / key,
+        store=store,
+    )
+
+
+def _loggers(cfg: DictConfig, plan: RunPlan) -> list[Any]:
+    loggers = []
+    for name, node in (cfg.logger or {}).items():
+        if name == "wandb":
+            loggers.append(
+                instantiate(
+                    node,
+                    name=f"{plan.role}-{plan.shape.ladder}-{plan.shape.name}-{plan.key}",
+                    id=plan.key,
+                    save_dir=str(plan.run_dir),
+                    job_type=plan.role,
+                    config=_wandb_config(plan),
+                )
+            )
+        else:
+            loggers.append(instantiate(node, save_dir=str(plan.run_dir)))
+    return loggers
+
+
+def _wandb_config(plan: RunPlan) -> dict[str, Any]:
+    """The numbers runs are compared by, flat so W&B's table shows them as columns."""
+    return {
+        "key": plan.key,
+        "role": plan.role,
+        "model": plan.shape.name,
+        "N": plan.n_params,
+        "D": plan.tokens,
+        "M": plan.tokens / plan.n_params,
+        "flops": 3 * plan.flops_per_token * plan.tokens,
+        **plan.science,
+    }
+
+
+def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
+    shape, data = plan.shape, plan.data
+    return dict(
+        role=plan.role,
+        study=cfg.study,
+        family=cfg.family,
+        corpus=data.corpus_name,
+        corpus_fingerprint=data.fingerprint,
+        tokenizer=data.tokenizer_name,
+        vocab_size=shape.vocab_size,
+        n_ctx=shape.n_ctx,
+        split=ROLE_SPLIT[plan.role],
+        ladder=shape.ladder,
+        model=shape.name,
+        n_layer=shape.n_layer,
+        d_model=shape.d_model,
+        n_head=shape.n_head,
+        d_ff=shape.d_ff,
+        n_params=plan.n_params,
+        total_params=total_params(shape),
+        tokens=plan.tokens,
+        tokens_per_param=plan.tokens / plan.n_params,
+        flops_per_token=plan.flops_per_token,
+        flops=3.0 * plan.flops_per_token * plan.tokens,
+        passes=data.passes,
+        steps=data.num_steps,
+        batch_size=data.batch_size,
+        lr=cfg.optim.lr,
+        seed=cfg.seed,
+        git_rev=git_revision(),
+        run_dir=str(plan.run_dir),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
+    optim = cfg.optim
+    warmup = optim.warmup_steps
+    if warmup is None:
+        warmup = max(1, round(optim.warmup_fraction * plan.steps))
+    factory = instantiate(cfg.objective)
+    return factory(
+        shape=plan.shape,
+        total_steps=plan.steps,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        warmup_steps=int(warmup),
+        min_lr_ratio=optim.min_lr_ratio,
+        z_loss=optim.z_loss,
+        flops_per_token=plan.flops_per_token,
+    )
+
+
+def execute(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
+    plan = plan_run(cfg)
+    row = plan.store.get(plan.key)
+    if row and row["status"] == "done" and not cfg.force:
+        print(f"kdlab: run {plan.key} is already done (val_loss {row['val_loss']:.4f}); skipped")
+        return row
+    if cfg.force and plan.run_dir.exists():
+        shutil.rmtree(plan.run_dir)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    resume = plan.checkpoint if plan.checkpoint.exists() else None
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg, plan)
+    plan.store.start(plan.key, **_row_fields(cfg, plan))
+
+    clock = TrainClock()
+    tokens_per_step = plan.data.batch_size * plan.shape.n_ctx
+    callbacks = [
+        clock,
+        CurveRecorder(plan.store, plan.key, tokens_per_step),
+        ModelCheckpoint(
+            dirpath=plan.run_dir / "checkpoints",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint.every_n_steps,
+        ),
+        ThroughputMonitor(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel()),
+    ]
+    loggers = _loggers(cfg, plan)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        max_steps=plan.steps,
+        max_epochs=1,
+        val_check_interval=max(1, plan.steps // max(1, cfg.val.points)),
+        check_val_every_n_epoch=None,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(plan.run_dir),
+    )
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=plan.data, ckpt_path=str(resume) if resume else None)
+        final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
+    except DivergedError as err:
+        plan.store.fail(plan.key, f"diverged: {err}", wall_time_s=time.perf_counter() - start)
+        _finish_loggers(loggers)
+        print(f"kdlab: run {plan.key} diverged ({err}); recorded as failed")
+        return plan.store.get(plan.key)
+    except BaseException as err:
+        plan.store.fail(plan.key, f"{type(err).__name__}: {err}".strip())
+        _finish_loggers(loggers)
+        raise
+    val_loss = float(final["val/loss"])
+    plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss)
+    plan.store.finish(
+        plan.key,
+        val_loss=val_loss,
+        val_ppl=float(final["val/ppl"]),
+        tokens_per_sec=clock.tokens_per_sec,
+        wall_time_s=time.perf_counter() - start,
+        wandb_url=_wandb_url(loggers),
+    )
+    _finish_loggers(loggers)
+    print(f"kdlab: run {plan.key} done: val_loss {val_loss:.4f}")
+    return plan.store.get(plan.key)
+
+
+def _wandb_url(loggers: list[Any]) -> str | None:
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        url = getattr(experiment, "url", None)
+        if url or hasattr(experiment, "dir"):
+            return url or f"file://{experiment.dir}"
+    return None
+
+
+def _finish_loggers(loggers: list[Any]) -> None:
+    """Close each logger so the next job in the same process starts a new W&B run."""
+    for logger in loggers:
+        logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
