@@ -7,6 +7,7 @@ cross-entropy on the fixed set) lives here once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -91,7 +92,11 @@ class LanguageModelModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         sums = next_token_loss(self.model(x), y)
-        self.val_ce.update(sums.ce / sums.n_tokens, weight=sums.n_tokens)
+        self.val_ce.update(sums.ce_sum / sums.n_tokens, weight=sums.n_tokens)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint can then teach a student without its run's config
+        checkpoint["kdlab_shape"] = dataclasses.asdict(self.shape)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_ce.compute()

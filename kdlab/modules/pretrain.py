@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from kdlab.losses import next_token_loss
+from kdlab.losses import combined_student_loss
 from kdlab.modules.base import LanguageModelModule
 
 
 class PretrainModule(LanguageModelModule):
-    """L = CE + z_loss * (log Z)^2, both averaged over the batch's valid tokens."""
+    """L = CE + z_loss * (log Z)^2 per valid token: the student objective at lambda = 0."""
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         x, y = batch
-        sums = next_token_loss(self.model(x), y)
-        ce = sums.ce / sums.n_tokens
-        z = sums.z / sums.n_tokens
-        return ce + self.z_loss * z, {"ce": ce.detach(), "z_loss": z.detach()}
+        out = combined_student_loss(self.model(x), y, kd_weight=0.0, z_loss_weight=self.z_loss)
+        n = out.n_tokens.clamp_min(1)
+        return out.loss, {"ce": out.ce_sum.detach() / n, "z_loss": out.z_sum.detach() / n}

@@ -1,0 +1,208 @@
+"""Find, check and load the teacher a student is distilled from.
+
+A student names its teacher by run key, by the teacher's science settings (looked up in
+the run database: it must be a finished run), by a checkpoint path, or, on the Markov
+corpus, as the oracle (the true conditional distribution). Every mismatch that would make
+L_S meaningless is refused here, before any compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from kdlab.errors import ConfigError
+from kdlab.models.gpt import GPT
+from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
+from kdlab.rundb import RunStore
+
+MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
+WEIGHTS = "model.pt"
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A frozen teacher and the facts about it that go into the student's row."""
+
+    model: nn.Module
+    key: str
+    name: str
+    n_params: int
+    tokens: int
+    loss: float | None  # L_T on the shared validation tokens; None: measured by the student
+    flops_per_token: float
+    fingerprint: str
+    tokenizer: str
+    vocab_size: int
+    n_ctx: int
+
+
+class MarkovOracle(nn.Module):
+    """Logits equal to the log of the chain's true next-token distribution."""
+
+    def __init__(self, transition: Any) -> None:
+        super().__init__()
+        probs = torch.as_tensor(transition, dtype=torch.float32)
+        self.register_buffer("log_probs", probs.clamp_min(1e-30).log())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.log_probs[idx]
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def save_weights(model: GPT, run_dir: Path) -> None:
+    """The final weights of a finished run, apart from resumable checkpoints."""
+    torch.save(
+        {"shape": dataclasses.asdict(model.shape), "state_dict": model.state_dict()},
+        run_dir / WEIGHTS,
+    )
+
+
+def load_weights(path: Path) -> GPT:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" in blob and "shape" in blob:
+        model = GPT(ModelShape(**blob["shape"]))
+        model.load_state_dict(blob["state_dict"])
+        return model
+    # a Lightning checkpoint of a kdlab module
+    if "kdlab_shape" not in blob:
+        raise ConfigError(f"teacher checkpoint {path} is not a kdlab checkpoint (no model shape)")
+    model = GPT(ModelShape(**blob["kdlab_shape"]))
+    prefix = "model."
+    model.load_state_dict(
+        {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
+    )
+    return model
+
+
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """The config of the teacher run named by science settings: same data, its own size
+    and budget, pretraining on the teacher split."""
+    spec = cfg.teacher
+    path = MODEL_CONF / f"{spec.model}.yaml"
+    if not path.exists():
+        choices = sorted(p.stem for p in MODEL_CONF.glob("*.yaml"))
+        raise ConfigError(f"unknown teacher.model '{spec.model}'; choose one of {choices}")
+    tcfg = cfg.copy()
+    with open_dict(tcfg):
+        tcfg.model = OmegaConf.load(path)
+        tcfg.role = "teacher"
+        tcfg.objective = OmegaConf.create({"_target_": "kdlab.modules.PretrainModule", "_partial_": True})
+        tcfg.data.tokens = spec.tokens
+        tcfg.data.tokens_per_param = spec.tokens_per_param
+        tcfg.data.flops = spec.flops
+        if spec.get("seed") is not None:
+            tcfg.seed = spec.seed
+    return tcfg
+
+
+def resolve_teacher(cfg: DictConfig, store: RunStore, data: Any) -> Teacher:
+    """The student's teacher, checked against the student's data; raises ConfigError."""
+    spec = cfg.teacher
+    if spec.get("oracle"):
+        return _oracle(data)
+    if spec.get("checkpoint"):
+        return _checked(_from_checkpoint(Path(spec.checkpoint), data), data)
+    if spec.get("key"):
+        key = spec.key
+    elif spec.get("model"):
+        from kdlab.runner import plan_run  # the teacher's key is computed like any run's
+
+        key = plan_run(teacher_config(cfg)).key
+    else:
+        raise ConfigError(
+            "objective=distill needs a teacher: teacher.key, teacher.model with its budget, "
+            "teacher.checkpoint, or teacher=oracle"
+        )
+    return _checked(_from_run(store, key), data)
+
+
+def _from_run(store: RunStore, key: str) -> Teacher:
+    row = store.get(key)
+    if row is None:
+        raise ConfigError(f"teacher run {key} is not in the run database {store.url}; train it first")
+    if row["status"] != "done":
+        raise ConfigError(f"teacher run {key} is {row['status']}, not done; it cannot teach")
+    weights = Path(row["run_dir"]) / WEIGHTS
+    if not weights.exists():
+        raise ConfigError(f"teacher run {key} is done but its weights {weights} are missing")
+    model = load_weights(weights)
+    return Teacher(
+        model=frozen(model),
+        key=key,
+        name=row["model"],
+        n_params=row["n_params"],
+        tokens=row["tokens"],
+        loss=row["val_loss"],
+        flops_per_token=row["flops_per_token"],
+        fingerprint=row["corpus_fingerprint"],
+        tokenizer=row["tokenizer"],
+        vocab_size=row["vocab_size"],
+        n_ctx=row["n_ctx"],
+    )
+
+
+def _from_checkpoint(path: Path, data: Any) -> Teacher:
+    if not path.exists():
+        raise ConfigError(f"teacher.checkpoint {path} does not exist")
+    model = load_weights(path)
+    shape = model.shape
+    return Teacher(
+        model=frozen(model),
+        key=f"checkpoint:{path.resolve()}",
+        name=shape.name,
+        n_params=non_embedding_params(shape),
+        tokens=0,
+        loss=None,
+        flops_per_token=flops_per_token(shape),
+        fingerprint=data.fingerprint,  # a bare checkpoint cannot say; the user vouches
+        tokenizer=data.tokenizer_name,
+        vocab_size=shape.vocab_size,
+        n_ctx=shape.n_ctx,
+    )
+
+
+def _oracle(data: Any) -> Teacher:
+    corpus = data.corpus
+    if not hasattr(corpus, "transition"):
+        raise ConfigError("teacher=oracle needs the markov corpus (data=markov)")
+    return Teacher(
+        model=frozen(MarkovOracle(corpus.transition)),
+        key=f"oracle:{data.fingerprint}",
+        name="oracle",
+        n_params=0,
+        tokens=0,
+        loss=float(corpus.entropy_rate),
+        flops_per_token=0.0,
+        fingerprint=data.fingerprint,
+        tokenizer=data.tokenizer_name,
+        vocab_size=data.vocab_size,
+        n_ctx=data.seq_len,
+    )
+
+
+def _checked(teacher: Teacher, data: Any) -> Teacher:
+    mismatches = [
+        f"{what} {theirs} vs the student's {ours}"
+        for what, theirs, ours in (
+            ("corpus", teacher.fingerprint, data.fingerprint),
+            ("tokenizer", teacher.tokenizer, data.tokenizer_name),
+            ("vocabulary", teacher.vocab_size, data.vocab_size),
+            ("context", teacher.n_ctx, data.seq_len),
+        )
+        if theirs != ours
+    ]
+    if mismatches:
+        raise ConfigError(f"teacher {teacher.key} does not match the student: {'; '.join(mismatches)}")
+    return teacher

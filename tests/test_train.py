@@ -1,0 +1,167 @@
+"""One run end to end: real Hydra config, real Lightning Trainer, real SQLite file."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kdlab.data import build_corpus
+from kdlab.rundb import RunStore
+from tests.conftest import REPO, run_cli
+
+TINY = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+
+
+def _db(root: Path) -> RunStore:
+    return RunStore(f"sqlite:///{root}/runs/kdlab.db")
+
+
+def test_row_holds_what_a_fit_needs_and_rerun_skips(train, tmp_path, capsys):
+    row = train(*TINY)
+    assert row["status"] == "done"
+    expected = {
+        "role": "teacher", "split": "teacher", "corpus": "stdlib", "tokenizer": "byte",
+        "vocab_size": 256, "n_ctx": 128, "ladder": "nano", "model": "L1", "n_params": 3408,
+        "tokens": 16384, "seed": 0,
+    }
+    assert {k: row[k] for k in expected} == expected
+    for field in ("key", "corpus_fingerprint", "total_params", "tokens_per_param", "flops",
+                  "flops_per_token", "passes", "val_loss", "val_ppl", "tokens_per_sec",
+                  "wall_time_s", "git_rev", "config", "created_at", "steps"):
+        assert row[field] is not None, field
+    assert row["flops"] == pytest.approx(3 * row["flops_per_token"] * 16384)
+    assert row["tokens_per_param"] == pytest.approx(16384 / 3408)
+    assert 0 < row["passes"] < 1
+    assert math.isfinite(row["val_loss"]) and row["val_loss"] < math.log(256)
+    assert row["config"]["model"]["name"] == "L1"
+    curve = _db(tmp_path).curve(row["key"])
+    assert len(curve) >= 2 and curve[-1]["tokens"] == 16384
+    assert curve[-1]["val_loss"] == pytest.approx(row["val_loss"])
+    assert (Path(row["run_dir"]) / "model.pt").exists()
+
+    again = train(*TINY)
+    assert again["key"] == row["key"] and again["updated_at"] == row["updated_at"]
+    assert "already done" in capsys.readouterr().out
+    forced = train(*TINY, "force=true")
+    assert forced["updated_at"] > row["updated_at"]
+    assert forced["val_loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+
+
+def test_budget_three_ways_and_key_ignores_paths(train, tmp_path):
+    by_m = train("model=nano_L1", "data.tokens_per_param=5")
+    assert by_m["tokens"] == 5 * 3408
+    flops = 3 * by_m["flops_per_token"] * 20000
+    by_c = train("model=nano_L1", "data.tokens_per_param=null", f"data.flops={flops}")
+    assert by_c["tokens"] == 20000
+    # same science under another root: same key (paths never enter it)
+    other = train("model=nano_L1", "data.tokens_per_param=5", root=tmp_path / "elsewhere")
+    assert other["key"] == by_m["key"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=nano_L1", "model.name=L9"], "Unknown size 'L9' in ladder 'nano'"),
+        (["model=nano_L1", "data.tokens=-5", "data.tokens_per_param=null"], "tokens"),
+        (["model=nano_L1", "data.tokens=1000"], "exactly one"),
+        (["model=nano_L1", "data.tokens_per_param=null"], "exactly one"),
+        (["model=nano_L1", "data.module.corpus.name=nocorpus"], "nocorpus"),
+        (["model=nano_L1", "db.url=nodb://x"], "cannot open the run database 'nodb://x'"),
+        (["model=nano_L1", "data.module.val_tokens=100000000"], "validation"),
+        (["model=nano_L1", "role=wizard"], "role must be one of"),
+    ],
+)
+def test_bad_input_one_sentence_before_compute(train, tmp_path, overrides, message):
+    from kdlab.errors import ConfigError
+    from kdlab.rundb import RunDBError
+
+    with pytest.raises((ConfigError, RunDBError)) as err:
+        train(*overrides)
+    text = str(err.value)
+    assert message.lower() in text.lower()
+    assert "\n" not in text
+    db = tmp_path / "runs" / "kdlab.db"
+    assert not db.exists() or not _db(tmp_path).find()
+
+
+def test_bad_input_from_the_command_line_exits_2_and_keeps_recorded_runs(train, tmp_path):
+    done = train(*TINY)
+    out = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", "model=nano_L1",
+                  "data.tokens=-1", "data.tokens_per_param=null")
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("kdlab-train: error")]
+    assert len(errors) == 1 and "tokens" in errors[0]
+    assert _db(tmp_path).get(done["key"])["status"] == "done"
+
+
+def test_diverged_run_is_recorded_as_failed(train, tmp_path):
+    row = train(*TINY, "optim.lr=1e12", "optim.warmup_fraction=0.0001")
+    assert row["status"] == "failed"
+    assert row["failure"].startswith("diverged")
+    from kdlab.rundb import fit_points
+
+    assert row["key"] not in set(fit_points(f"sqlite:///{tmp_path}/runs/kdlab.db", "supervised")["run_key"])
+
+
+def test_teacher_beats_unigram_entropy_of_builtin_corpus(train):
+    row = train("model=nano_L2", "data.tokens=300000", "data.tokens_per_param=null")
+    corpus = build_corpus({"name": "stdlib"})
+    counts = Counter()
+    for doc in corpus.documents():
+        counts.update(doc.encode("utf-8"))
+    total = sum(counts.values())
+    unigram = -sum(c / total * math.log(c / total) for c in counts.values())
+    assert row["val_loss"] < unigram - 0.5, (row["val_loss"], unigram)
+
+
+def test_markov_model_approaches_entropy_rate(train):
+    row = train("data=markov", "model=nano_L2", "data.tokens=400000", "data.tokens_per_param=null")
+    corpus = build_corpus(row["config"]["data"]["module"]["corpus"])
+    h = corpus.entropy_rate
+    assert h < math.log(corpus.vocab_size) - 0.5  # the test can tell learning from guessing
+    assert h - 0.02 < row["val_loss"] < h + 0.1, (row["val_loss"], h)
+
+
+def test_wandb_offline_run_directory(train, tmp_path):
+    row = train(*TINY, "logger=wandb", "study=testsweep")
+    run_dirs = list(Path(row["run_dir"]).glob("wandb/offline-run-*"))
+    assert run_dirs, list(Path(row["run_dir"]).rglob("*"))[:20]
+    assert row["wandb_url"]
+
+
+def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
+    args = ["model=nano_L2", "data.tokens=1228800", "data.tokens_per_param=null",
+            "checkpoint.every_n_steps=10", "trainer.enable_progress_bar=false",
+            "data.module.val_tokens=8192", "val.points=2"]
+    killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdlab.train", f"paths.root_dir={killed_root}", *args],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(killed_root.glob("runs/*/checkpoints/last.ckpt")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpts = list(killed_root.glob("runs/*/checkpoints/last.ckpt"))
+    assert ckpts, "the run never wrote a checkpoint"
+    key = ckpts[0].parent.parent.name
+    assert _db(killed_root).get(key)["status"] == "running"
+
+    resumed = run_cli("kdlab.train", f"paths.root_dir={killed_root}", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    clean = run_cli("kdlab.train", f"paths.root_dir={clean_root}", *args)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    a, b = _db(killed_root).get(key), _db(clean_root).get(key)
+    assert a["status"] == b["status"] == "done"
+    assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
