@@ -95,29 +95,28 @@ def default_chunk_tokens(vocab_size: int) -> int:
 def _chunked_sums(
     fn: Callable[..., tuple[Tensor, ...]],
     tensors: tuple[Tensor, ...],
-    n_rows: int,
     chunk_tokens: int,
+    n_out: int,
 ) -> tuple[Tensor, ...]:
-    """Sum ``fn`` over row-chunks of ``tensors`` (all with leading dim ``n_rows``).
+    """Sum the ``n_out`` scalars returned by ``fn`` over row-chunks of ``tensors``.
 
     When any input needs a gradient each chunk is checkpointed: only the input slices
     (views, no copies) are saved, and the fp32 temporaries are recomputed in backward
     one chunk at a time. Without it autograd would keep every chunk's temporaries
     alive, i.e. several fp32 copies of the full logits.
     """
+    n_rows = tensors[0].shape[0]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    totals: list[Tensor] | None = None
+    # Zero that stays attached to the graph, so an all-empty batch still backprops.
+    totals = [_upcast(tensors[0].reshape(-1)[:0]).sum() for _ in range(n_out)]
     for start in range(0, n_rows, chunk_tokens):
         parts = tuple(t[start : start + chunk_tokens] for t in tensors)
         if needs_grad and n_rows > chunk_tokens:
-            out = checkpoint(fn, *parts, use_reentrant=False)
+            # fn uses no RNG: skip the per-chunk RNG-state save (a host sync on CUDA)
+            out = checkpoint(fn, *parts, use_reentrant=False, preserve_rng_state=False)
         else:
             out = fn(*parts)
-        totals = list(out) if totals is None else [a + b for a, b in zip(totals, out, strict=True)]
-    if totals is None:  # zero rows
-        ref = tensors[0]
-        zero = ref.reshape(-1)[:0].float().sum()  # 0.0, still attached to the graph
-        return (zero,)
+        totals = [a + b for a, b in zip(totals, out, strict=True)]
     return tuple(totals)
 
 
@@ -163,10 +162,8 @@ def next_token_loss(
         zl = torch.where(m, lse.square(), 0.0).sum()
         return ce, zl
 
-    sums = _chunked_sums(fn, (flat, tgt, mask), flat.shape[0], chunk)
-    if len(sums) == 1:
-        sums = (sums[0], sums[0])
-    return LossSums(sums[0], sums[1], mask.sum())
+    ce_sum, z_sum = _chunked_sums(fn, (flat, tgt, mask), chunk, n_out=2)
+    return LossSums(ce_sum, z_sum, mask.sum())
 
 
 # --------------------------------------------------------------------------------------
@@ -322,7 +319,7 @@ def distill_loss(
             )
         return (torch.where(m, rows, 0.0).sum(),)
 
-    (total,) = _chunked_sums(fn, (s_flat, t_flat, mask), s_flat.shape[0], chunk)
+    (total,) = _chunked_sums(fn, (s_flat, t_flat, mask), chunk, n_out=1)
     return scale * total
 
 
@@ -351,6 +348,10 @@ def combined_student_loss(
     token weighs the same however the window is split. ``distill_kwargs`` go to
     :func:`distill_loss` (divergence, tau, top_k, top_p, beta, alpha, hard, taid_t, ...).
     With kd_weight = 0 (supervised baseline) the teacher is not needed.
+
+    Lightning's automatic optimisation divides the returned loss by
+    ``accumulate_grad_batches``; with a window-wide normaliser pass
+    ``normalizer = window_tokens / accumulate_grad_batches`` to undo that.
     """
     if not 0.0 <= kd_weight <= 1.0:
         raise ValueError(f"kd_weight (lambda) must be in [0, 1], got {kd_weight}")
@@ -503,8 +504,7 @@ def token_confidence_correct(
     """Top-label confidence max_a softmax(z)_a and correctness (argmax == target), valid only.
 
     These are the inputs of the expected calibration error: feed them to
-    :func:`calibration_bin_sums`, or to torchmetrics' ``BinaryCalibrationError`` (which
-    treats preds as confidences and targets as accuracies).
+    torchmetrics' ``BinaryCalibrationError`` (preds = confidences, targets = correctness).
     """
     flat, tgt = _flatten(logits, targets)
     chunk = chunk_tokens or default_chunk_tokens(flat.shape[-1])
@@ -518,28 +518,3 @@ def token_confidence_correct(
     if not confs:
         return flat.new_zeros(0, dtype=torch.float32), mask[:0]
     return torch.cat(confs)[mask], torch.cat(hits)[mask]
-
-
-def calibration_bin_sums(
-    confidence: Tensor, correct: Tensor, n_bins: int = 15
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin (count, sum of confidence, sum of correct) over equal-width bins of [0, 1].
-
-    Bins are (i/n, (i+1)/n]; sums add across batches and devices, so accumulate them
-    during validation and call :func:`expected_calibration_error` at epoch end.
-    """
-    conf = confidence.float()
-    idx = (torch.ceil(conf * n_bins).long() - 1).clamp(0, n_bins - 1)
-    count = torch.zeros(n_bins, device=conf.device, dtype=torch.float64)
-    conf_sum = torch.zeros_like(count)
-    correct_sum = torch.zeros_like(count)
-    count.index_add_(0, idx, torch.ones_like(conf, dtype=torch.float64))
-    conf_sum.index_add_(0, idx, conf.double())
-    correct_sum.index_add_(0, idx, correct.double())
-    return count, conf_sum, correct_sum
-
-
-def expected_calibration_error(count: Tensor, conf_sum: Tensor, correct_sum: Tensor) -> Tensor:
-    """ECE = sum_b (n_b / n) |mean confidence_b - accuracy_b| from accumulated bin sums."""
-    total = count.sum().clamp_min(1)
-    return (conf_sum - correct_sum).abs().sum() / total

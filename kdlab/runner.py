@@ -26,6 +26,7 @@ from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_param
 from kdlab.modules import DivergedError
 from kdlab.rundb import RunStore
 from kdlab.runkey import run_key
+from kdlab.teacher import Teacher, resolve_teacher, save_weights
 
 ROLE_SPLIT = {"teacher": "teacher", "supervised": "student", "student": "student"}
 
@@ -44,6 +45,7 @@ class RunPlan:
     science: dict[str, Any]
     run_dir: Path
     store: RunStore
+    teacher: Teacher | None = None
 
     @property
     def steps(self) -> int:
@@ -116,6 +118,10 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         "objective": OmegaConf.to_container(cfg.objective, resolve=True),
         "seed": cfg.seed,
     }
+    teacher = None
+    if role == "student":
+        teacher = resolve_teacher(cfg, store, data)
+        science["teacher"] = teacher.key
     key = run_key(science)
     return RunPlan(
         key=key,
@@ -128,6 +134,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         science=science,
         run_dir=Path(cfg.paths.runs_dir) / key,
         store=store,
+        teacher=teacher,
     )
 
 
@@ -170,7 +177,7 @@ def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
         role=plan.role,
         study=cfg.study,
         family=cfg.family,
-        corpus=data.corpus_name,
+        corpus=data.corpus.name,
         corpus_fingerprint=data.fingerprint,
         tokenizer=data.tokenizer_name,
         vocab_size=shape.vocab_size,
@@ -196,6 +203,27 @@ def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
         git_rev=git_revision(),
         run_dir=str(plan.run_dir),
         config=OmegaConf.to_container(cfg, resolve=True),
+        **_teacher_fields(cfg, plan),
+    )
+
+
+def _teacher_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
+    """What the distillation law and compute accounting need about the teacher."""
+    teacher, objective = plan.teacher, cfg.objective
+    if teacher is None:
+        return {}
+    return dict(
+        teacher_key=teacher.key,
+        teacher_model=teacher.name,
+        teacher_n_params=teacher.n_params,
+        teacher_tokens=teacher.tokens,
+        teacher_loss=teacher.loss,
+        kd_lambda=objective.kd_lambda,
+        kd_tau=objective.tau,
+        divergence="hard" if objective.hard else objective.divergence,
+        flops_student=3.0 * plan.flops_per_token * plan.tokens,
+        flops_teacher_logits=teacher.flops_per_token * plan.tokens,
+        flops_teacher_pretraining=3.0 * teacher.flops_per_token * teacher.tokens,
     )
 
 
@@ -205,7 +233,13 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
     if warmup is None:
         warmup = max(1, round(optim.warmup_fraction * plan.steps))
     factory = instantiate(cfg.objective)
+    extras = {}
+    if plan.teacher is not None:
+        extras = dict(
+            teacher=plan.teacher.model, teacher_flops_per_token=plan.teacher.flops_per_token
+        )
     return factory(
+        **extras,
         shape=plan.shape,
         total_steps=plan.steps,
         lr=optim.lr,
@@ -271,10 +305,14 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         raise
     val_loss = float(final["val/loss"])
     plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss)
+    save_weights(module.model, plan.run_dir)
     plan.store.finish(
         plan.key,
         val_loss=val_loss,
         val_ppl=float(final["val/ppl"]),
+        val_kl=final.get("val/kl_teacher"),
+        val_top1_agreement=final.get("val/top1_agreement"),
+        val_ece=final.get("val/ece"),
         tokens_per_sec=clock.tokens_per_sec,
         wall_time_s=time.perf_counter() - start,
         wandb_url=_wandb_url(loggers),
