@@ -1,0 +1,552 @@
+"""Corpora: where the training text (or tokens) of a study comes from.
+
+Four sources share one interface so that runs only ever name a corpus config:
+
+- ``stdlib``: the running Python's standard-library sources, always available offline;
+- ``markov``: tokens from a random Markov chain whose entropy rate (the irreducible loss)
+  is known exactly, and whose transition matrix can act as an oracle teacher;
+- ``hf``: any Hugging Face dataset (C4 on clusters), optionally streamed and capped;
+- ``files``: local text / jsonl / parquet files.
+
+Every corpus has a ``fingerprint``: the first 16 hex digits of a sha256 over its content
+(documents with length prefixes, or the token array), so runs record *what* they trained
+on, not where it came from. Computing it reads the whole corpus once; ``kdlab.data.cache``
+memoises it per cache directory under ``source_key`` (a cheap hash of the config).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+CORPUS_NAMES = ("stdlib", "markov", "hf", "files")
+FINGERPRINT_HEX = 16
+_TEST_DIRS = frozenset({"test", "tests", "idle_test"})
+_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+_FORMATS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".json.gz": "json",
+    ".jsonl.gz": "json",
+    ".jsonl.zst": "json",
+    ".parquet": "parquet",
+}
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Everything that selects a corpus; fields a corpus does not use are ignored.
+
+    Field names follow ``conf/data/*.yaml``. ``from_any`` accepts this class, a dict (or a
+    Hydra DictConfig) or a bare name, and rejects unknown fields by name.
+    """
+
+    name: str = "stdlib"
+    # stdlib
+    include_tests: bool = False
+    # markov
+    n_states: int = 64
+    n_tokens: int = 4_000_000
+    alpha: float = 0.1
+    smoothing: float = 1e-3
+    seed: int = 0
+    # hf
+    path: str | None = None
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    streaming: bool = True
+    # files
+    paths: tuple[str, ...] = ()
+    format: str | None = None
+    sample_by: Literal["line", "paragraph", "document"] = "document"
+    # hf and files
+    text_field: str = "text"
+    max_documents: int | None = None
+    max_bytes: int | None = None
+
+    @classmethod
+    def from_any(cls, spec: CorpusConfig | Mapping[str, Any] | str) -> CorpusConfig:
+        """Normalise a config given as this class, a mapping, or a corpus name."""
+        if isinstance(spec, CorpusConfig):
+            return spec
+        if isinstance(spec, str):
+            return cls(name=spec)
+        data = to_plain(spec)
+        if not isinstance(data, dict):
+            raise ValueError(f"corpus must be a name or a mapping, got {type(spec).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown corpus field(s) {', '.join(unknown)}; "
+                f"valid fields: {', '.join(sorted(known))}"
+            )
+        if "paths" in data:
+            paths = data["paths"]
+            data["paths"] = (paths,) if isinstance(paths, str) else tuple(str(p) for p in paths)
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-able) of all fields."""
+        out = dataclasses.asdict(self)
+        out["paths"] = list(self.paths)
+        return out
+
+
+def to_plain(obj: Any) -> Any:
+    """Turn Hydra/OmegaConf containers into plain dicts/lists (no-op for plain ones)."""
+    if hasattr(obj, "_metadata") and hasattr(obj, "_get_node"):  # OmegaConf container
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def short_hash(*parts: Any) -> str:
+    """Short sha256 hex of a JSON rendering of ``parts`` (for keys of configs)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:FINGERPRINT_HEX]
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """Facts about a corpus' content, computed in one pass and memoised."""
+
+    fingerprint: str
+    n_documents: int
+    n_bytes: int  # UTF-8 bytes of all documents (text) or 0 (token corpora)
+    n_tokens: int | None = None  # token corpora only
+
+
+class Corpus(ABC):
+    """A source of documents (``kind == "text"``) or of token ids (``kind == "tokens"``)."""
+
+    kind: ClassVar[Literal["text", "tokens"]] = "text"
+    #: whether ``info`` is worth memoising on disk (False when a pass is as cheap as a key)
+    memoize_info: ClassVar[bool] = True
+    #: the config fields this corpus reads (what ``describe`` records)
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: CorpusConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def describe(self) -> dict[str, Any]:
+        """The corpus name and the config fields it reads (JSON-able)."""
+        full = self.config.to_dict()
+        return {"name": self.name, **{k: full[k] for k in self.fields}}
+
+    @abstractmethod
+    def source_key(self) -> str:
+        """Cheap hash of what determines the content (used to memoise ``info``)."""
+
+    def documents(self) -> Iterator[str]:
+        """The documents, in the corpus' fixed order (text corpora)."""
+        raise TypeError(f"corpus {self.name!r} yields token ids, not documents")
+
+    def token_ids(self) -> np.ndarray:
+        """The token id stream (token corpora)."""
+        raise TypeError(f"corpus {self.name!r} yields documents, not token ids")
+
+    def info(self) -> CorpusInfo:
+        """Fingerprint and size from one full pass over the content."""
+        if self.kind == "tokens":
+            ids = self.token_ids()
+            return CorpusInfo(token_fingerprint(ids, self.vocab_size), 1, 0, int(ids.size))
+        hasher = DocumentHasher()
+        for doc in self.documents():
+            hasher.update(doc)
+        return CorpusInfo(hasher.hexdigest(), hasher.n_documents, hasher.n_bytes)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Content fingerprint (a full pass; use ``cache.corpus_info`` to memoise it)."""
+        return self.info().fingerprint
+
+    @property
+    def vocab_size(self) -> int:
+        raise TypeError(f"corpus {self.name!r} has no vocabulary of its own; use a tokenizer")
+
+
+class DocumentHasher:
+    """Incremental content fingerprint of a document sequence.
+
+    Each document is hashed with an 8-byte length prefix so boundaries are part of the
+    content (two documents "ab","c" differ from "a","bc").
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(b"kdlab-text-v1\0")
+        self.n_documents = 0
+        self.n_bytes = 0
+
+    def update(self, doc: str) -> bytes:
+        """Add one document; returns its UTF-8 bytes (callers often need them)."""
+        data = doc.encode("utf-8")
+        self._h.update(len(data).to_bytes(8, "little"))
+        self._h.update(data)
+        self.n_documents += 1
+        self.n_bytes += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()[:FINGERPRINT_HEX]
+
+
+def token_fingerprint(ids: np.ndarray, vocab_size: int) -> str:
+    """Content fingerprint of a token stream (dtype-independent)."""
+    h = hashlib.sha256(b"kdlab-tokens-v1\0")
+    h.update(int(vocab_size).to_bytes(8, "little"))
+    h.update(np.ascontiguousarray(ids, dtype="<u4").tobytes())
+    return h.hexdigest()[:FINGERPRINT_HEX]
+
+
+# --------------------------------------------------------------------------- stdlib
+
+
+class StdlibCorpus(Corpus):
+    """The ``.py`` sources of the running Python's standard library.
+
+    Excluded: site-packages/dist-packages, ``__pycache__``, and (unless ``include_tests``)
+    test directories (``test``, ``tests``, ``idle_test``), which are mostly fixtures and
+    hold the few files that are not valid UTF-8 (those are always skipped). One document
+    per file. The order is sorted by sha256 of the relative path: deterministic on every
+    machine, yet a shuffle, so the teacher / student / validation slices are exchangeable
+    samples of the library rather than alphabetical ranges (asyncio vs. xml).
+    """
+
+    memoize_info: ClassVar[bool] = False  # ~12 MB: reading it costs as much as listing it
+    fields: ClassVar[tuple[str, ...]] = ("include_tests",)
+
+    @property
+    def root(self) -> Path:
+        return Path(sysconfig.get_paths()["stdlib"])
+
+    def files(self) -> list[Path]:
+        """The files of the corpus, in corpus order."""
+        root = self.root
+        skip = _SKIP_DIRS if self.config.include_tests else _SKIP_DIRS | _TEST_DIRS
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in skip)
+            rel_dir = os.path.relpath(dirpath, root)
+            for fname in filenames:
+                if fname.endswith(".py"):
+                    rel = os.path.normpath(os.path.join(rel_dir, fname))
+                    found.append(rel.replace(os.sep, "/"))
+        found.sort(key=lambda rel: (hashlib.sha256(rel.encode()).hexdigest(), rel))
+        return [root / rel for rel in found]
+
+    def documents(self) -> Iterator[str]:
+        for path in self.files():
+            try:
+                yield path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+
+    def source_key(self) -> str:
+        listing = [(str(p.relative_to(self.root)), p.stat().st_size) for p in self.files()]
+        return short_hash("stdlib", sys.version, str(self.root), listing)
+
+
+# --------------------------------------------------------------------------- markov
+
+
+class MarkovCorpus(Corpus):
+    """Tokens from a random first-order Markov chain over ``n_states`` states.
+
+    Row i of the transition matrix is a Dirichlet(alpha) draw mixed with ``smoothing`` of
+    the uniform distribution (so the chain is irreducible and aperiodic and every
+    log-probability is finite). The chain starts from its stationary distribution pi, so
+    every position has the same optimal cross-entropy: the entropy rate
+    ``H = sum_i pi_i H(P_i)`` nats/token, well below ``log(n_states)`` for small alpha.
+    Tokens are the states themselves (identity tokenizer, vocabulary ``n_states``).
+    """
+
+    kind: ClassVar[Literal["text", "tokens"]] = "tokens"
+    fields: ClassVar[tuple[str, ...]] = ("n_states", "n_tokens", "alpha", "smoothing", "seed")
+
+    def __init__(self, config: CorpusConfig) -> None:
+        super().__init__(config)
+        c = config
+        if c.n_states < 2:
+            raise ValueError(f"markov corpus needs n_states >= 2, got {c.n_states}")
+        if c.n_tokens < 2:
+            raise ValueError(f"markov corpus needs n_tokens >= 2, got {c.n_tokens}")
+        if not c.alpha > 0:
+            raise ValueError(f"markov corpus needs alpha > 0, got {c.alpha}")
+        if not 0 < c.smoothing <= 1:
+            raise ValueError(f"markov corpus needs 0 < smoothing <= 1, got {c.smoothing}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.n_states
+
+    @cached_property
+    def transition(self) -> np.ndarray:
+        """True next-token distribution P[i, j] = p(x_{t+1} = j | x_t = i), float64 [k, k]."""
+        k = self.config.n_states
+        rng = np.random.default_rng([self.config.seed, 1])
+        rows = rng.dirichlet(np.full(k, float(self.config.alpha)), size=k)
+        eps = float(self.config.smoothing)
+        return (1.0 - eps) * rows + eps / k
+
+    @cached_property
+    def stationary(self) -> np.ndarray:
+        """Stationary distribution pi (pi P = pi, sum pi = 1)."""
+        p = self.transition
+        k = p.shape[0]
+        a = p.T - np.eye(k)
+        a[-1, :] = 1.0
+        b = np.zeros(k)
+        b[-1] = 1.0
+        pi = np.linalg.solve(a, b)
+        return np.clip(pi, 0.0, None) / np.clip(pi, 0.0, None).sum()
+
+    @cached_property
+    def entropy_rate(self) -> float:
+        """Exact entropy rate in nats/token: the loss of the oracle (transition) model."""
+        p = self.transition
+        row_entropy = -(p * np.log(p)).sum(axis=1)
+        return float(self.stationary @ row_entropy)
+
+    def oracle_log_probs(self, tokens: np.ndarray) -> np.ndarray:
+        """log P[x_t, :] for every token: the oracle teacher's next-token log-probs."""
+        return np.log(self.transition)[np.asarray(tokens)]
+
+    @cached_property
+    def _tokens(self) -> np.ndarray:
+        c = self.config
+        k, n = c.n_states, c.n_tokens
+        cum = np.cumsum(self.transition, axis=1)
+        cum[:, -1] = 1.0
+        cum_rows = [row.tolist() for row in cum]
+        rng = np.random.default_rng([c.seed, 2])
+        state = int(np.searchsorted(np.cumsum(self.stationary), rng.random(), side="right"))
+        state = min(state, k - 1)
+        out = np.empty(n, dtype=np.uint16 if k <= 1 << 16 else np.uint32)
+        chunk = 1 << 16
+        for start in range(0, n, chunk):
+            uniforms = rng.random(min(chunk, n - start)).tolist()
+            block = [0] * len(uniforms)
+            for i, u in enumerate(uniforms):
+                block[i] = state
+                state = bisect.bisect_right(cum_rows[state], u)
+            out[start : start + len(block)] = block
+        out.setflags(write=False)
+        return out
+
+    def token_ids(self) -> np.ndarray:
+        """The n_tokens states of one stationary run of the chain (generated once)."""
+        return self._tokens
+
+    def source_key(self) -> str:
+        return short_hash(
+            "markov-v1",
+            np.__version__,
+            self.config.n_states,
+            self.config.n_tokens,
+            self.config.alpha,
+            self.config.smoothing,
+            self.config.seed,
+        )
+
+
+# --------------------------------------------------------------------------- HF datasets
+
+
+class _CappedTextCorpus(Corpus):
+    """Shared iteration of a ``datasets`` dataset's text field under document/byte caps."""
+
+    def _dataset(self) -> Any:
+        raise NotImplementedError
+
+    def documents(self) -> Iterator[str]:
+        field_name = self.config.text_field
+        max_docs, max_bytes = self.config.max_documents, self.config.max_bytes
+        n_docs = n_bytes = 0
+        for example in self._dataset():
+            if max_docs is not None and n_docs >= max_docs:
+                return
+            if field_name not in example:
+                raise ValueError(
+                    f"corpus {self.name!r} has no text field {field_name!r}; "
+                    f"fields: {', '.join(map(str, example))}"
+                )
+            text = example[field_name]
+            if text is None:
+                continue
+            n_bytes += len(text.encode("utf-8"))
+            if max_bytes is not None and n_bytes > max_bytes and n_docs > 0:
+                return
+            n_docs += 1
+            yield text
+
+
+class HFCorpus(_CappedTextCorpus):
+    """Any Hugging Face dataset via ``datasets.load_dataset`` (a hub name or a local path).
+
+    Pin ``revision`` for hub datasets: the memoised fingerprint is keyed by the config,
+    and a token cache rebuild re-checks the content against it.
+    """
+
+    fields: ClassVar[tuple[str, ...]] = (
+        "path",
+        "config",
+        "split",
+        "revision",
+        "streaming",
+        "text_field",
+        "max_documents",
+        "max_bytes",
+    )
+
+    def __init__(self, config: CorpusConfig) -> None:
+        super().__init__(config)
+        if not config.path:
+            raise ValueError("hf corpus needs 'path' (a dataset name or local path)")
+
+    def _dataset(self) -> Any:
+        import datasets
+
+        c = self.config
+        return datasets.load_dataset(
+            c.path, c.config, split=c.split, streaming=c.streaming, revision=c.revision
+        )
+
+    def source_key(self) -> str:
+        c = self.config
+        return short_hash(
+            "hf", c.path, c.config, c.split, c.revision, c.text_field, c.max_documents, c.max_bytes
+        )
+
+
+class FilesCorpus(_CappedTextCorpus):
+    """Local text / jsonl / parquet files via the ``datasets`` packaged builders.
+
+    ``paths`` may hold globs; they are expanded and sorted so the order is fixed. Text
+    files are one document per file by default (``sample_by``). Streaming mode, so no
+    Arrow copy is written to the HF cache.
+    """
+
+    fields: ClassVar[tuple[str, ...]] = (
+        "paths",
+        "format",
+        "sample_by",
+        "text_field",
+        "max_documents",
+        "max_bytes",
+    )
+
+    def __init__(self, config: CorpusConfig) -> None:
+        super().__init__(config)
+        if not config.paths:
+            raise ValueError("files corpus needs 'paths' (one or more files or globs)")
+
+    def resolved_paths(self) -> list[str]:
+        out: list[str] = []
+        for pattern in self.config.paths:
+            matches = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not matches:
+                raise ValueError(f"files corpus path {pattern!r} matches no file")
+            out.extend(os.path.abspath(m) for m in matches)
+        return out
+
+    def builder(self) -> str:
+        """``text``, ``json`` or ``parquet``: the configured format or the files' suffix."""
+        if self.config.format:
+            if self.config.format not in ("text", "json", "parquet"):
+                raise ValueError(
+                    f"files corpus format {self.config.format!r} is not one of text, json, parquet"
+                )
+            return self.config.format
+        kinds = set()
+        for path in self.resolved_paths():
+            kind = next((v for s, v in _FORMATS.items() if path.endswith(s)), None)
+            if kind is None:
+                raise ValueError(
+                    f"cannot infer the format of {path!r}; set format to text, json or parquet"
+                )
+            kinds.add(kind)
+        if len(kinds) > 1:
+            raise ValueError(f"files corpus mixes formats {sorted(kinds)}; use one format")
+        return kinds.pop()
+
+    def _dataset(self) -> Any:
+        import datasets
+
+        builder = self.builder()
+        kwargs: dict[str, Any] = {}
+        if builder == "text":
+            kwargs["sample_by"] = self.config.sample_by
+        return datasets.load_dataset(
+            builder, data_files=self.resolved_paths(), split="train", streaming=True, **kwargs
+        )
+
+    def source_key(self) -> str:
+        c = self.config
+        stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in self.resolved_paths()]
+        return short_hash(
+            "files", stats, self.builder(), c.sample_by, c.text_field, c.max_documents, c.max_bytes
+        )
+
+
+_CORPORA: dict[str, type[Corpus]] = {
+    "stdlib": StdlibCorpus,
+    "markov": MarkovCorpus,
+    "hf": HFCorpus,
+    "files": FilesCorpus,
+}
+
+
+def build_corpus(spec: CorpusConfig | Mapping[str, Any] | str) -> Corpus:
+    """The corpus a config names (reads nothing yet). Unknown name -> ValueError."""
+    config = CorpusConfig.from_any(spec)
+    cls = _CORPORA.get(config.name)
+    if cls is None:
+        raise ValueError(
+            f"unknown corpus {config.name!r}; valid corpora: {', '.join(CORPUS_NAMES)}"
+        )
+    return cls(config)
+
+
+__all__ = [
+    "CORPUS_NAMES",
+    "Corpus",
+    "CorpusConfig",
+    "CorpusInfo",
+    "DocumentHasher",
+    "FilesCorpus",
+    "HFCorpus",
+    "MarkovCorpus",
+    "StdlibCorpus",
+    "build_corpus",
+    "short_hash",
+    "to_plain",
+    "token_fingerprint",
+]

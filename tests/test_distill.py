@@ -1,0 +1,121 @@
+"""Distillation end to end: teacher lookup, refusal of bad teachers, student rows, oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdlab.errors import ConfigError
+from kdlab.rundb import RunStore
+
+TEACHER = ["model=nano_L2", "data.tokens=32768", "data.tokens_per_param=null"]
+STUDENT = [
+    "objective=distill",
+    "model=nano_L1",
+    "data.tokens=16384",
+    "data.tokens_per_param=null",
+    "teacher.model=nano_L2",
+    "teacher.tokens=32768",
+]
+
+
+def test_student_finds_its_teacher_and_records_the_row(train, tmp_path):
+    teacher = train(*TEACHER)
+    student = train(*STUDENT)
+    assert student["status"] == "done" and student["role"] == "student"
+    assert student["split"] == "student" and teacher["split"] == "teacher"
+    assert student["teacher_key"] == teacher["key"]
+    assert (student["n_params"], student["tokens"]) == (3408, 16384)
+    assert (student["teacher_n_params"], student["teacher_tokens"]) == (26848, 32768)
+    assert student["teacher_loss"] == pytest.approx(teacher["val_loss"])
+    assert (student["kd_lambda"], student["kd_tau"], student["divergence"]) == (
+        1.0,
+        1.0,
+        "forward_kl",
+    )
+    f_s, f_t = student["flops_per_token"], teacher["flops_per_token"]
+    assert student["flops_student"] == pytest.approx(3 * f_s * 16384)
+    assert student["flops_teacher_logits"] == pytest.approx(f_t * 16384)
+    assert student["flops_teacher_pretraining"] == pytest.approx(3 * f_t * 32768)
+    for metric in ("val_loss", "val_kl", "val_top1_agreement", "val_ece"):
+        assert student[metric] is not None and student[metric] >= 0, metric
+    assert 0 <= student["val_top1_agreement"] <= 1
+    # the teacher is never saved into the student's checkpoint
+    import torch
+
+    ckpt = torch.load(Path(student["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(k.startswith("model.") for k in ckpt["state_dict"]), list(ckpt["state_dict"])[:5]
+    n_student = sum(v.numel() for v in ckpt["state_dict"].values())
+    assert n_student < 10_000  # L1 only; L2's 35k parameters are not in it
+    # the same student by teacher key finds the same run
+    by_key = train(*STUDENT[:4], f"teacher.key={teacher['key']}")
+    assert by_key["teacher_key"] == teacher["key"]
+
+
+def test_missing_teacher_refused_before_compute(train, tmp_path):
+    with pytest.raises(ConfigError, match="not in the run database") as err:
+        train(*STUDENT)
+    assert "\n" not in str(err.value)
+    assert not RunStore(f"sqlite:///{tmp_path}/runs/kdlab.db").find()
+
+
+def test_unfinished_teacher_refused(train, tmp_path):
+    teacher = train(*TEACHER)
+    store = RunStore(f"sqlite:///{tmp_path}/runs/kdlab.db")
+    store.update(teacher["key"], status="running")
+    with pytest.raises(ConfigError, match="is running, not done"):
+        train(*STUDENT)
+
+
+def test_mismatched_teacher_refused_before_compute(train, tmp_path):
+    teacher = train(*TEACHER)
+    before = len(RunStore(f"sqlite:///{tmp_path}/runs/kdlab.db").find())
+    with pytest.raises(ConfigError, match="does not match the student: corpus"):
+        train("data=markov", *STUDENT[:4], f"teacher.key={teacher['key']}")
+    assert len(RunStore(f"sqlite:///{tmp_path}/runs/kdlab.db").find()) == before
+
+
+def test_oracle_teacher_beats_supervised_on_markov(train):
+    common = ["data=markov", "model=nano_L1", "data.tokens=65536", "data.tokens_per_param=null"]
+    supervised = train(*common, "role=supervised")
+    student = train(*common, "objective=distill", "teacher=oracle")
+    assert student["teacher_model"] == "oracle"
+    assert student["teacher_loss"] < student["val_loss"]
+    assert student["val_loss"] < supervised["val_loss"] - 0.01, (
+        student["val_loss"],
+        supervised["val_loss"],
+    )
+
+
+def test_taid_moves_in_training_not_in_validation(tmp_path):
+    import lightning as L
+
+    from kdlab.runner import build_module, plan_run
+    from tests.conftest import compose_run
+
+    cfg = compose_run(
+        tmp_path,
+        "data=markov",
+        "model=nano_L1",
+        "data.tokens=20480",
+        "data.tokens_per_param=null",
+        "objective=distill",
+        "teacher=oracle",
+        "objective.divergence=taid",
+    )
+    plan = plan_run(cfg)
+    module = build_module(cfg, plan)
+    t0 = module.taid.t
+    trainer = L.Trainer(
+        max_steps=plan.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=plan.data)
+    t_trained = module.taid.t
+    assert t_trained > t0
+    trainer.validate(module, datamodule=plan.data, verbose=False)
+    assert module.taid.t == t_trained
