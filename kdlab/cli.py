@@ -11,6 +11,7 @@ from kdlab.rundb import RunDBError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kdlab import study
     from kdlab.laws import cli as laws_cli
     from kdlab.rundb import cli as runs_cli
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     runs_cli.add_commands(sub)
     laws_cli.add_commands(sub)
+    study.add_commands(sub)
     return parser
 
 

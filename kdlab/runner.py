@@ -7,6 +7,7 @@ so a mistake costs no compute and writes nothing; ``execute`` then trains and re
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
@@ -70,6 +72,31 @@ def git_revision() -> str | None:
         return None
 
 
+def run_tokens(shape: ModelShape, budget: Any, scale: float = 1.0) -> int:
+    """D from a budget node (tokens, tokens_per_param or flops), times a study's scale."""
+    tokens = resolve_tokens(
+        tokens=budget.get("tokens"),
+        tokens_per_param=budget.get("tokens_per_param"),
+        flops=budget.get("flops"),
+        n_params=non_embedding_params(shape),
+        flops_per_token=flops_per_token(shape),
+    )
+    return max(1, round(tokens * scale))
+
+
+def jobs_threads(config: DictConfig | None = None) -> int | None:
+    """Torch threads per job when a launcher runs several jobs at once on this machine."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    except (ValueError, AttributeError):
+        return None
+    if not n_jobs or n_jobs < 2:
+        return None
+    return max(1, (os.cpu_count() or 1) // n_jobs)
+
+
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Resolve shape, data, budget and key; raise ConfigError on any bad input."""
     try:
@@ -94,13 +121,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
     shape = instantiate(cfg.model, vocab_size=data.vocab_size)
     n_params = non_embedding_params(shape)
     fpt = flops_per_token(shape)
-    tokens = resolve_tokens(
-        tokens=cfg.data.tokens,
-        tokens_per_param=cfg.data.tokens_per_param,
-        flops=cfg.data.flops,
-        n_params=n_params,
-        flops_per_token=fpt,
-    )
+    tokens = run_tokens(shape, cfg.data, cfg.data.get("budget_scale", 1.0))
     data.train_tokens = tokens
     data.prepare_data()
     data.setup("fit")
@@ -142,16 +163,19 @@ def _loggers(cfg: DictConfig, plan: RunPlan) -> list[Any]:
     loggers = []
     for name, node in (cfg.logger or {}).items():
         if name == "wandb":
+            sweep = [v for v in (cfg.study, cfg.family) if v]
             loggers.append(
                 instantiate(
                     node,
+                    group=node.group or "/".join(sweep) or None,
+                    tags=[*node.tags, *sweep],
                     name=f"{plan.role}-{plan.shape.ladder}-{plan.shape.name}-{plan.key}",
                     id=plan.key,
                     save_dir=str(plan.run_dir),
                     job_type=plan.role,
-                    config=_wandb_config(plan),
                 )
             )
+            loggers[-1].log_hyperparams(_wandb_config(plan))
         else:
             loggers.append(instantiate(node, save_dir=str(plan.run_dir)))
     return loggers
@@ -262,6 +286,9 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         shutil.rmtree(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resume = plan.checkpoint if plan.checkpoint.exists() else None
+    threads = cfg.threads or jobs_threads()
+    if threads:
+        torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, plan)
     plan.store.start(plan.key, **_row_fields(cfg, plan))

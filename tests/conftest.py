@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,16 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# One token cache for every test (keyed by corpus and tokenizer content, so sharing is safe).
+CACHE_DIR = Path(tempfile.gettempdir()) / "kdlab-test-token-cache"
 # Small, fast settings shared by the training tests.
-FAST = ["trainer.enable_progress_bar=false", "data.module.val_tokens=8192", "val.points=2"]
+FAST = [
+    "trainer.enable_progress_bar=false",
+    "data.module.val_tokens=8192",
+    "val.points=2",
+    f"paths.cache_dir={CACHE_DIR}",
+    "threads=1",  # tiny models: one thread is faster, and immune to a busy machine
+]
 
 
 def compose_run(root: Path, *overrides: str):
@@ -48,6 +57,10 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int 
     """A console command as a user types it (python -m keeps it on this interpreter)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )

@@ -15,7 +15,7 @@ import pytest
 
 from kdlab.data import build_corpus
 from kdlab.rundb import RunStore
-from tests.conftest import REPO, run_cli
+from tests.conftest import FAST, REPO, run_cli
 
 TINY = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
 
@@ -28,14 +28,36 @@ def test_row_holds_what_a_fit_needs_and_rerun_skips(train, tmp_path, capsys):
     row = train(*TINY)
     assert row["status"] == "done"
     expected = {
-        "role": "teacher", "split": "teacher", "corpus": "stdlib", "tokenizer": "byte",
-        "vocab_size": 256, "n_ctx": 128, "ladder": "nano", "model": "L1", "n_params": 3408,
-        "tokens": 16384, "seed": 0,
+        "role": "teacher",
+        "split": "teacher",
+        "corpus": "stdlib",
+        "tokenizer": "byte",
+        "vocab_size": 256,
+        "n_ctx": 128,
+        "ladder": "nano",
+        "model": "L1",
+        "n_params": 3408,
+        "tokens": 16384,
+        "seed": 0,
     }
     assert {k: row[k] for k in expected} == expected
-    for field in ("key", "corpus_fingerprint", "total_params", "tokens_per_param", "flops",
-                  "flops_per_token", "passes", "val_loss", "val_ppl", "tokens_per_sec",
-                  "wall_time_s", "git_rev", "config", "created_at", "steps"):
+    for field in (
+        "key",
+        "corpus_fingerprint",
+        "total_params",
+        "tokens_per_param",
+        "flops",
+        "flops_per_token",
+        "passes",
+        "val_loss",
+        "val_ppl",
+        "tokens_per_sec",
+        "wall_time_s",
+        "git_rev",
+        "config",
+        "created_at",
+        "steps",
+    ):
         assert row[field] is not None, field
     assert row["flops"] == pytest.approx(3 * row["flops_per_token"] * 16384)
     assert row["tokens_per_param"] == pytest.approx(16384 / 3408)
@@ -94,8 +116,13 @@ def test_bad_input_one_sentence_before_compute(train, tmp_path, overrides, messa
 
 def test_bad_input_from_the_command_line_exits_2_and_keeps_recorded_runs(train, tmp_path):
     done = train(*TINY)
-    out = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", "model=nano_L1",
-                  "data.tokens=-1", "data.tokens_per_param=null")
+    out = run_cli(
+        "kdlab.train",
+        f"paths.root_dir={tmp_path}",
+        "model=nano_L1",
+        "data.tokens=-1",
+        "data.tokens_per_param=null",
+    )
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("kdlab-train: error")]
     assert len(errors) == 1 and "tokens" in errors[0]
@@ -108,7 +135,8 @@ def test_diverged_run_is_recorded_as_failed(train, tmp_path):
     assert row["failure"].startswith("diverged")
     from kdlab.rundb import fit_points
 
-    assert row["key"] not in set(fit_points(f"sqlite:///{tmp_path}/runs/kdlab.db", "supervised")["run_key"])
+    fitted = fit_points(f"sqlite:///{tmp_path}/runs/kdlab.db", "supervised")
+    assert row["key"] not in set(fitted["run_key"])
 
 
 def test_teacher_beats_unigram_entropy_of_builtin_corpus(train):
@@ -123,11 +151,13 @@ def test_teacher_beats_unigram_entropy_of_builtin_corpus(train):
 
 
 def test_markov_model_approaches_entropy_rate(train):
-    row = train("data=markov", "model=nano_L2", "data.tokens=400000", "data.tokens_per_param=null")
+    row = train("data=markov", "model=nano_L2", "data.tokens=600000", "data.tokens_per_param=null")
     corpus = build_corpus(row["config"]["data"]["module"]["corpus"])
-    h = corpus.entropy_rate
-    assert h < math.log(corpus.vocab_size) - 0.5  # the test can tell learning from guessing
-    assert h - 0.02 < row["val_loss"] < h + 0.1, (row["val_loss"], h)
+    h, uniform = corpus.entropy_rate, math.log(corpus.vocab_size)
+    assert h < uniform - 1.0  # the test can tell learning from guessing
+    # no model beats the entropy rate (beyond the sampling noise of 8k validation tokens),
+    # and this one closes at least 90% of the gap between guessing and it
+    assert h - 0.03 < row["val_loss"] < h + 0.1 * (uniform - h), (row["val_loss"], h)
 
 
 def test_wandb_offline_run_directory(train, tmp_path):
@@ -138,14 +168,21 @@ def test_wandb_offline_run_directory(train, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
-    args = ["model=nano_L2", "data.tokens=1228800", "data.tokens_per_param=null",
-            "checkpoint.every_n_steps=10", "trainer.enable_progress_bar=false",
-            "data.module.val_tokens=8192", "val.points=2"]
+    args = [
+        "model=nano_L1",
+        "data.tokens=409600",
+        "data.tokens_per_param=null",
+        "checkpoint.every_n_steps=10",
+        *FAST,
+    ]
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
     env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "kdlab.train", f"paths.root_dir={killed_root}", *args],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while time.time() < deadline and not list(killed_root.glob("runs/*/checkpoints/last.ckpt")):

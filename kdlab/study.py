@@ -1,0 +1,164 @@
+"""kdlab sweep plan|run and kdlab study: grids from sweeps/, launched through kdlab-train -m.
+
+A study is a folder of sweeps/ with a ``study.yaml`` listing its stages in order
+(teachers before the students that need them); each stage is a sweep file launched as one
+Hydra multirun. Finished runs are skipped by their run key, so a study can be rerun at
+will and only what is missing trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kdlab.errors import ConfigError
+from kdlab.sweeps import (
+    SWEEPS_DIR,
+    JobPlan,
+    missing_teachers,
+    plan_sweep,
+    refresh_status,
+    sweep_file,
+)
+
+# a table of a paper grid is wide: keep it whole when piped to a file
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    sweep = subparsers.add_parser("sweep", help="plan or launch a grid from sweeps/")
+    sub = sweep.add_subparsers(dest="sweep_command", required=True)
+    plan = sub.add_parser("plan", help="expand a grid: sizes, D, FLOPs, time, what is done")
+    plan.add_argument("sweep", help="e.g. nano/teachers or sweeps/paper/supervised_isoflop.yaml")
+    plan.add_argument("overrides", nargs="*", help="Hydra overrides, as for kdlab-train")
+    plan.set_defaults(func=_plan)
+    run = sub.add_parser("run", help="launch a grid (kdlab-train -m) after checking it")
+    run.add_argument("sweep")
+    run.add_argument("overrides", nargs="*")
+    run.set_defaults(func=_run)
+    study = subparsers.add_parser("study", help="run a study's stages in order, skipping done")
+    study.add_argument("name", help="a folder of sweeps/ with a study.yaml, e.g. nano")
+    study.add_argument("overrides", nargs="*", help="Hydra overrides applied to every stage")
+    study.set_defaults(func=lambda a: run_study(a.name, a.overrides))
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def print_plan(title: str, jobs: list[JobPlan]) -> None:
+    table = Table(title=title)
+    for column in ("#", "role", "model", "N", "D", "M", "teacher", "FLOPs", "est. time", "status"):
+        table.add_column(column, justify="right" if column not in ("role", "status") else "left")
+    for i, job in enumerate(jobs):
+        table.add_row(
+            str(i),
+            job.role,
+            job.model,
+            f"{job.n_params:.3g}",
+            f"{job.tokens:.3g}",
+            f"{job.tokens / job.n_params:.3g}",
+            job.teacher or "-",
+            f"{job.flops:.3g}",
+            _fmt_seconds(job.seconds),
+            job.status,
+        )
+    console.print(table)
+    todo = [j for j in jobs if j.status != "done"]
+    seconds = [j.seconds for j in todo if j.seconds is not None]
+    console.print(
+        f"{len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run; "
+        f"total {sum(j.flops for j in jobs):.3g} FLOPs, to run {sum(j.flops for j in todo):.3g}"
+        + (f", about {_fmt_seconds(sum(seconds))} at the measured rate" if seconds else "")
+    )
+
+
+def _plan(args: argparse.Namespace) -> int:
+    path = sweep_file(args.sweep)
+    jobs, url = plan_sweep(path, args.overrides)
+    print_plan(f"{path.relative_to(SWEEPS_DIR.parent)} ({url})", jobs)
+    return 0
+
+
+def launch(path: Path, overrides: Sequence[str]) -> int:
+    """The sweep as one Hydra multirun in a child process, as a user would type it."""
+    command = [sys.executable, "-m", "kdlab.train", "-m", "-cd", str(path.parent), "-cn", path.stem]
+    return subprocess.call([*command, *overrides])
+
+
+def _check_teachers(jobs: list[JobPlan], url: str) -> None:
+    missing = missing_teachers(jobs, url)
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} teacher run(s) are not done in {url}; launch them first: "
+            + "; ".join(missing)
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = sweep_file(args.sweep)
+    jobs, url = plan_sweep(path, args.overrides)
+    _check_teachers(jobs, url)
+    return launch(path, args.overrides)
+
+
+def run_study(name: str, overrides: Sequence[str] = ()) -> int:
+    """Each stage in order with a progress bar; stops at the first stage that fails."""
+    folder = SWEEPS_DIR / name
+    if not (folder / "study.yaml").is_file():
+        known = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/study.yaml"))
+        raise ConfigError(f"no study named '{name}'; known studies: {', '.join(known)}")
+    stages = list(OmegaConf.load(folder / "study.yaml").stages)
+    for stage in stages:
+        path = sweep_file(str(folder / stage))
+        jobs, url = plan_sweep(path, overrides)
+        todo = sum(j.status != "done" for j in jobs)
+        console.rule(f"[bold]{name}/{stage}[/]: {len(jobs)} jobs, {todo} to run")
+        if not todo:
+            continue
+        _check_teachers(jobs, url)
+        code = _launch_with_progress(path, overrides, jobs, url)
+        if code:
+            console.print(f"[red]stage {stage} failed (exit {code}); later stages not run")
+            return code
+    return 0
+
+
+def _launch_with_progress(
+    path: Path, overrides: Sequence[str], jobs: list[JobPlan], url: str
+) -> int:
+    command = [sys.executable, "-m", "kdlab.train", "-m", "-cd", str(path.parent), "-cn", path.stem]
+    command += [*overrides, "trainer.enable_progress_bar=false"]
+    log = Path("runs/logs") / f"{path.parent.name}-{path.stem}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with log.open("w") as out, Progress(*columns, console=console) as progress:
+        task = progress.add_task(path.stem, total=len(jobs))
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        while child.poll() is None:
+            time.sleep(2)
+            progress.update(task, completed=refresh_status(jobs, url))
+        progress.update(task, completed=refresh_status(jobs, url))
+    if child.returncode:
+        console.print(f"see {log}")
+    return child.returncode

@@ -1,0 +1,208 @@
+"""Sweeps: expand a grid exactly as Hydra's basic sweeper will, plan it, check it.
+
+A sweep file (``sweeps/<scale>/<family>.yaml``) is a primary config that extends ``train``
+and lists its grid under ``hydra.sweeper.params``; ``kdlab-train -m -cd sweeps/nano -cn
+teachers`` launches it. Planning needs no data and no compute, so the paper's grids can be
+costed on a laptop, and a student sweep whose teachers are missing is refused up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from kdlab.errors import ConfigError
+from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
+from kdlab.rundb import RunStore
+from kdlab.runner import run_tokens
+from kdlab.train import CONF_DIR
+
+REPO = Path(CONF_DIR).parent
+SWEEPS_DIR = REPO / "sweeps"
+
+
+def sweep_file(name: str) -> Path:
+    """``nano/teachers``, ``sweeps/nano/teachers.yaml`` or a path: the sweep file."""
+    for candidate in (Path(name), SWEEPS_DIR / name, SWEEPS_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+        if candidate.with_suffix(".yaml").is_file():
+            return candidate.with_suffix(".yaml").resolve()
+    known = sorted(
+        str(p.relative_to(SWEEPS_DIR).with_suffix("")) for p in SWEEPS_DIR.rglob("*.yaml")
+    )
+    raise ConfigError(f"no sweep named '{name}'; known sweeps: {', '.join(known)}")
+
+
+def job_overrides(params: dict[str, Any], overrides: Sequence[str]) -> list[list[str]]:
+    """Each job's overrides: the sweep file's grid, then the command line's (which win)."""
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+Job = tuple[list[str], DictConfig]  # a job's own overrides and its composed config
+
+
+def _compose_jobs(config_name: str, params: dict, overrides: Sequence[str]) -> list[Job]:
+    """Compose each job with Hydra (which must already be initialised)."""
+    jobs = []
+    for job in job_overrides(params, overrides):
+        own = [o for o in job if not o.startswith("hydra.")]
+        jobs.append((own, compose(config_name=config_name, overrides=job)))
+    return jobs
+
+
+def expand(path: Path, overrides: Sequence[str] = ()) -> list[Job]:
+    """Every job of the sweep at ``path``: its overrides and composed config."""
+    GlobalHydra.instance().clear()
+    searchpath = f"hydra.searchpath=[file://{CONF_DIR}]"
+    with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+        head = compose(config_name=path.stem, overrides=[searchpath], return_hydra_config=True)
+        params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
+        return _compose_jobs(path.stem, params, [searchpath, *overrides])
+
+
+@dataclasses.dataclass
+class JobPlan:
+    """A job's science in numbers, known before any data is read."""
+
+    overrides: list[str]
+    role: str
+    model: str
+    n_params: int
+    tokens: int
+    flops: float  # this job's compute: 3 F(N) D, plus F(N_T) D for a student's teacher
+    teacher: str | None = None  # "model@tokens" for students
+    teacher_tokens: int | None = None
+    status: str = "todo"
+    seconds: float | None = None
+
+
+def _shape(model_cfg: DictConfig, cfg: DictConfig) -> ModelShape:
+    tokenizer = cfg.data.module.get("tokenizer")
+    vocab = tokenizer.get("vocab_size") if isinstance(tokenizer, DictConfig) else None
+    if cfg.data.module.corpus.get("name") == "markov":
+        vocab = cfg.data.module.corpus.n_states
+    return instantiate(model_cfg, vocab_size=vocab)
+
+
+def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
+    shape = _shape(cfg.model, cfg)
+    scale = cfg.data.get("budget_scale", 1.0)
+    tokens = run_tokens(shape, cfg.data, scale)
+    fpt = flops_per_token(shape)
+    plan = JobPlan(
+        overrides=overrides,
+        role=cfg.role,
+        model=f"{shape.ladder}_{shape.name}" if shape.ladder != "paper" else shape.name,
+        n_params=non_embedding_params(shape),
+        tokens=tokens,
+        flops=3 * fpt * tokens,
+    )
+    if cfg.role == "student" and cfg.teacher.get("model"):
+        from kdlab.teacher import MODEL_CONF
+
+        tshape = _shape(OmegaConf.load(MODEL_CONF / f"{cfg.teacher.model}.yaml"), cfg)
+        plan.teacher_tokens = run_tokens(tshape, cfg.teacher, scale)
+        plan.teacher = f"{cfg.teacher.model}@{plan.teacher_tokens}"
+        plan.flops += flops_per_token(tshape) * tokens
+    return plan
+
+
+def _done_runs(url: str) -> list[dict]:
+    try:
+        return RunStore(url).find(status="done")
+    except Exception:  # no database yet: nothing is done
+        return []
+
+
+def _matches(row: dict, role: str, model: str, tokens: int) -> bool:
+    name = row["model"] if row["ladder"] == "paper" else f"{row['ladder']}_{row['model']}"
+    return row["role"] == role and name == model and row["tokens"] == tokens
+
+
+def plan_sweep(path: Path, overrides: Sequence[str] = ()) -> tuple[list[JobPlan], str]:
+    """Every job with its status in the sweep's database and a time estimate."""
+    expanded = expand(path, overrides)
+    jobs = [plan_job(cfg, own) for own, cfg in expanded]
+    url = expanded[0][1].db.url if expanded else ""
+    refresh_status(jobs, url)
+    return jobs, url
+
+
+def refresh_status(jobs: list[JobPlan], url: str) -> int:
+    """Mark the jobs that have a finished run in the database; returns how many."""
+    done = _done_runs(url)
+    rate = _flops_rate(done)
+    for job in jobs:
+        teacher = job.teacher.split("@")[0] if job.teacher else None
+        if any(
+            _matches(row, job.role, job.model, job.tokens)
+            and (teacher is None or _teacher_of(row) == (teacher, job.teacher_tokens))
+            for row in done
+        ):
+            job.status = "done"
+        job.seconds = job.flops / rate if rate else None
+    return sum(job.status == "done" for job in jobs)
+
+
+def _teacher_of(row: dict) -> tuple[str | None, int | None]:
+    model = row.get("teacher_model")
+    if model and row.get("config"):
+        model = row["config"].get("teacher", {}).get("model", model)
+    return model, row.get("teacher_tokens")
+
+
+def _flops_rate(done: list[dict]) -> float | None:
+    """Median training FLOP/s of finished runs: the estimate for jobs not yet run."""
+    rates = sorted(
+        r["flops"] / r["wall_time_s"] for r in done if r.get("flops") and r.get("wall_time_s")
+    )
+    return rates[len(rates) // 2] if rates else None
+
+
+def missing_teachers(jobs: list[JobPlan], url: str) -> list[str]:
+    """Teacher runs a student sweep needs that are not done, as commands to launch them."""
+    done = _done_runs(url)
+    missing = []
+    for job in jobs:
+        if job.teacher is None:
+            continue
+        model, tokens = job.teacher.split("@")
+        if not any(_matches(r, "teacher", model, int(tokens)) for r in done):
+            command = f"kdlab-train model={model} data.tokens={tokens} data.tokens_per_param=null"
+            if command not in missing:
+                missing.append(command)
+    return missing
+
+
+class PreflightCallback(Callback):
+    """Before a multirun starts: refuse a student sweep whose teachers are missing."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        params = OmegaConf.to_container(config.hydra.sweeper.params or {}, resolve=False)
+        overrides = list(config.hydra.overrides.task)
+        name = config.hydra.job.config_name
+        expanded = _compose_jobs(name, params, overrides)
+        jobs = [plan_job(cfg, own) for own, cfg in expanded]
+        url = expanded[0][1].db.url if expanded else ""
+        missing = missing_teachers(jobs, url)
+        if missing:
+            print(
+                f"kdlab-train: error: {len(missing)} teacher run(s) this sweep needs are not "
+                f"done in {url}; launch them first:\n  " + "\n  ".join(missing),
+                file=sys.stderr,
+            )
+            sys.exit(2)
