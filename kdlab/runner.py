@@ -19,11 +19,13 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.callbacks import CurveRecorder, TrainClock
 from kdlab.data import TokenDataModule, resolve_tokens
 from kdlab.errors import ConfigError
+from kdlab.hardware import matmul_peak_flops
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params, total_params
 from kdlab.modules import DivergedError
 from kdlab.rundb import RunStore
@@ -275,6 +277,18 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
     )
 
 
+def _rank_zero() -> bool:
+    """Every DDP rank runs this code; only global rank 0 writes the database and files."""
+    return rank_zero_only.rank == 0
+
+
+def _resume_checkpoint(plan: RunPlan) -> Path | None:
+    """The newest of kdlab's last.ckpt and a SLURM pre-emption checkpoint, if any."""
+    found = [*plan.run_dir.glob("hpc_ckpt_*.ckpt"), plan.checkpoint]
+    found = [p for p in found if p.exists()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
     plan = plan_run(cfg)
@@ -282,16 +296,18 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     if row and row["status"] == "done" and not cfg.force:
         print(f"kdlab: run {plan.key} is already done (val_loss {row['val_loss']:.4f}); skipped")
         return row
-    if cfg.force and plan.run_dir.exists():
+    record = _rank_zero()
+    if record and cfg.force and plan.run_dir.exists():
         shutil.rmtree(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    resume = plan.checkpoint if plan.checkpoint.exists() else None
+    resume = _resume_checkpoint(plan)
     threads = cfg.threads or jobs_threads()
     if threads:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, plan)
-    plan.store.start(plan.key, **_row_fields(cfg, plan))
+    if record:
+        plan.store.start(plan.key, **_row_fields(cfg, plan))
 
     clock = TrainClock()
     tokens_per_step = plan.data.batch_size * plan.shape.n_ctx
@@ -322,15 +338,20 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=plan.data, ckpt_path=str(resume) if resume else None)
         final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
     except DivergedError as err:
-        plan.store.fail(plan.key, f"diverged: {err}", wall_time_s=time.perf_counter() - start)
+        if record:
+            plan.store.fail(plan.key, f"diverged: {err}", wall_time_s=time.perf_counter() - start)
         _finish_loggers(loggers)
         print(f"kdlab: run {plan.key} diverged ({err}); recorded as failed")
         return plan.store.get(plan.key)
     except BaseException as err:
-        plan.store.fail(plan.key, f"{type(err).__name__}: {err}".strip())
+        if record:
+            plan.store.fail(plan.key, f"{type(err).__name__}: {err}".strip())
         _finish_loggers(loggers)
         raise
+    if not trainer.is_global_zero:
+        return {}
     val_loss = float(final["val/loss"])
+    flops_per_sec = clock.tokens_per_sec * module.train_flops_per_token()
     plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss)
     save_weights(module.model, plan.run_dir)
     plan.store.finish(
@@ -341,6 +362,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         val_top1_agreement=final.get("val/top1_agreement"),
         val_ece=final.get("val/ece"),
         tokens_per_sec=clock.tokens_per_sec,
+        mfu=flops_per_sec / matmul_peak_flops(str(module.device)),
         wall_time_s=time.perf_counter() - start,
         wandb_url=_wandb_url(loggers),
     )

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab.errors import ConfigError
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
-from kdlab.rundb import RunStore
+from kdlab.rundb import RunDBError, RunStore
 from kdlab.runner import run_tokens
 from kdlab.train import CONF_DIR
 
@@ -121,10 +121,13 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
     return plan
 
 
-def _done_runs(url: str) -> list[dict]:
+def _done_runs(url: str | None) -> list[dict]:
+    """Finished runs; none when the database is not set or not reachable from here."""
+    if not url or (url.startswith("sqlite:///") and not Path(url[10:]).exists()):
+        return []
     try:
         return RunStore(url).find(status="done")
-    except Exception:  # no database yet: nothing is done
+    except RunDBError:
         return []
 
 

@@ -73,6 +73,10 @@ class LanguageModelModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def train_flops_per_token(self) -> float:
+        """FLOPs per trained token: forward plus a backward of twice its cost, 3 F(N)."""
+        return 3.0 * self.flops_per_token
+
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
@@ -80,8 +84,7 @@ class LanguageModelModule(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, _ = batch
-        # 3 F(N) per token: forward plus a backward of twice its cost.
-        self.flops_per_batch = 3.0 * self.flops_per_token * x.numel()
+        self.flops_per_batch = self.train_flops_per_token() * x.numel()
         loss, logs = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} at step {self.global_step}")

@@ -75,10 +75,12 @@ class DistillModule(LanguageModelModule):
         self.teacher.eval()
         return self.teacher(x)
 
+    def train_flops_per_token(self) -> float:
+        """The student's 3 F(N_S) plus the teacher's forward F(N_T)."""
+        return 3.0 * self.flops_per_token + self.teacher_flops_per_token
+
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         x, y = batch
-        # student 3 F(N_S) plus teacher forward F(N_T) per token
-        self.flops_per_batch = (3 * self.flops_per_token + self.teacher_flops_per_token) * x.numel()
         taid_t = self.taid.t if self.taid else None
         out = combined_student_loss(
             self.model(x),

@@ -49,12 +49,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class RunStore:
     """Reads and writes runs and their validation curves."""
 
-    def __init__(self, url: str = DEFAULT_URL) -> None:
+    def __init__(self, url: str | None = DEFAULT_URL) -> None:
         self.url = url
         self.engine = self._connect(url)
 
     @staticmethod
-    def _connect(url: str) -> Engine:
+    def _connect(url: str | None) -> Engine:
+        if not url:
+            raise RunDBError("no run database URL: set db.url (db=postgres reads KDLAB_DB_URL)")
         try:
             if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
                 Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
