@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Start a throwaway PostgreSQL server on loopback for the tests that need one, and export
+# KDLAB_TEST_POSTGRES_URL. Source it: `source scripts/postgres.sh`. Installs Debian's
+# postgresql package when no server binaries are present (needs root and apt).
+set -euo pipefail
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+fi
+pgdata=$(mktemp -d /tmp/kdlab-pg.XXXXXX)
+port=${KDLAB_PG_PORT:-55432}
+chown postgres "$pgdata" 2>/dev/null || true
+as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+as_pg "$bindir/initdb -D $pgdata -A trust -U kdlab >/dev/null"
+as_pg "$bindir/pg_ctl -D $pgdata -o '-k $pgdata -h 127.0.0.1 -p $port' -l $pgdata/log -w start >/dev/null"
+as_pg "$bindir/createdb -h 127.0.0.1 -p $port -U kdlab kdlab"
+export KDLAB_TEST_POSTGRES_URL="postgresql+psycopg://kdlab@127.0.0.1:$port/kdlab"
+echo "PostgreSQL for tests at $KDLAB_TEST_POSTGRES_URL (data in $pgdata)"

@@ -1,0 +1,72 @@
+"""The run database on a real PostgreSQL server (started by .ci/run or scripts/postgres.sh)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import uuid
+
+import pytest
+
+from kdlab.rundb import RunDBError, RunStore, fit_points
+
+URL = os.environ.get("KDLAB_TEST_POSTGRES_URL")
+
+
+def _reachable() -> str | None:
+    if not URL:
+        return "KDLAB_TEST_POSTGRES_URL is not set (source scripts/postgres.sh to start a server)"
+    try:
+        RunStore(URL)
+    except RunDBError as err:
+        return f"no PostgreSQL server reachable: {err}"
+    return None
+
+
+reason = _reachable()
+pytestmark = [pytest.mark.postgres, pytest.mark.skipif(reason is not None, reason=reason or "")]
+
+
+def _writer(url: str, prefix: str, worker: int, n: int) -> None:
+    store = RunStore(url)
+    for i in range(n):
+        key = f"{prefix}-{worker}-{i}"
+        store.start(key, role="teacher", n_params=100 + i, tokens=1000 * (i + 1))
+        store.add_curve_point(key, 1, 10, 3.0)
+        store.add_curve_point(key, 2, 20, 2.5)
+        store.finish(key, val_loss=2.5)
+
+
+def test_several_processes_lose_no_rows():
+    prefix = uuid.uuid4().hex[:8]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(URL, prefix, w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    store = RunStore(URL)
+    rows = store.find_key_prefix(prefix)
+    assert len(rows) == 100 and all(r["status"] == "done" for r in rows)
+    assert all(len(store.curve(r["key"])) == 2 for r in rows)
+
+
+def test_same_schema_and_queries_as_sqlite():
+    prefix = uuid.uuid4().hex[:8]
+    store = RunStore(URL)
+    store.start(
+        f"{prefix}-t",
+        role="teacher",
+        n_params=10,
+        tokens=200,
+        corpus_fingerprint=prefix,
+        tokenizer="byte",
+        n_ctx=128,
+        config={"model": {"name": "L1"}},
+    )
+    store.finish(f"{prefix}-t", val_loss=3.0)
+    row = store.get(f"{prefix}-t")
+    assert row["config"] == {"model": {"name": "L1"}} and row["status"] == "done"
+    points = fit_points(URL, "supervised")
+    assert f"{prefix}-t" in set(points["run_key"])
