@@ -11,8 +11,9 @@ from kdlab.rundb import RunDBError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kdlab import study
+    from kdlab import demo, study
     from kdlab.laws import cli as laws_cli
+    from kdlab.report import cli as report_cli
     from kdlab.rundb import cli as runs_cli
 
     parser = argparse.ArgumentParser(
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs_cli.add_commands(sub)
     laws_cli.add_commands(sub)
     study.add_commands(sub)
+    demo.add_commands(sub)
+    report_cli.add_commands(sub)
     return parser
 
 

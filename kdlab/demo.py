@@ -1,0 +1,105 @@
+"""kdlab demo: the whole nano study on this machine, from nothing to a report.
+
+Teachers, supervised baselines and students (kdlab study nano), both scaling-law fits with
+bootstrap intervals, the compute-optimal plan in every scenario, and the report. Each step
+is the same command a user would type; a rerun skips every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from kdlab.models.ladder import get_shape, non_embedding_params
+from kdlab.study import run_study
+
+SCENARIOS = ("best", "inference", "pretraining", "pretraining+inference")
+console = Console()
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("demo", help="run the built-in nano study end to end")
+    demo.add_argument("--root", default=".", help="where runs/ (database, runs, report) goes")
+    demo.add_argument(
+        "--budget-scale", type=float, default=1.0, help="multiply every token budget (quick demo)"
+    )
+    demo.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit")
+    demo.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    demo.set_defaults(func=run_demo)
+
+
+def _step(title: str, argv: list[str]) -> None:
+    from kdlab.cli import main
+
+    console.rule(f"[bold]{title}[/]")
+    console.print("$ kdlab " + " ".join(argv), style="dim")
+    code = main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    runs = root / "runs"
+    out = runs / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    db = f"sqlite:///{runs}/kdlab.db"
+    overrides = [f"paths.root_dir={root}", f"data.budget_scale={args.budget_scale}"]
+    code = run_study("nano", [*overrides, *args.overrides])
+    if code:
+        return code
+
+    sup, dist = str(out / "supervised_fit.json"), str(out / "distillation_fit.json")
+    boot = ["--bootstrap", str(args.bootstrap)]
+    nano = ["--n-vocab", "256"]
+    _step(
+        "supervised law",
+        ["fit", "supervised", "--db", db, "--form", "paper", *boot, *nano, "--out", sup],
+    )
+    _step(
+        "distillation law",
+        ["fit", "distillation", "--db", db, "--supervised", sup, *boot, *nano, "--out", dist],
+    )
+    student = non_embedding_params(get_shape("nano", "L2"))
+    for scenario in SCENARIOS:
+        _step(
+            f"plan: {scenario}",
+            [
+                "plan",
+                "--coefficients",
+                dist,
+                "--student",
+                str(student),
+                "--tokens-per-param",
+                "40",
+                "--scenario",
+                scenario,
+                "--n-ctx",
+                "128",
+                "--n-vocab",
+                "256",
+                "--out",
+                str(out / f"plan-{scenario.replace('+', '-')}.json"),
+            ],
+        )
+    _step(
+        "report",
+        [
+            "report",
+            "--db",
+            db,
+            "--supervised-fit",
+            sup,
+            "--distillation-fit",
+            dist,
+            "--out",
+            str(runs / "report"),
+        ],
+    )
+    console.print(
+        f"\n[bold green]done.[/] database {runs / 'kdlab.db'}; fits and plans in {out}; "
+        f"report {runs / 'report' / 'index.html'}"
+    )
+    return 0

@@ -1,0 +1,131 @@
+"""``kdlab report``: the study's figures, tables and plans as an HTML page with PNGs.
+
+``add_commands`` registers it on the ``kdlab`` command (kdlab/cli.py); ``main`` runs it
+alone (``python -m kdlab.report.cli report ...``, or without the word ``report``).
+Bad input ends in one sentence on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from kdlab.laws.cli import number
+
+EXIT_BAD_INPUT = 2
+EXIT_WANDB_FAILED = 1
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="HTML report with figures of the runs, fits and compute-optimal plans",
+        description="Draw the study (supervised and distillation runs, the fitted laws, "
+        "fit quality, compute-optimal plans) as PNG figures and an HTML page. Works with "
+        "whatever exists: runs without fits, fits without runs, or both.",
+    )
+    src = p.add_argument_group("input")
+    src.add_argument("--db", default="sqlite:///runs/kdlab.db", help="run database URL "
+                     "('' for none: fits and plans only)")
+    src.add_argument("--supervised-fit", metavar="FIT.json", help="supervised fit JSON "
+                     "(kdlab fit supervised --out)")
+    src.add_argument("--distillation-fit", metavar="FIT.json", help="distillation fit JSON "
+                     "(kdlab fit distillation --out)")
+    src.add_argument("--study", help="only runs of this study")
+    src.add_argument("--corpus", help="only runs of this corpus fingerprint")
+    src.add_argument("--tokenizer", help="only runs of this tokenizer")
+    src.add_argument("--n-ctx", type=int, help="only runs of this context length")
+    plan = p.add_argument_group("compute-optimal plans")
+    plan.add_argument("--plan-coefficients", default="auto", help="'auto' (the distillation "
+                      "fit if given, else the paper's), 'paper' or a distillation fit JSON")
+    plan.add_argument("--plan-student", type=number, help="student size N_S of the plan "
+                      "figure (default: the study's median student, 1.82B for the paper)")
+    plan.add_argument("--plan-budgets", type=int, default=10, help="budgets per scenario "
+                      "(0: no planning)")
+    plan.add_argument("--map-points", type=int, default=8, help="student sizes on the map of "
+                      "where distillation wins (0: no map)")
+    plan.add_argument("--jobs", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                      help="processes for planning")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="runs/report", help="folder for index.html and PNGs")
+    out.add_argument("--wandb", action="store_true", help="also log the figures to W&B "
+                     "(WANDB_MODE=offline is honoured)")
+    out.add_argument("--wandb-project", default="kdlab")
+    out.add_argument("--wandb-entity")
+    out.add_argument("--wandb-group", help="default: the study's name")
+    out.add_argument("--wandb-name", help="default: report-<study>")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Build the report; input errors become one sentence and exit code 2."""
+    from kdlab.laws.io import LawInputError
+    from kdlab.rundb import RunDBError
+
+    try:
+        return _run_report(args)
+    except (LawInputError, RunDBError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from kdlab.laws.io import LawInputError
+    from kdlab.report.build import PlanOptions, build_report, log_to_wandb
+
+    if args.plan_budgets < 0 or args.map_points < 0 or args.jobs < 1:
+        raise LawInputError("--plan-budgets and --map-points must be 0 or more, --jobs 1 or "
+                            "more.")
+    opts = PlanOptions(
+        coefficients=args.plan_coefficients,
+        student=args.plan_student,
+        budgets=args.plan_budgets,
+        map_points=args.map_points,
+        jobs=args.jobs,
+    )
+    report = build_report(
+        args.out, args.db or None, args.supervised_fit, args.distillation_fit, opts,
+        study=args.study, corpus=args.corpus, tokenizer=args.tokenizer, n_ctx=args.n_ctx,
+    )
+    for fig in report.figures:
+        if fig.path is not None:
+            print(f"figure  {fig.path}")
+        else:
+            print(f"skipped {fig.name}: {fig.skipped}")
+    for note in report.notes:
+        print(f"note    {note}")
+    print(f"wrote {report.html}")
+    if args.wandb:
+        try:
+            where = log_to_wandb(report, args.wandb_project, args.wandb_entity,
+                                 args.wandb_group, args.wandb_name)
+        except Exception as exc:  # W&B fails in many ways (network, auth); the page stands
+            print(f"error: the report is written, but logging it to W&B failed: {exc}",
+                  file=sys.stderr)
+            return EXIT_WANDB_FAILED
+        print(f"logged {len(report.made)} figures to W&B: {where}")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``report`` on the ``kdlab`` command."""
+    _add_report(subparsers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m kdlab.report.cli [report] --db ... --out ...``."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # effective only before NumPy loads
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "report":
+        argv = ["report", *argv]
+    parser = argparse.ArgumentParser(prog="kdlab", description="kdlab report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

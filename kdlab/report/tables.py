@@ -1,0 +1,181 @@
+"""The report's tables as DataFrames: study summary, coefficients beside the paper's, plans.
+
+Kept apart from the HTML so the same tables go to CSV files and to W&B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdlab.laws.io import DISTILLATION_KEYS
+from kdlab.laws.published import (
+    PAPER_DISTILLATION,
+    PAPER_DISTILLATION_CI90,
+    PAPER_SUPERVISED,
+    PAPER_SUPERVISED_CI90,
+)
+from kdlab.report.data import ReportData
+from kdlab.report.planning import PlanSet
+
+SUPERVISED_NAMES = ("E", "A", "B", "alpha", "beta", "gamma")
+GREEK = {"alpha": "α", "beta": "β", "gamma": "γ"}
+
+
+def display_name(name: str, law: str) -> str:
+    """alpha -> α; the distillation law's A, B, α, β, γ are primed as in PAPER.md §2."""
+    text = GREEK.get(name, name)
+    if law == "distillation" and name in ("A", "B", "alpha", "beta", "gamma"):
+        text += "′"
+    return text
+
+
+def coefficient_table(doc: Mapping[str, Any] | None, law: str) -> pd.DataFrame:
+    """One row per coefficient: this study's value and interval, and the paper's.
+
+    Columns: coefficient, symbol, value, lo, hi, level, paper, paper_lo, paper_hi, note.
+    Without a fit the study's columns are empty, so the paper's values still show.
+    """
+    if law == "supervised":
+        names, paper, paper_ci = SUPERVISED_NAMES, PAPER_SUPERVISED, PAPER_SUPERVISED_CI90
+    else:
+        names, paper, paper_ci = DISTILLATION_KEYS, PAPER_DISTILLATION, PAPER_DISTILLATION_CI90
+    coef = dict((doc or {}).get("coefficients") or {})
+    intervals = dict((doc or {}).get("intervals") or {})
+    level = (doc or {}).get("interval_level")
+    rows = []
+    for name in names:
+        lo_hi = intervals.get(name)
+        note = ""
+        if doc and name == "gamma" and law == "supervised" and doc.get("form") == "chinchilla":
+            note = "fixed to 1 (Chinchilla form)"
+        rows.append(
+            {
+                "coefficient": name,
+                "symbol": display_name(name, law),
+                "value": float(coef[name]) if name in coef else np.nan,
+                "lo": float(lo_hi[0]) if lo_hi else np.nan,
+                "hi": float(lo_hi[1]) if lo_hi else np.nan,
+                "level": float(level) if level and lo_hi else np.nan,
+                "paper": paper[name],
+                "paper_lo": paper_ci[name][0],
+                "paper_hi": paper_ci[name][1],
+                "note": note,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def fit_facts(doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The one-line facts of a fit: points, objective, errors, bootstrap size."""
+    if not doc:
+        return {}
+    out: dict[str, Any] = {
+        "form": doc.get("form"),
+        "points": doc.get("n_points"),
+        "objective": doc.get("objective"),
+        "huber_delta": doc.get("huber_delta"),
+        "held_out": doc.get("n_heldout"),
+        "fit_where": doc.get("fit_where"),
+    }
+    for key in ("fit_error", "heldout_error"):
+        err = doc.get(key) or {}
+        if err.get("n_points"):
+            out[key] = err.get("mean_abs_rel_error")
+    boot = doc.get("bootstrap")
+    if isinstance(boot, Mapping):
+        out["bootstrap_resamples"] = boot.get("resamples")
+    if doc.get("source"):
+        out["source"] = doc.get("source")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def runs_by_role(data: ReportData) -> pd.DataFrame:
+    """Counts of runs by role (rows) and status (columns), all data included."""
+    runs = data.all_runs
+    if runs.empty or "role" not in runs.columns:
+        return pd.DataFrame()
+    table = pd.crosstab(runs["role"], runs["status"], margins=True, margins_name="total")
+    return table
+
+
+def study_facts(data: ReportData) -> list[tuple[str, str]]:
+    """(label, value) lines of the study summary: data, tokenizer, sizes, tokens."""
+    runs = data.all_runs
+    facts: list[tuple[str, str]] = []
+    if data.db:
+        facts.append(("run database", data.db))
+    for col, label in (
+        ("study", "study"),
+        ("corpus", "corpus"),
+        ("corpus_fingerprint", "corpus fingerprint"),
+        ("tokenizer", "tokenizer"),
+        ("vocab_size", "vocabulary"),
+        ("n_ctx", "context length"),
+        ("family", "experiment families"),
+    ):
+        if col in runs.columns:
+            counts = runs[col].dropna().astype(str).value_counts()
+            if len(counts):
+                facts.append((label, ", ".join(f"{v} ({n})" for v, n in counts.items())))
+    if data.selection:
+        sel = ", ".join(f"{k} = {v}" for k, v in data.selection.items())
+        facts.append(("figures show", sel))
+    from kdlab.report.figures import fmt_count
+
+    sup, st = data.supervised, data.students
+    if not sup.empty:
+        facts.append((
+            "supervised runs (done)",
+            f"{len(sup)}: N {fmt_count(sup.N.min())}–{fmt_count(sup.N.max())}, "
+            f"D {fmt_count(sup.D.min())}–{fmt_count(sup.D.max())}, "
+            f"loss {sup.loss.min():.3f}–{sup.loss.max():.3f}",
+        ))
+    if not st.empty:
+        facts.append((
+            "students (done)",
+            f"{len(st)}: N_S {fmt_count(st.N_S.min())}–{fmt_count(st.N_S.max())}, "
+            f"D_S {fmt_count(st.D_S.min())}–{fmt_count(st.D_S.max())}, "
+            f"L_T {st.L_T.min():.3f}–{st.L_T.max():.3f}, "
+            f"{st['teacher_key'].nunique()} teacher(s)",
+        ))
+    return facts
+
+
+PLAN_COLUMNS = {
+    "scenario": "scenario",
+    "compute": "C (FLOPs)",
+    "student_tokens": "D_S",
+    "teacher_params": "N_T",
+    "teacher_tokens": "D_T",
+    "teacher_loss": "L_T",
+    "student_loss": "L_S",
+    "supervised_loss": "L alone",
+    "gain": "L_S − L alone",
+    "share_student": "student",
+    "share_teacher_logits": "logits",
+    "share_teacher_pretraining": "teacher pretr.",
+    "verdict": "verdict",
+}
+
+
+def plan_table(plans: PlanSet, per_scenario: int = 4) -> pd.DataFrame:
+    """A few budgets per scenario (spread over the range) of the plan for the page."""
+    tab = plans.table
+    if tab.empty:
+        return pd.DataFrame(columns=list(PLAN_COLUMNS))
+    if "error" in tab.columns:
+        tab = tab[tab["error"].isna()]
+    parts = []
+    for _, g in tab.groupby("scenario", sort=False):
+        g = g.sort_values("compute")
+        idx = np.unique(np.linspace(0, len(g) - 1, min(per_scenario, len(g))).round().astype(int))
+        parts.append(g.iloc[idx])
+    if not parts:
+        return pd.DataFrame(columns=list(PLAN_COLUMNS))
+    out = pd.concat(parts)
+    out = out.assign(gain=out["student_loss"] - out["supervised_loss"])
+    return out[[c for c in PLAN_COLUMNS if c in out.columns]].reset_index(drop=True)
