@@ -11,22 +11,25 @@ data of shape (n,) give a (S, n) table of S parameter vectors times n runs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 SUPERVISED_FORMS = ("chinchilla", "paper")
 
 
 def _is_torch(*xs: object) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in xs)
+    # torch is not imported here: predict and plan need only NumPy, and start faster
+    torch = sys.modules.get("torch")
+    return torch is not None and any(isinstance(x, torch.Tensor) for x in xs)
 
 
 def logaddexp(x, y):
     """log(exp(x) + exp(y)) for arrays, tensors and scalars alike."""
     if _is_torch(x, y):
+        torch = sys.modules["torch"]
         x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64)
         y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y, dtype=torch.float64)
         return torch.logaddexp(x, y)
@@ -36,6 +39,7 @@ def logaddexp(x, y):
 def softplus(x):
     """log(1 + exp(x)) without overflow (the LSE(0, x) of the distillation law)."""
     if _is_torch(x):
+        torch = sys.modules["torch"]
         # threshold 50: beyond it log1p(exp(-x)) < 2e-22, below float64 resolution.
         return torch.nn.functional.softplus(x, beta=1.0, threshold=50.0)
     return np.logaddexp(0.0, x)
@@ -107,13 +111,13 @@ class LawSpec:
 
 
 SUPERVISED_LOG = {"e": "E", "a": "A", "b": "B"}
-CHINCHILLA = LawSpec(
+CHINCHILLA_SPEC = LawSpec(
     "supervised", "chinchilla", ("e", "a", "b", "alpha", "beta"), SUPERVISED_LOG, {"gamma": 1.0}
 )
-PAPER_SUPERVISED = LawSpec(
+PAPER_SPEC = LawSpec(
     "supervised", "paper", ("e", "a", "b", "alpha", "beta", "gamma"), SUPERVISED_LOG, {}
 )
-DISTILLATION = LawSpec(
+DISTILLATION_SPEC = LawSpec(
     "distillation",
     "distillation",
     ("a", "b", "alpha", "beta", "gamma", "c0", "c1", "f1", "log_d1"),
@@ -125,9 +129,9 @@ DISTILLATION = LawSpec(
 def supervised_spec(form: str) -> LawSpec:
     """The LawSpec of a supervised form name (``chinchilla``: gamma = 1; ``paper``)."""
     if form == "chinchilla":
-        return CHINCHILLA
+        return CHINCHILLA_SPEC
     if form == "paper":
-        return PAPER_SUPERVISED
+        return PAPER_SPEC
     raise ValueError(f"Unknown supervised form {form!r}: choose chinchilla or paper.")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 from kdlab.models.flops import flops_per_token
@@ -50,8 +51,9 @@ class ModelShape:
     def __post_init__(self) -> None:
         for field in ("n_layer", "d_model", "n_head", "d_ff", "vocab_size", "n_ctx"):
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModelShape.{field} must be a positive integer, got {value!r}.")
+            object.__setattr__(self, field, int(value))  # plain int, e.g. from numpy or YAML
         if self.d_model % self.n_head:
             raise ValueError(
                 f"ModelShape.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})."

@@ -1,0 +1,505 @@
+"""``kdlab fit | predict | plan``: the scaling-law commands.
+
+``add_commands`` registers them on the ``kdlab`` command (kdlab/cli.py); ``main`` runs
+them on their own (``python -m kdlab.laws.cli fit ...``), which is what the tests use.
+Bad input ends in one sentence on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+_SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def number(text: str) -> float:
+    """A positive count such as 198M, 1.82B, 7.75e9 or 3e21 (argparse type)."""
+    m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*([kKMBGT]?)\s*", str(text))
+    try:
+        if not m:
+            raise ValueError
+        return float(m.group(1)) * _SUFFIX.get(m.group(2), 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 198M, 7.75e9)") from None
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="fit the supervised or distillation scaling law",
+        description="Fit a scaling law (PAPER.md §1-§3) to runs from the run database "
+        "or a CSV, with a multi-start Huber fit and optional bootstrap intervals.",
+    )
+    p.add_argument("law", choices=["supervised", "distillation"])
+    src = p.add_argument_group("input")
+    src.add_argument("--csv", help="CSV of runs (default: the run database)")
+    src.add_argument("--db", default="sqlite:///runs/kdlab.db", help="run database URL")
+    src.add_argument("--corpus", help="database: only runs of this corpus")
+    src.add_argument("--tokenizer", help="database: only runs of this tokenizer")
+    src.add_argument("--n-ctx", type=int, help="database: only runs of this context length")
+    src.add_argument("--n-col", default="N", help="CSV column of N (supervised)")
+    src.add_argument("--d-col", default="D", help="CSV column of D (supervised)")
+    src.add_argument("--ns-col", default="N_S", help="CSV column of N_S (distillation)")
+    src.add_argument("--ds-col", default="D_S", help="CSV column of D_S (distillation)")
+    src.add_argument("--lt-col", default="L_T", help="CSV column of L_T (distillation)")
+    src.add_argument("--loss-col", default="loss", help="CSV column of the loss")
+    src.add_argument("--flops-col", help="CSV column of training FLOPs C: tokens are D = C / (6 N)")
+    law = p.add_argument_group("law and objective")
+    law.add_argument(
+        "--form",
+        default="paper",
+        help="supervised form: chinchilla (gamma = 1) or paper (gamma free)",
+    )
+    law.add_argument(
+        "--supervised",
+        help="distillation: supervised coefficients for Ltilde_S: 'paper' or a supervised fit JSON",
+    )
+    law.add_argument("--huber-delta", type=float, default=1e-4)
+    law.add_argument(
+        "--grid",
+        default="paper",
+        help="starts: paper, epoch (supervised: "
+        "Epoch AI's 4,500) or a JSON file {parameter: [values]}",
+    )
+    sel = p.add_argument_group("selection")
+    sel.add_argument("--drop-highest", type=int, default=0, help="drop the K highest losses")
+    where = sel.add_mutually_exclusive_group()
+    where.add_argument(
+        "--holdout",
+        help="hold out the runs matching this expression (the complement of --fit-where)",
+    )
+    where.add_argument(
+        "--fit-where",
+        help="fit only runs matching this pandas expression "
+        "(e.g. 'loss >= 2.3'); report the error on the rest",
+    )
+    unc = p.add_argument_group("uncertainty")
+    unc.add_argument("--bootstrap", type=int, default=0, help="B bootstrap resamples")
+    unc.add_argument("--level", type=float, default=0.9, help="interval level")
+    unc.add_argument("--seed", type=int, default=0)
+    se = p.add_argument_group("search (see kdlab/laws/optim.py)")
+    se.add_argument("--keep", type=int, default=1000, help="starts kept after screening (0: all)")
+    se.add_argument(
+        "--final-keep",
+        type=int,
+        default=100,
+        help="starts left by successive halving (0: no halving)",
+    )
+    se.add_argument("--max-iter", type=int, default=300)
+    se.add_argument("--polish", type=int, default=5, help="optima refined with SciPy")
+    se.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads while fitting "
+        "(default 1: fastest on a busy machine; 0: torch's default)",
+    )
+    out = p.add_argument_group("output")
+    out.add_argument("--out", help="write the fit JSON here")
+    out.add_argument("--n-vocab", type=number, help="vocabulary size stored for plan's F(N)")
+    out.add_argument("--json", action="store_true", help="print the fit JSON, not a table")
+    p.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    return _guard(_run_fit, args)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from kdlab.laws.forms import DISTILLATION_SPEC, supervised_spec
+    from kdlab.laws.io import (
+        LawInputError,
+        law_columns,
+        load_supervised,
+        read_csv_points,
+        read_db_points,
+        validate_points,
+    )
+
+    if args.law == "distillation" and not args.supervised:
+        raise LawInputError(
+            "fit distillation needs --supervised paper or a supervised fit JSON for Ltilde_S."
+        )
+    if args.law == "distillation" and args.grid == "epoch":
+        raise LawInputError("The epoch grid is for the supervised law; use --grid paper.")
+    data_info: dict[str, Any]
+    if args.csv:
+        cols = {
+            "N": args.n_col,
+            "D": args.d_col,
+            "N_S": args.ns_col,
+            "D_S": args.ds_col,
+            "L_T": args.lt_col,
+            "loss": args.loss_col,
+        }
+        df = read_csv_points(args.csv, args.law, cols, args.flops_col)
+        used = {k: v for k, v in cols.items() if k in law_columns(args.law)}
+        data_info = {"source": str(args.csv), "flops_col": args.flops_col, "columns": used}
+    else:
+        filters = {"corpus": args.corpus, "tokenizer": args.tokenizer, "n_ctx": args.n_ctx}
+        df, comparable = read_db_points(args.db, args.law, filters)
+        data_info = {"source": args.db, **comparable}
+        if "run_key" in df.columns:
+            data_info["run_keys"] = [str(k) for k in df["run_key"]]
+    try:
+        spec = DISTILLATION_SPEC if args.law == "distillation" else supervised_spec(args.form)
+    except ValueError as exc:
+        raise LawInputError(str(exc)) from None
+    validate_points(df, args.law, len(spec.params))  # before torch and the fit load
+    sup = load_supervised(args.supervised) if args.law == "distillation" else None
+
+    from kdlab.laws.fit import SearchSettings, default_flops, fit_distillation, fit_supervised
+
+    search = SearchSettings(
+        keep=args.keep or None,
+        final_keep=args.final_keep or None,
+        max_iter=args.max_iter,
+        n_polish=max(1, args.polish),
+        threads=args.threads or None,
+    )
+    common = dict(
+        huber_delta=args.huber_delta,
+        grid=args.grid,
+        search=search,
+        drop_highest=args.drop_highest,
+        fit_where=args.fit_where if args.holdout is None else f"~({args.holdout})",
+        bootstrap=args.bootstrap,
+        level=args.level,
+        seed=args.seed,
+    )
+    if not 0 < args.level < 1:
+        raise LawInputError(f"--level must lie between 0 and 1, not {args.level}.")
+    if args.law == "supervised":
+        doc = fit_supervised(df, form=args.form, **common)
+    else:
+        assert sup is not None
+        sup_coef, sup_doc = sup
+        sup_doc = {k: v for k, v in sup_doc.items() if k not in ("data", "other_optima")}
+        sup_doc["source"] = args.supervised
+        doc = fit_distillation(df, sup_coef, supervised_doc=sup_doc, **common)
+    doc["data"] = data_info
+    doc["flops"] = default_flops(data_info.get("n_ctx"), args.n_vocab)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_fit(doc, args.out)
+    return 0
+
+
+def _print_fit(doc: dict[str, Any], out: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    level = doc.get("interval_level")
+    title = f"{doc['law']} law ({doc['form']}), {doc['n_points']} runs"
+    table = Table(title=title)
+    table.add_column("coefficient")
+    table.add_column("value", justify="right")
+    if "intervals" in doc:
+        table.add_column(f"{100 * level:g}% interval", justify="right")
+    for name, value in doc["coefficients"].items():
+        row = [name, f"{value:.6g}"]
+        if "intervals" in doc:
+            lo_hi = doc["intervals"].get(name)
+            row.append(f"{lo_hi[0]:.6g} - {lo_hi[1]:.6g}" if lo_hi else "fixed")
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"Huber objective {doc['objective']:.10g} (delta {doc['huber_delta']:g}); "
+        f"grid {doc['grid']}: {doc['n_starts']} starts, {doc['n_starts_defined']} defined, "
+        f"{doc['n_starts_optimised']} optimised; {doc['fit_seconds']:.2f} s"
+    )
+    fe = doc["fit_error"]
+    console.print(
+        f"fit error: mean |rel| {fe['mean_abs_rel_error']:.3%}, max {fe['max_abs_rel_error']:.3%}"
+    )
+    he = doc.get("heldout_error")
+    if he:
+        console.print(
+            f"held-out error ({he['n_points']} runs not matching --fit-where): mean |rel| "
+            f"{he['mean_abs_rel_error']:.3%}, max {he['max_abs_rel_error']:.3%}, "
+            f"mean signed {he['mean_rel_error']:+.3%}"
+        )
+    if "bootstrap" in doc:
+        b = doc["bootstrap"]
+        console.print(f"bootstrap: {b['resamples']} resamples, {b['seconds']:.1f} s")
+    if out:
+        console.print(f"wrote {out}")
+
+
+# ------------------------------------------------------------------------- predict
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="evaluate a fitted (or the published) law",
+        description="Loss of N parameters trained on D tokens: the supervised law, or the "
+        "distillation law when a teacher loss (or teacher size and tokens) is given.",
+    )
+    p.add_argument("--coefficients", default="paper", help="'paper' or a fit JSON")
+    p.add_argument("--n", type=number, nargs="+", required=True, help="(student) parameters")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--d", type=number, nargs="+", help="(student) training tokens")
+    tok.add_argument("--tokens-per-param", type=float, nargs="+", help="D = M * N")
+    p.add_argument("--teacher-loss", type=float, nargs="+", help="L_T: predict a student")
+    p.add_argument(
+        "--teacher-params",
+        type=number,
+        help="teacher N_T (L_T from the supervised law, with --teacher-tokens)",
+    )
+    p.add_argument("--teacher-tokens", type=number, help="teacher D_T")
+    p.add_argument("--json", action="store_true", help='print {"loss": ...}')
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    return _guard(_run_predict, args)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from kdlab.laws.forms import distillation_loss, supervised_loss
+    from kdlab.laws.io import LawInputError, load_coefficients
+
+    coefs = load_coefficients(args.coefficients)
+    n = np.asarray(args.n, dtype=float)
+    d = (
+        np.asarray(args.d, dtype=float)
+        if args.d is not None
+        else np.asarray(args.tokens_per_param, dtype=float) * n
+    )
+    l_t = None
+    if args.teacher_loss is not None:
+        l_t = np.asarray(args.teacher_loss, dtype=float)
+    if (args.teacher_params is None) != (args.teacher_tokens is None):
+        raise LawInputError("Give --teacher-params and --teacher-tokens together.")
+    if args.teacher_params is not None:
+        if l_t is not None:
+            raise LawInputError("Give either --teacher-loss or the teacher's size and tokens.")
+        _positive("--teacher-params", [args.teacher_params, args.teacher_tokens])
+        l_t = supervised_loss(args.teacher_params, args.teacher_tokens, coefs["supervised"])
+    _positive("--n", n)
+    _positive("--d", d)
+    if l_t is not None:
+        _positive("--teacher-loss", l_t)
+        if coefs["distillation"] is None:
+            raise LawInputError(
+                f"{args.coefficients} is a supervised fit; a teacher loss needs distillation "
+                "coefficients (--coefficients paper or a distillation fit JSON)."
+            )
+    try:
+        shape = np.broadcast_shapes(n.shape, d.shape, () if l_t is None else np.shape(l_t))
+    except ValueError:
+        raise LawInputError(
+            "--n, --d and --teacher-loss must have one value each or the same number of values."
+        ) from None
+    if l_t is None:
+        loss = supervised_loss(n, d, coefs["supervised"])
+    else:
+        loss = distillation_loss(n, d, l_t, coefs["distillation"], coefs["supervised"])
+    loss = np.broadcast_to(loss, shape)
+    if args.json:
+        value: Any = float(loss.ravel()[0]) if loss.size == 1 else [float(v) for v in loss]
+        print(json.dumps({"loss": value}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="distilled student" if l_t is not None else "supervised")
+    for col in ("N", "D") + (("L_T",) if l_t is not None else ()) + ("loss",):
+        table.add_column(col, justify="right")
+    nb, db = np.broadcast_to(n, shape), np.broadcast_to(d, shape)
+    lb = None if l_t is None else np.broadcast_to(l_t, shape)
+    for i in np.ndindex(shape):
+        row = [f"{nb[i]:.4g}", f"{db[i]:.4g}"] + ([f"{lb[i]:.4f}"] if lb is not None else [])
+        table.add_row(*row, f"{loss[i]:.4f}")
+    Console().print(table)
+    return 0
+
+
+def _positive(name: str, values) -> None:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(v) & (v > 0)):
+        raise _input_error(f"{name} must be positive numbers, not {values}.")
+
+
+def _input_error(msg: str) -> Exception:
+    from kdlab.laws.io import LawInputError
+
+    return LawInputError(msg)
+
+
+# ---------------------------------------------------------------------------- plan
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="compute-optimal distillation for a student size and budget",
+        description="Choose teacher size, teacher tokens and student tokens for a student "
+        "size and compute budget (PAPER.md §4), and compare with training the student alone.",
+    )
+    p.add_argument("--coefficients", default="paper", help="'paper' or a distillation fit JSON")
+    p.add_argument("--student", type=number, required=True, help="student parameters N_S")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--compute", type=number, help="budget C in FLOPs (per student)")
+    budget.add_argument(
+        "--tokens-per-param",
+        type=float,
+        help="budget that trains the student alone on M * N_S tokens: C = 3 F(N_S) M N_S",
+    )
+    p.add_argument(
+        "--scenario", default="best", help="best | inference | pretraining | pretraining+inference"
+    )
+    p.add_argument(
+        "--students", type=int, default=1, help="K students share one teacher's pretraining"
+    )
+    p.add_argument(
+        "--crossover",
+        action="store_true",
+        help="find the compute above which training alone beats distillation",
+    )
+    p.add_argument(
+        "--teacher-loss",
+        type=float,
+        help="with --crossover: a fixed, already trained teacher of this loss",
+    )
+    p.add_argument("--n-ctx", type=number, help="override F(N)'s context length")
+    p.add_argument("--n-vocab", type=number, help="override F(N)'s vocabulary size")
+    p.add_argument("--json", action="store_true", help="print JSON, not a table")
+    p.add_argument("--out", help="write the full result as JSON here")
+    p.set_defaults(func=run_plan)
+
+
+PLAN_JSON_KEYS = (
+    "scenario",
+    "student_loss",
+    "supervised_loss",
+    "teacher_loss",
+    "teacher_params",
+    "teacher_tokens",
+    "student_tokens",
+    "compute_shares",
+    "verdict",
+)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    return _guard(_run_plan, args)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from kdlab.laws.compute import flops_per_token, get_scenario
+    from kdlab.laws.io import LawInputError, load_coefficients
+    from kdlab.laws.plan import crossover, plan
+
+    get_scenario(args.scenario)  # an unknown scenario fails before any file is read
+    coefs = load_coefficients(args.coefficients)
+    if args.n_ctx:
+        coefs["flops"]["n_ctx"] = args.n_ctx
+    if args.n_vocab:
+        coefs["flops"]["n_vocab"] = args.n_vocab
+    if args.crossover:
+        result = crossover(coefs, args.student, args.scenario, args.students, args.teacher_loss)
+        printed = result
+    else:
+        compute = args.compute
+        if args.tokens_per_param is not None:
+            if not args.tokens_per_param > 0:
+                raise LawInputError("--tokens-per-param must be a positive number.")
+            f_s = flops_per_token(args.student, coefs["flops"])
+            compute = float(3.0 * f_s * args.tokens_per_param * args.student)
+        if compute is None:
+            raise LawInputError("plan needs --compute C or --tokens-per-param M (or --crossover).")
+        result = plan(coefs, args.student, compute, args.scenario, args.students)
+        printed = {k: result[k] for k in PLAN_JSON_KEYS}
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(printed, indent=2))
+        return 0
+    _print_plan(result)
+    return 0
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"plan: {result['scenario']}", show_header=False)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key == "compute_shares":
+            for part, share in value.items():
+                table.add_row(f"compute share: {part}", f"{share:.1%}")
+        elif key == "crossovers":
+            for c in value:
+                table.add_row(
+                    "crossover",
+                    f"C = {c['compute']:.4g} FLOPs (M = {c['tokens_per_param']:.4g}"
+                    f"), above it: {c['above']}",
+                )
+        elif isinstance(value, float):
+            table.add_row(key, f"{value:.6g}")
+        elif isinstance(value, list):
+            table.add_row(key, " - ".join(f"{v:.4g}" for v in value))
+        elif value is not None:
+            table.add_row(key, str(value))
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------- glue
+
+
+def _guard(fn, args: argparse.Namespace) -> int:
+    """Run a command; input errors become one sentence on stderr and exit code 2."""
+    from kdlab.laws.io import LawInputError
+
+    try:
+        return fn(args)
+    except LawInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``fit``, ``predict`` and ``plan`` on the ``kdlab`` command."""
+    _add_fit(subparsers)
+    _add_predict(subparsers)
+    _add_plan(subparsers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m kdlab.laws.cli fit|predict|plan ...``."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # effective only before NumPy loads
+    parser = argparse.ArgumentParser(prog="kdlab", description="kdlab scaling-law commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""kdlab fit | predict | plan: end to end, and bad input -> one sentence, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlab.laws import cli
+from kdlab.laws.synthetic import paper_like_distillation_runs, paper_like_supervised_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "kdlab.laws.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_sentence_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_csvs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    good = pd.DataFrame(
+        {"N": np.repeat([1e8, 3e8, 1e9], 4), "D": np.tile([1e9, 3e9, 1e10, 3e10], 3)}
+    )
+    good["loss"] = 2 + 400 / good.N**0.3 + 400 / good.D**0.3
+    frames = {
+        "missing": good.drop(columns=["D"]),
+        "nan": good.assign(loss=[np.nan] + list(good.loss[1:])),
+        "negative": good.assign(N=-good.N),
+        "few": good.iloc[:4],
+        "one_n": good.assign(N=1e8),
+        "one_d": good.assign(D=1e9),
+    }
+    out = {}
+    for name, frame in frames.items():
+        out[name] = d / f"{name}.csv"
+        frame.to_csv(out[name], index=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing", "Column 'D' (for D) is missing"),
+        ("nan", "NaN"),
+        ("negative", "non-positive"),
+        ("few", "more runs than coefficients"),
+        ("one_n", "same N"),
+        ("one_d", "same D"),
+    ],
+)
+def test_fit_bad_input(bad_csvs, case, fragment):
+    proc = run_cli("fit", "supervised", "--csv", str(bad_csvs[case]), "--form", "chinchilla")
+    assert_one_sentence_error(proc, fragment)
+
+
+def test_plan_unknown_scenario():
+    proc = run_cli(
+        "plan",
+        "--coefficients",
+        "paper",
+        "--student",
+        "198M",
+        "--compute",
+        "1e21",
+        "--scenario",
+        "free-lunch",
+    )
+    assert_one_sentence_error(proc, "Unknown scenario 'free-lunch'")
+
+
+def test_predict_section6_numbers_through_subprocess():
+    proc = run_cli(
+        "predict", "--coefficients", "paper", "--n", "198M", "--tokens-per-param", "20", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["loss"] == pytest.approx(2.789, abs=5e-4)
+
+
+def test_predict_and_plan_in_process(capsys):
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--coefficients",
+                "paper",
+                "--n",
+                "198e6",
+                "--d",
+                "3.96e9",
+                "--teacher-loss",
+                "2.004",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(2.544, abs=5e-4)
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--n",
+                "198M",
+                "--tokens-per-param",
+                "20",
+                "--teacher-params",
+                "7.75B",
+                "--teacher-tokens",
+                "155B",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(2.544, abs=5e-4)
+    for m, lt in ((20, 1.876), (320, 2.198)):
+        assert (
+            cli.main(
+                [
+                    "plan",
+                    "--coefficients",
+                    "paper",
+                    "--student",
+                    "198M",
+                    "--tokens-per-param",
+                    str(m),
+                    "--scenario",
+                    "best",
+                    "--json",
+                ]
+            )
+            == 0
+        )
+        out = json.loads(capsys.readouterr().out)
+        assert set(out) == set(cli.PLAN_JSON_KEYS)
+        assert set(out["compute_shares"]) == {"student", "teacher_logits", "teacher_pretraining"}
+        assert out["teacher_loss"] == pytest.approx(lt, abs=1e-3)
+        assert out["verdict"] == "distil"
+    assert (
+        cli.main(
+            [
+                "plan",
+                "--student",
+                "198M",
+                "--compute",
+                "1e21",
+                "--scenario",
+                "pretraining+inference",
+                "--students",
+                "8",
+            ]
+        )
+        == 0
+    )
+    assert "verdict" in capsys.readouterr().out
+    assert (
+        cli.main(["plan", "--student", "198M", "--crossover", "--teacher-loss", "2.0", "--json"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["crossover_compute"] > 1e19
+
+
+def test_fit_predict_plan_round_trip(tmp_path, capsys):
+    sup = paper_like_supervised_runs(noise=0.005, seed=0)
+    sup.to_csv(tmp_path / "sup.csv", index=False)
+    grid = tmp_path / "grid.json"
+    grid.write_text(
+        json.dumps(
+            {
+                "e": [0.0, 0.5],
+                "a": [8.0],
+                "b": [10.0],
+                "alpha": [0.4],
+                "beta": [0.4],
+                "gamma": [0.5],
+            }
+        )
+    )
+    sup_json = tmp_path / "sup.json"
+    assert (
+        cli.main(
+            [
+                "fit",
+                "supervised",
+                "--csv",
+                str(tmp_path / "sup.csv"),
+                "--form",
+                "paper",
+                "--grid",
+                str(grid),
+                "--out",
+                str(sup_json),
+                "--bootstrap",
+                "16",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(sup_json.read_text())
+    assert doc["law"] == "supervised" and doc["form"] == "paper"
+    assert set(doc["coefficients"]) == {"E", "A", "B", "alpha", "beta", "gamma"}
+    assert doc["n_points"] == len(sup) and "objective" in doc and "intervals" in doc
+    capsys.readouterr()
+
+    dist = paper_like_distillation_runs(n_runs=200, noise=0.005, seed=0)
+    dist = dist.rename(columns={"N_S": "student", "D_S": "tokens", "L_T": "teacher"})
+    dist.to_csv(tmp_path / "dist.csv", index=False)
+    dgrid = tmp_path / "dgrid.json"
+    dgrid.write_text(
+        json.dumps(
+            {
+                "a": [5.0, 10.0],
+                "b": [10.0],
+                "alpha": [0.5],
+                "beta": [0.5],
+                "gamma": [0.5, 1.0],
+                "c0": [1.5],
+                "c1": [0.5, 1.5],
+                "f1": [0.5],
+                "log_d1": [0.0, 0.5],
+            }
+        )
+    )
+    dist_json = tmp_path / "dist.json"
+    assert (
+        cli.main(
+            [
+                "fit",
+                "distillation",
+                "--csv",
+                str(tmp_path / "dist.csv"),
+                "--ns-col",
+                "student",
+                "--ds-col",
+                "tokens",
+                "--lt-col",
+                "teacher",
+                "--supervised",
+                str(sup_json),
+                "--grid",
+                str(dgrid),
+                "--fit-where",
+                "loss >= 2.3",
+                "--out",
+                str(dist_json),
+            ]
+        )
+        == 0
+    )
+    ddoc = json.loads(dist_json.read_text())
+    assert set(ddoc["coefficients"]) == {"A", "B", "alpha", "beta", "gamma", "c0", "c1", "f1", "d1"}
+    assert ddoc["supervised"]["coefficients"] == doc["coefficients"]
+    assert ddoc["heldout_error"]["n_points"] == int((dist.loss < 2.3).sum())
+    assert ddoc["flops"]["n_ctx"] == 4096
+    capsys.readouterr()
+    # the distillation JSON alone is enough for predict and plan
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--coefficients",
+                str(dist_json),
+                "--n",
+                "500M",
+                "--d",
+                "1e10",
+                "--teacher-loss",
+                "2.2",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert 2.2 < json.loads(capsys.readouterr().out)["loss"] < 3.0
+    assert (
+        cli.main(
+            [
+                "plan",
+                "--coefficients",
+                str(dist_json),
+                "--student",
+                "500M",
+                "--compute",
+                "1e21",
+                "--scenario",
+                "inference",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["scenario"] == "inference"
+    # a supervised JSON cannot predict a student
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--coefficients",
+                str(sup_json),
+                "--n",
+                "500M",
+                "--d",
+                "1e10",
+                "--teacher-loss",
+                "2.2",
+            ]
+        )
+        == 2
+    )
+    assert "supervised fit" in capsys.readouterr().err
+
+
+def test_fit_from_database(monkeypatch, tmp_path, capsys):
+    runs = paper_like_supervised_runs(noise=0.005, seed=0)
+    runs["corpus"], runs["tokenizer"], runs["n_ctx"] = "c4", "bpe32k", 1024
+    runs["run_key"] = [f"k{i}" for i in range(len(runs))]
+    calls = []
+
+    def fake_fit_points(url: str, law: str) -> pd.DataFrame:
+        calls.append((url, law))
+        return runs
+
+    import kdlab.rundb
+
+    monkeypatch.setattr(kdlab.rundb, "fit_points", fake_fit_points, raising=False)
+    out = tmp_path / "fit.json"
+    grid = {"e": [0.0], "a": [8.0], "b": [10.0], "alpha": [0.4], "beta": [0.4], "gamma": [0.5]}
+    (tmp_path / "g.json").write_text(json.dumps(grid))
+    args = [
+        "fit",
+        "supervised",
+        "--db",
+        "sqlite:///x.db",
+        "--grid",
+        str(tmp_path / "g.json"),
+        "--out",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    assert calls == [("sqlite:///x.db", "supervised")]
+    doc = json.loads(out.read_text())
+    assert doc["data"]["corpus"] == "c4" and doc["flops"]["n_ctx"] == 1024
+    assert len(doc["data"]["run_keys"]) == len(runs)
+    capsys.readouterr()
+
+    runs.loc[runs.index[:5], "corpus"] = "wikitext"
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "corpus in {c4, wikitext}" in err
+    assert cli.main(args + ["--corpus", "c4"]) == 0
+
+
+def test_distillation_needs_supervised(tmp_path, capsys):
+    runs = paper_like_distillation_runs(n_runs=50)
+    runs.to_csv(tmp_path / "d.csv", index=False)
+    assert cli.main(["fit", "distillation", "--csv", str(tmp_path / "d.csv")]) == 2
+    assert "--supervised" in capsys.readouterr().err
+
+
+def test_add_commands_registers_on_a_parent_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kdlab")
+    sub = parser.add_subparsers(dest="command")
+    cli.add_commands(sub)
+    args = parser.parse_args(["plan", "--student", "1B", "--compute", "1e21"])
+    assert args.func is cli.run_plan and args.student == 1e9
+
+
+def test_holdout_is_the_complement_of_fit_where(tmp_path, capsys):
+    runs = paper_like_supervised_runs(noise=0.005, seed=1)
+    runs.to_csv(tmp_path / "s.csv", index=False)
+    (tmp_path / "g.json").write_text(
+        json.dumps(
+            {"e": [0.0], "a": [8.0], "b": [10.0], "alpha": [0.4], "beta": [0.4], "gamma": [0.5]}
+        )
+    )
+    out = tmp_path / "f.json"
+    assert (
+        cli.main(
+            [
+                "fit",
+                "supervised",
+                "--csv",
+                str(tmp_path / "s.csv"),
+                "--grid",
+                str(tmp_path / "g.json"),
+                "--holdout",
+                "loss < 2.2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(out.read_text())
+    assert doc["heldout_error"]["n_points"] == int((runs.loss < 2.2).sum()) > 0
+    assert doc["data"]["columns"] == {"N": "N", "D": "D", "loss": "loss"}
+    assert "held-out error" in capsys.readouterr().out
