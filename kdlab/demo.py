@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
+from kdlab.console import console
 from kdlab.models.ladder import get_shape, non_embedding_params
 from kdlab.study import run_study
 
 SCENARIOS = ("best", "inference", "pretraining", "pretraining+inference")
-console = Console()
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

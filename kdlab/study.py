@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kdlab.console import console
 from kdlab.errors import ConfigError
 from kdlab.sweeps import (
     SWEEPS_DIR,
@@ -29,9 +29,6 @@ from kdlab.sweeps import (
     refresh_status,
     sweep_file,
 )
-
-# a table of a paper grid is wide: keep it whole when piped to a file
-console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
+from kdlab.console import console
 from kdlab.rundb.query import runs_frame
 from kdlab.rundb.store import DEFAULT_URL, RunStore
 
@@ -52,7 +52,7 @@ def _list(args: argparse.Namespace) -> int:
         table.add_column(column)
     for _, row in frame.iterrows():
         table.add_row(*(_fmt(row.get(c)) for c in LIST_COLUMNS))
-    Console().print(table)
+    console.print(table)
     return 0
 
 
