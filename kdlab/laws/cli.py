@@ -200,7 +200,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _print_fit(doc: dict[str, Any], out: str | None) -> None:
-    from rich.console import Console
+    from kdlab.console import console
     from rich.table import Table
 
     level = doc.get("interval_level")
@@ -216,7 +216,6 @@ def _print_fit(doc: dict[str, Any], out: str | None) -> None:
             lo_hi = doc["intervals"].get(name)
             row.append(f"{lo_hi[0]:.6g} - {lo_hi[1]:.6g}" if lo_hi else "fixed")
         table.add_row(*row)
-    console = Console()
     console.print(table)
     console.print(
         f"Huber objective {doc['objective']:.10g} (delta {doc['huber_delta']:g}); "
@@ -318,7 +317,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         value: Any = float(loss.ravel()[0]) if loss.size == 1 else [float(v) for v in loss]
         print(json.dumps({"loss": value}))
         return 0
-    from rich.console import Console
+    from kdlab.console import console
     from rich.table import Table
 
     table = Table(title="distilled student" if l_t is not None else "supervised")
@@ -329,7 +328,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     for i in np.ndindex(shape):
         row = [f"{nb[i]:.4g}", f"{db[i]:.4g}"] + ([f"{lb[i]:.4f}"] if lb is not None else [])
         table.add_row(*row, f"{loss[i]:.4f}")
-    Console().print(table)
+    console.print(table)
     return 0
 
 
@@ -441,7 +440,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _print_plan(result: dict[str, Any]) -> None:
-    from rich.console import Console
+    from kdlab.console import console
     from rich.table import Table
 
     table = Table(title=f"plan: {result['scenario']}", show_header=False)
@@ -464,7 +463,7 @@ def _print_plan(result: dict[str, Any]) -> None:
             table.add_row(key, " - ".join(f"{v:.4g}" for v in value))
         elif value is not None:
             table.add_row(key, str(value))
-    Console().print(table)
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------- glue
