@@ -98,7 +98,9 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     with open_dict(tcfg):
         tcfg.model = OmegaConf.load(path)
         tcfg.role = "teacher"
-        tcfg.objective = OmegaConf.create({"_target_": "kdlab.modules.PretrainModule", "_partial_": True})
+        tcfg.objective = OmegaConf.create(
+            {"_target_": "kdlab.modules.PretrainModule", "_partial_": True}
+        )
         tcfg.data.tokens = spec.tokens
         tcfg.data.tokens_per_param = spec.tokens_per_param
         tcfg.data.flops = spec.flops
@@ -131,7 +133,9 @@ def resolve_teacher(cfg: DictConfig, store: RunStore, data: Any) -> Teacher:
 def _from_run(store: RunStore, key: str) -> Teacher:
     row = store.get(key)
     if row is None:
-        raise ConfigError(f"teacher run {key} is not in the run database {store.url}; train it first")
+        raise ConfigError(
+            f"teacher run {key} is not in the run database {store.url}; train it first"
+        )
     if row["status"] != "done":
         raise ConfigError(f"teacher run {key} is {row['status']}, not done; it cannot teach")
     weights = Path(row["run_dir"]) / WEIGHTS
@@ -204,5 +208,7 @@ def _checked(teacher: Teacher, data: Any) -> Teacher:
         if theirs != ours
     ]
     if mismatches:
-        raise ConfigError(f"teacher {teacher.key} does not match the student: {'; '.join(mismatches)}")
+        raise ConfigError(
+            f"teacher {teacher.key} does not match the student: {'; '.join(mismatches)}"
+        )
     return teacher

@@ -200,8 +200,9 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _print_fit(doc: dict[str, Any], out: str | None) -> None:
-    from kdlab.console import console
     from rich.table import Table
+
+    from kdlab.console import console
 
     level = doc.get("interval_level")
     title = f"{doc['law']} law ({doc['form']}), {doc['n_points']} runs"
@@ -317,8 +318,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         value: Any = float(loss.ravel()[0]) if loss.size == 1 else [float(v) for v in loss]
         print(json.dumps({"loss": value}))
         return 0
-    from kdlab.console import console
     from rich.table import Table
+
+    from kdlab.console import console
 
     table = Table(title="distilled student" if l_t is not None else "supervised")
     for col in ("N", "D") + (("L_T",) if l_t is not None else ()) + ("loss",):
@@ -440,8 +442,9 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _print_plan(result: dict[str, Any]) -> None:
-    from kdlab.console import console
     from rich.table import Table
+
+    from kdlab.console import console
 
     table = Table(title=f"plan: {result['scenario']}", show_header=False)
     table.add_column("quantity")
