@@ -24,6 +24,7 @@ from kdlab.errors import ConfigError
 from kdlab.sweeps import (
     SWEEPS_DIR,
     JobPlan,
+    SweepPlan,
     missing_teachers,
     plan_sweep,
     refresh_status,
@@ -87,8 +88,8 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     path = sweep_file(args.sweep)
-    jobs, url = plan_sweep(path, args.overrides)
-    print_plan(f"{path.relative_to(SWEEPS_DIR.parent)} ({url})", jobs)
+    plan = plan_sweep(path, args.overrides)
+    print_plan(f"{path.relative_to(SWEEPS_DIR.parent)} ({plan.url})", plan.jobs)
     return 0
 
 
@@ -109,8 +110,8 @@ def _check_teachers(jobs: list[JobPlan], url: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     path = sweep_file(args.sweep)
-    jobs, url = plan_sweep(path, args.overrides)
-    _check_teachers(jobs, url)
+    plan = plan_sweep(path, args.overrides)
+    _check_teachers(plan.jobs, plan.url)
     return launch(path, args.overrides)
 
 
@@ -123,25 +124,23 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
     stages = list(OmegaConf.load(folder / "study.yaml").stages)
     for stage in stages:
         path = sweep_file(str(folder / stage))
-        jobs, url = plan_sweep(path, overrides)
-        todo = sum(j.status != "done" for j in jobs)
-        console.rule(f"[bold]{name}/{stage}[/]: {len(jobs)} jobs, {todo} to run")
+        plan = plan_sweep(path, overrides)
+        todo = sum(j.status != "done" for j in plan.jobs)
+        console.rule(f"[bold]{name}/{stage}[/]: {len(plan.jobs)} jobs, {todo} to run")
         if not todo:
             continue
-        _check_teachers(jobs, url)
-        code = _launch_with_progress(path, overrides, jobs, url)
+        _check_teachers(plan.jobs, plan.url)
+        code = _launch_with_progress(path, overrides, plan)
         if code:
             console.print(f"[red]stage {stage} failed (exit {code}); later stages not run")
             return code
     return 0
 
 
-def _launch_with_progress(
-    path: Path, overrides: Sequence[str], jobs: list[JobPlan], url: str
-) -> int:
+def _launch_with_progress(path: Path, overrides: Sequence[str], plan: SweepPlan) -> int:
     command = [sys.executable, "-m", "kdlab.train", "-m", "-cd", str(path.parent), "-cn", path.stem]
     command += [*overrides, "trainer.enable_progress_bar=false"]
-    log = Path("runs/logs") / f"{path.parent.name}-{path.stem}.log"
+    log = plan.log_dir / f"{path.parent.name}-{path.stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     columns = (
         TextColumn("{task.description}"),
@@ -150,12 +149,12 @@ def _launch_with_progress(
         TimeElapsedColumn(),
     )
     with log.open("w") as out, Progress(*columns, console=console) as progress:
-        task = progress.add_task(path.stem, total=len(jobs))
+        task = progress.add_task(path.stem, total=len(plan.jobs))
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         while child.poll() is None:
             time.sleep(2)
-            progress.update(task, completed=refresh_status(jobs, url))
-        progress.update(task, completed=refresh_status(jobs, url))
+            progress.update(task, completed=refresh_status(plan.jobs, plan.url))
+        progress.update(task, completed=refresh_status(plan.jobs, plan.url))
     if child.returncode:
         console.print(f"see {log}")
     return child.returncode

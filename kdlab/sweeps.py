@@ -136,13 +136,21 @@ def _matches(row: dict, role: str, model: str, tokens: int) -> bool:
     return row["role"] == role and name == model and row["tokens"] == tokens
 
 
-def plan_sweep(path: Path, overrides: Sequence[str] = ()) -> tuple[list[JobPlan], str]:
+@dataclasses.dataclass
+class SweepPlan:
+    jobs: list[JobPlan]
+    url: str  # the database its runs are recorded in
+    log_dir: Path  # where its logs go (paths.log_dir)
+
+
+def plan_sweep(path: Path, overrides: Sequence[str] = ()) -> SweepPlan:
     """Every job with its status in the sweep's database and a time estimate."""
     expanded = expand(path, overrides)
     jobs = [plan_job(cfg, own) for own, cfg in expanded]
-    url = expanded[0][1].db.url if expanded else ""
+    first = expanded[0][1] if expanded else None
+    url = first.db.url if first else ""
     refresh_status(jobs, url)
-    return jobs, url
+    return SweepPlan(jobs, url, Path(first.paths.log_dir if first else "runs/logs"))
 
 
 def refresh_status(jobs: list[JobPlan], url: str) -> int:

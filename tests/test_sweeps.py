@@ -97,8 +97,7 @@ def test_killed_multirun_relaunched_ends_with_every_job_done_once(tmp_path):
 def test_two_joblib_workers_share_one_sqlite_file(tmp_path):
     grid = [
         "model=nano_L1",
-        "data.tokens_per_param=2,4,6,8",
-        "data.budget_scale=0.25",
+        "data.tokens_per_param=2,4,6,8",  # 3 to 14 steps: every curve has two points
         "hydra/launcher=parallel",
     ]
     out = multirun(tmp_path, "supervised", *grid)
@@ -121,7 +120,7 @@ def test_student_sweep_without_teachers_is_refused_with_the_list(tmp_path):
 
 def test_sweep_plan_matches_the_papers_sizes_and_budgets():
     ladder = LADDERS["paper"]
-    jobs, _ = plan_sweep(sweep_file("paper/supervised_isoflop"))
+    jobs = plan_sweep(sweep_file("paper/supervised_isoflop")).jobs
     assert len(jobs) == 9 * 4
     budgets = {3e19, 1e20, 3e20, 1e21}
     for job in jobs:
@@ -129,10 +128,10 @@ def test_sweep_plan_matches_the_papers_sizes_and_budgets():
         assert job.n_params == non_embedding_params(shape)
         c = 3 * flops_per_token(shape) * job.tokens
         assert any(abs(c - b) / b < 1e-6 for b in budgets), (job.model, c)
-    teachers, _ = plan_sweep(sweep_file("paper/teachers_fixed_m"))
+    teachers = plan_sweep(sweep_file("paper/teachers_fixed_m")).jobs
     assert [t.model for t in teachers] == ["546M", "975M", "1.82B", "2.72B", "4.82B", "7.75B"]
     assert all(t.tokens == pytest.approx(20 * t.n_params, abs=1) for t in teachers)
-    students, _ = plan_sweep(sweep_file("paper/students_fixed_m"))
+    students = plan_sweep(sweep_file("paper/students_fixed_m")).jobs
     assert sorted({round(s.tokens / s.n_params) for s in students}) == [20, 40, 80, 160, 320]
     out = run_cli("kdlab.cli", "sweep", "plan", "paper/supervised_ladder")
     assert out.returncode == 0 and "12 jobs, 0 done, 12 to run" in out.stdout
