@@ -149,6 +149,7 @@ def _fit(
             max_iter=search.max_iter,
             n_polish=search.n_polish,
             n_data=len(frame),
+            bounds=spec.bounds(),
         )
     fit_time = time.perf_counter() - t0
     coef = spec.to_coefficients(result.x)

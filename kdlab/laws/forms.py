@@ -69,6 +69,9 @@ def distillation_log_loss(
     return logaddexp(log_lt, teacher + student)
 
 
+MAX_EXPONENT = 4.0
+
+
 @dataclass(frozen=True)
 class LawSpec:
     """A law with its raw (optimised) parameters and how they map to coefficients.
@@ -98,6 +101,17 @@ class LawSpec:
                 out[name] = float(value)
         out.update({k: float(v) for k, v in self.fixed.items()})
         return out
+
+    def bounds(self) -> list[tuple[float | None, float | None]]:
+        """Box for the final optimiser: the size and data exponents in [0, MAX_EXPONENT].
+
+        With too few distinct sizes or budgets an exponent is not pinned down and drifts
+        to hundreds, its prefactor to exp(thousands): no float holds A, and no law that
+        steep is a scaling law. Everything else is left free.
+        """
+        return [
+            (0.0, MAX_EXPONENT) if p in ("alpha", "beta") else (None, None) for p in self.params
+        ]
 
     def from_coefficients(self, coef: Mapping[str, float]) -> np.ndarray:
         """Published coefficients -> raw parameter vector (inverse of to_coefficients)."""

@@ -23,7 +23,7 @@ convergence" for speed; the settings are parameters so a caller can turn them of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -236,6 +236,7 @@ def polish(
     max_iter: int = 20000,
     rounds: int = 3,
     row: int | None = None,
+    bounds: Sequence[tuple[float | None, float | None]] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Refine one start with SciPy L-BFGS-B (exact gradient), restarting while it helps.
 
@@ -254,6 +255,10 @@ def polish(
         return fv, g[0].numpy().copy()
 
     x = np.asarray(x0, dtype=float)
+    if bounds is not None:
+        lo = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
+        hi = np.array([np.inf if b[1] is None else b[1] for b in bounds])
+        x = np.clip(x, lo, hi)
     best_f = fun(x)[0]
     for _ in range(rounds):
         res = scipy.optimize.minimize(
@@ -261,6 +266,7 @@ def polish(
             x,
             jac=True,
             method="L-BFGS-B",
+            bounds=bounds,
             options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-14, "maxcor": 20},
         )
         if not np.isfinite(res.fun) or res.fun >= best_f - 1e-14 * abs(best_f):
@@ -299,6 +305,7 @@ def multistart(
     chunk_elements: int = 4_000_000,
     n_data: int = 1,
     screen_float32: bool = True,
+    bounds: Sequence[tuple[float | None, float | None]] | None = None,
 ) -> MultiStartResult:
     """Minimise ``objective`` from every start (rows of ``starts``), keep the best optimum.
 
@@ -328,7 +335,7 @@ def multistart(
     )
     candidates = distinct_best(x_opt, f_opt, n_polish)
     with single_threaded_blas():
-        polished = [polish(objective, xc) for _, xc in candidates]
+        polished = [polish(objective, xc, bounds=bounds) for _, xc in candidates]
     polished.sort(key=lambda t: t[1])
     best_x, best_f = polished[0]
     return MultiStartResult(

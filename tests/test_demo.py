@@ -1,0 +1,75 @@
+"""kdlab demo end to end on a reduced budget: runs, fits, plans and every figure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdlab.rundb import RunStore
+from tests.conftest import CACHE_DIR, run_cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_demo_on_a_reduced_budget(tmp_path):
+    out = run_cli(
+        "kdlab.cli",
+        "demo",
+        "--root",
+        str(tmp_path),
+        "--budget-scale",
+        "0.05",
+        "--bootstrap",
+        "16",
+        "threads=1",
+        f"paths.cache_dir={CACHE_DIR}",
+        timeout=3000,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    runs = tmp_path / "runs"
+    rows = RunStore(f"sqlite:///{runs}/kdlab.db").find()
+    roles = sorted(r["role"] for r in rows)
+    assert roles.count("teacher") == 2 and roles.count("student") == 12
+    assert roles.count("supervised") == 14
+    assert all(r["status"] == "done" for r in rows)
+
+    for law, names in (
+        ("supervised", {"E", "A", "B", "alpha", "beta", "gamma"}),
+        ("distillation", {"A", "B", "alpha", "beta", "gamma", "c0", "c1", "f1", "d1"}),
+    ):
+        fit = json.loads((runs / "demo" / f"{law}_fit.json").read_text())
+        assert fit["law"] == law and set(fit["coefficients"]) >= names
+        assert fit["n_points"] == (16 if law == "supervised" else 12)
+    plans = sorted((runs / "demo").glob("plan-*.json"))
+    assert len(plans) == 4
+    for path in plans:
+        plan = json.loads(path.read_text())
+        assert plan["verdict"] and set(plan["compute_shares"]) == {
+            "student",
+            "teacher_logits",
+            "teacher_pretraining",
+        }
+
+    report = runs / "report"
+    html = (report / "index.html").read_text()
+    figures = sorted(report.glob("*.png"))
+    assert len(figures) >= 7
+    for png in figures:
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, png.name
+        assert png.name in html
+
+    # rerunnable: a second demo trains nothing
+    again = run_cli(
+        "kdlab.cli",
+        "study",
+        "nano",
+        f"paths.root_dir={tmp_path}",
+        "data.budget_scale=0.05",
+        "threads=1",
+        f"paths.cache_dir={CACHE_DIR}",
+    )
+    assert again.returncode == 0
+    assert again.stdout.count("0 to run") == 4
