@@ -51,14 +51,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
     sup, dist = str(out / "supervised_fit.json"), str(out / "distillation_fit.json")
     boot = ["--bootstrap", str(args.bootstrap)]
-    nano = ["--n-vocab", "256"]
     _step(
         "supervised law",
-        ["fit", "supervised", "--db", db, "--form", "paper", *boot, *nano, "--out", sup],
+        ["fit", "supervised", "--db", db, "--form", "paper", *boot, "--out", sup],
     )
     _step(
         "distillation law",
-        ["fit", "distillation", "--db", db, "--supervised", sup, *boot, *nano, "--out", dist],
+        ["fit", "distillation", "--db", db, "--supervised", sup, *boot, "--out", dist],
     )
     student = non_embedding_params(get_shape("nano", "L2"))
     for scenario in SCENARIOS:
@@ -74,10 +73,6 @@ def run_demo(args: argparse.Namespace) -> int:
                 "40",
                 "--scenario",
                 scenario,
-                "--n-ctx",
-                "128",
-                "--n-vocab",
-                "256",
                 "--out",
                 str(out / f"plan-{scenario.replace('+', '-')}.json"),
             ],

@@ -188,7 +188,13 @@ def _run_fit(args: argparse.Namespace) -> int:
         sup_doc["source"] = args.supervised
         doc = fit_distillation(df, sup_coef, supervised_doc=sup_doc, **common)
     doc["data"] = data_info
-    doc["flops"] = default_flops(data_info.get("n_ctx"), args.n_vocab)
+    # runs from the database say their own vocabulary and aspect ratio
+    shape = {
+        c: float(df[c].median()) for c in ("vocab_size", "rho") if c in df and df[c].notna().all()
+    }
+    doc["flops"] = default_flops(
+        data_info.get("n_ctx"), args.n_vocab or shape.get("vocab_size"), shape.get("rho")
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
@@ -385,6 +391,13 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-ctx", type=number, help="override F(N)'s context length")
     p.add_argument("--n-vocab", type=number, help="override F(N)'s vocabulary size")
+    p.add_argument(
+        "--bounds",
+        type=number,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="search N_T, D_T, D_S within [LO, HI] (default: the fit's, else 1e6 1e17)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON, not a table")
     p.add_argument("--out", help="write the full result as JSON here")
     p.set_defaults(func=run_plan)
@@ -418,6 +431,10 @@ def _run_plan(args: argparse.Namespace) -> int:
         coefs["flops"]["n_ctx"] = args.n_ctx
     if args.n_vocab:
         coefs["flops"]["n_vocab"] = args.n_vocab
+    if args.bounds:
+        if not 0 < args.bounds[0] < args.bounds[1]:
+            raise LawInputError("--bounds needs 0 < LO < HI.")
+        coefs["bounds"] = tuple(args.bounds)
     if args.crossover:
         result = crossover(coefs, args.student, args.scenario, args.students, args.teacher_loss)
         printed = result

@@ -26,7 +26,7 @@ from kdlab.laws.forms import (
     supervised_spec,
 )
 from kdlab.laws.grids import defined_starts, grid_starts, resolve_grid
-from kdlab.laws.io import LawInputError, validate_points
+from kdlab.laws.io import LawInputError, plan_bounds_for, validate_points
 from kdlab.laws.objective import DistillationObjective, HuberObjective, SupervisedObjective
 from kdlab.laws.optim import multistart
 from kdlab.laws.published import PAPER_FLOPS
@@ -113,6 +113,10 @@ def error_summary(pred: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
     }
 
 
+# sizes and token counts, whose range sets the planner's bounds for this fit
+SCALE_COLUMNS = ("N", "D", "N_S", "D_S")
+
+
 def _fit(
     spec: LawSpec,
     frame: pd.DataFrame,
@@ -177,6 +181,7 @@ def _fit(
         else None,
         "n_heldout": int(len(heldout)),
         "fit_seconds": round(fit_time, 3),
+        "plan_bounds": plan_bounds_for(*(frame[c] for c in frame.columns if c in SCALE_COLUMNS)),
     }
     if bootstrap:
         t1 = time.perf_counter()
@@ -295,9 +300,13 @@ def fit_distillation(
     return doc
 
 
-def default_flops(n_ctx: float | None = None, n_vocab: float | None = None) -> dict[str, float]:
+def default_flops(
+    n_ctx: float | None = None, n_vocab: float | None = None, rho: float | None = None
+) -> dict[str, float]:
     """F(N) settings stored with a fit for ``kdlab plan`` (paper's unless told otherwise)."""
     out = dict(PAPER_FLOPS)
+    if rho is not None:
+        out["rho"] = float(rho)
     if n_ctx is not None:
         out["n_ctx"] = float(n_ctx)
     if n_vocab is not None:

@@ -210,6 +210,20 @@ def load_supervised(spec: str) -> tuple[dict[str, float], dict[str, Any]]:
     return _coefficients(doc, SUPERVISED_KEYS, "The supervised fit"), dict(doc)
 
 
+PLAN_BOUNDS = (1e6, 1e17)  # the paper's bounds on N_T, D_T and D_S
+
+
+def plan_bounds_for(*sizes_and_tokens: Any) -> list[float]:
+    """Planner bounds for a fit: the paper's, reaching down to a tenth of its smallest N or D.
+
+    A nano study's models and budgets sit far below 1e6, where the paper's lower bound
+    would leave the planner no teacher at all.
+    """
+    smallest = min(float(np.min(np.asarray(v, dtype=float))) for v in sizes_and_tokens)
+    lo = min(PLAN_BOUNDS[0], 10 ** np.floor(np.log10(smallest) - 1))
+    return [float(lo), PLAN_BOUNDS[1]]
+
+
 def load_coefficients(spec: str) -> dict[str, Any]:
     """``paper`` or a fit JSON -> {"supervised", "distillation" (or None), "flops", "doc"}.
 
@@ -221,11 +235,14 @@ def load_coefficients(spec: str) -> dict[str, Any]:
     law = doc.get("law", "supervised")
     flops = dict(PAPER_FLOPS)
     flops.update({k: float(v) for k, v in (doc.get("flops") or {}).items() if k in PAPER_FLOPS})
+    # the planner searches N_T, D_T, D_S within the scale the fit was made at
+    bounds = tuple(float(b) for b in doc.get("plan_bounds") or PLAN_BOUNDS)
     if law == "supervised":
         return {
             "supervised": _coefficients(doc, SUPERVISED_KEYS, where),
             "distillation": None,
             "flops": flops,
+            "bounds": bounds,
             "doc": doc,
         }
     if law == "distillation":
@@ -236,6 +253,7 @@ def load_coefficients(spec: str) -> dict[str, Any]:
             "supervised": _coefficients(sup, SUPERVISED_KEYS, f"The supervised part of {where}"),
             "distillation": _coefficients(doc, DISTILLATION_KEYS, where),
             "flops": flops,
+            "bounds": bounds,
             "doc": doc,
         }
     raise LawInputError(f"{where} has an unknown law {law!r}.")

@@ -2,7 +2,8 @@
 
 For a student size N_S and a budget C, minimise the distillation law's L_S over the
 teacher size N_T, teacher tokens D_T and student tokens D_S within the paper's bounds
-(1e6..1e17), subject to the budget of the scenario. Compare with the same student
+(1e6..1e17, or the fit's own scale), subject to the budget of the scenario. Compare with
+the same student
 trained alone on the whole budget: D = C / (3 F(N_S)).
 
 The search is on (log N_T, log D_T) with D_S eliminated by the budget (L_S falls with
@@ -29,10 +30,7 @@ from kdlab.laws.compute import (
     supervised_tokens,
 )
 from kdlab.laws.forms import distillation_loss, supervised_loss, supervised_tokens_for_loss
-from kdlab.laws.io import LawInputError
-
-BOUNDS = (1e6, 1e17)
-_LO, _HI = np.log(BOUNDS[0]), np.log(BOUNDS[1])
+from kdlab.laws.io import PLAN_BOUNDS, LawInputError
 
 
 def _require_distillation(coefs: Mapping[str, Any]) -> None:
@@ -58,14 +56,16 @@ class _Problem:
         self.flops = coefs["flops"]
         self.n_s, self.compute, self.sc, self.k = n_s, compute, sc, k
         self.f_s = float(flops_per_token(n_s, self.flops))
+        self.bounds = coefs.get("bounds", PLAN_BOUNDS)  # on N_T, D_T, D_S
+        self.lo, self.hi = np.log(self.bounds[0]), np.log(self.bounds[1])
 
     def student_tokens(self, n_t, d_t) -> np.ndarray:
         """D_S that spends the rest of the budget (NaN where the teacher alone exceeds it)."""
         f_t = flops_per_token(n_t, self.flops)
         rest = self.compute - self.sc.delta_pre * 3.0 * f_t * d_t / self.k
         d_s = rest / (3.0 * self.f_s + self.sc.delta_lgt * f_t)
-        d_s = np.minimum(d_s, BOUNDS[1])
-        return np.where(d_s >= BOUNDS[0], d_s, np.nan)
+        d_s = np.minimum(d_s, self.bounds[1])
+        return np.where(d_s >= self.bounds[0], d_s, np.nan)
 
     def student_loss(self, n_t, d_t, d_s) -> np.ndarray:
         l_t = supervised_loss(n_t, d_t, self.sup)
@@ -89,10 +89,10 @@ def plan(
     students = int(students)
     prob = _Problem(coefs, float(student), float(compute), sc, students)
     d_sup = float(supervised_tokens(student, compute, coefs["flops"]))
-    if d_sup < BOUNDS[0]:
+    if d_sup < prob.bounds[0]:
         raise LawInputError(
             f"A budget of {compute:.3g} FLOPs buys the {student:.3g}-parameter student only "
-            f"{d_sup:.3g} tokens, below the planner's lower bound of {BOUNDS[0]:.0e}."
+            f"{d_sup:.3g} tokens, below the planner's lower bound of {prob.bounds[0]:.0e}."
         )
     with single_threaded_blas():
         if sc.delta_lgt == 0 and sc.delta_pre == 0:
@@ -129,9 +129,9 @@ def plan(
 def _best_case(prob: _Problem) -> tuple[float, float, float]:
     """Teacher free: the whole budget trains the student; pick the best L_T, then the
     cheapest (N_T, D_T) within bounds that reaches it."""
-    d_s = min(prob.compute / (3.0 * prob.f_s), BOUNDS[1])
-    lt_lo = float(supervised_loss(BOUNDS[1], BOUNDS[1], prob.sup))
-    lt_hi = float(supervised_loss(BOUNDS[0], BOUNDS[0], prob.sup))
+    d_s = min(prob.compute / (3.0 * prob.f_s), prob.bounds[1])
+    lt_lo = float(supervised_loss(prob.bounds[1], prob.bounds[1], prob.sup))
+    lt_hi = float(supervised_loss(prob.bounds[0], prob.bounds[0], prob.sup))
     grid = np.linspace(np.log(lt_lo), np.log(lt_hi), 4001)
     vals = distillation_loss(prob.n_s, d_s, np.exp(grid), prob.dist, prob.sup)
     i = int(np.nanargmin(vals))
@@ -149,18 +149,22 @@ def _best_case(prob: _Problem) -> tuple[float, float, float]:
 
 def _cheapest_teacher(prob: _Problem, l_t: float) -> tuple[float, float]:
     """(N_T, D_T) with L(N_T, D_T) = l_t at the least pretraining compute 3 F(N_T) D_T."""
-    u = np.linspace(_LO, _HI, 2001)
+    u = np.linspace(prob.lo, prob.hi, 2001)
     d = supervised_tokens_for_loss(np.exp(u), l_t, prob.sup)
-    ok = np.isfinite(d) & (d >= BOUNDS[0]) & (d <= BOUNDS[1])
+    ok = np.isfinite(d) & (d >= prob.bounds[0]) & (d <= prob.bounds[1])
     if not ok.any():  # only a corner of the bounds reaches it
-        strongest = float(supervised_loss(BOUNDS[1], BOUNDS[1], prob.sup))
-        return (BOUNDS[1], BOUNDS[1]) if l_t <= strongest else (BOUNDS[0], BOUNDS[0])
+        strongest = float(supervised_loss(prob.bounds[1], prob.bounds[1], prob.sup))
+        return (
+            (prob.bounds[1], prob.bounds[1])
+            if l_t <= strongest
+            else (prob.bounds[0], prob.bounds[0])
+        )
     cost = np.where(ok, flops_per_token(np.exp(u), prob.flops) * np.where(ok, d, 1.0), np.inf)
     i = int(np.argmin(cost))
 
     def c(v: float) -> float:
         dd = supervised_tokens_for_loss(np.exp(v), l_t, prob.sup)
-        if not np.isfinite(dd) or not BOUNDS[0] <= dd <= BOUNDS[1]:
+        if not np.isfinite(dd) or not prob.bounds[0] <= dd <= prob.bounds[1]:
             return np.inf
         return float(np.log(flops_per_token(np.exp(v), prob.flops) * dd))
 
@@ -171,7 +175,7 @@ def _cheapest_teacher(prob: _Problem, l_t: float) -> tuple[float, float]:
 
 
 def _constrained(prob: _Problem, grid_points: int) -> tuple[float, float, float]:
-    u = np.linspace(_LO, _HI, grid_points)
+    u = np.linspace(prob.lo, prob.hi, grid_points)
     uu, vv = np.meshgrid(u, u, indexing="ij")
     n_t, d_t = np.exp(uu).ravel(), np.exp(vv).ravel()
     d_s = prob.student_tokens(n_t, d_t)
@@ -203,13 +207,13 @@ def _constrained(prob: _Problem, grid_points: int) -> tuple[float, float, float]
                 objective,
                 x0,
                 method="SLSQP",
-                bounds=[(_LO, _HI)] * 3,
+                bounds=[(prob.lo, prob.hi)] * 3,
                 constraints=[{"type": "ineq", "fun": budget}],
                 options={"ftol": 1e-14, "maxiter": 500},
             )
         except (ValueError, FloatingPointError):
             continue
-        x = np.clip(res.x, _LO, _HI)
+        x = np.clip(res.x, prob.lo, prob.hi)
         if not np.all(np.isfinite(x)) or budget(x) < -1e-9:
             continue
         val = float(np.exp(objective(x)))
@@ -243,8 +247,9 @@ def crossover(
         _check_positive(teacher_loss=teacher_loss)
     flops = coefs["flops"]
     f_s = float(flops_per_token(student, flops))
-    d_lo = max(BOUNDS[0], tokens_per_param[0] * student)
-    d_hi = min(BOUNDS[1], tokens_per_param[1] * student)
+    bounds = coefs.get("bounds", PLAN_BOUNDS)
+    d_lo = max(bounds[0], tokens_per_param[0] * student)
+    d_hi = min(bounds[1], tokens_per_param[1] * student)
     if d_lo >= d_hi:
         raise LawInputError(f"No budget within the planner's bounds for a {student:.3g} student.")
     log_c = np.linspace(np.log(3 * f_s * d_lo), np.log(3 * f_s * d_hi), points)

@@ -21,12 +21,14 @@ def fit_points(url: str, law: str) -> pd.DataFrame:
 
     supervised: teachers and supervised baselines, columns N, D, loss.
     distillation: students, columns N_S, D_S, L_T, loss.
-    Both carry corpus, tokenizer, n_ctx and run_key so the caller can refuse to mix them.
+    Both carry corpus, tokenizer, n_ctx and run_key so the caller can refuse to mix them,
+    and vocab_size and rho (d_model / n_layer) for the fit's F(N).
     """
     frame = runs_frame(url, status="done")
-    keep = ["corpus_fingerprint", "tokenizer", "n_ctx", "key"]
+    keep = ["corpus_fingerprint", "tokenizer", "n_ctx", "vocab_size", "rho", "key"]
     if frame.empty:
         return pd.DataFrame(columns=["N", "D", "loss", "corpus", "tokenizer", "n_ctx", "run_key"])
+    frame = frame.assign(rho=frame["d_model"] / frame["n_layer"])  # for the fit's F(N)
     if law == "supervised":
         frame = frame[frame["role"].isin(_SUPERVISED_ROLES)]
         out = frame[["n_params", "tokens", "val_loss", *keep]].rename(
