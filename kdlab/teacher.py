@@ -64,7 +64,11 @@ def frozen(model: nn.Module) -> nn.Module:
 def save_weights(model: GPT, run_dir: Path) -> None:
     """The final weights of a finished run, apart from resumable checkpoints."""
     torch.save(
-        {"shape": dataclasses.asdict(model.shape), "state_dict": model.state_dict()},
+        {
+            "shape": dataclasses.asdict(model.shape),
+            "base_d_model": model.base_d_model,  # the output multiplier depends on it
+            "state_dict": model.state_dict(),
+        },
         run_dir / WEIGHTS,
     )
 
@@ -72,13 +76,13 @@ def save_weights(model: GPT, run_dir: Path) -> None:
 def load_weights(path: Path) -> GPT:
     blob = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" in blob and "shape" in blob:
-        model = GPT(ModelShape(**blob["shape"]))
+        model = GPT(ModelShape(**blob["shape"]), base_d_model=blob["base_d_model"])
         model.load_state_dict(blob["state_dict"])
         return model
     # a Lightning checkpoint of a kdlab module
     if "kdlab_shape" not in blob:
         raise ConfigError(f"teacher checkpoint {path} is not a kdlab checkpoint (no model shape)")
-    model = GPT(ModelShape(**blob["kdlab_shape"]))
+    model = GPT(ModelShape(**blob["kdlab_shape"]), base_d_model=blob["kdlab_base_d_model"])
     prefix = "model."
     model.load_state_dict(
         {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}

@@ -100,6 +100,7 @@ class LanguageModelModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint can then teach a student without its run's config
         checkpoint["kdlab_shape"] = dataclasses.asdict(self.shape)
+        checkpoint["kdlab_base_d_model"] = self.model.base_d_model
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_ce.compute()
