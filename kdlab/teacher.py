@@ -76,13 +76,16 @@ def save_weights(model: GPT, run_dir: Path) -> None:
 def load_weights(path: Path) -> GPT:
     blob = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" in blob and "shape" in blob:
-        model = GPT(ModelShape(**blob["shape"]), base_d_model=blob["base_d_model"])
+        # files written before the base width was stored used GPT's default
+        width = {"base_d_model": blob["base_d_model"]} if "base_d_model" in blob else {}
+        model = GPT(ModelShape(**blob["shape"]), **width)
         model.load_state_dict(blob["state_dict"])
         return model
     # a Lightning checkpoint of a kdlab module
     if "kdlab_shape" not in blob:
         raise ConfigError(f"teacher checkpoint {path} is not a kdlab checkpoint (no model shape)")
-    model = GPT(ModelShape(**blob["kdlab_shape"]), base_d_model=blob["kdlab_base_d_model"])
+    width = {"base_d_model": blob["kdlab_base_d_model"]} if "kdlab_base_d_model" in blob else {}
+    model = GPT(ModelShape(**blob["kdlab_shape"]), **width)
     prefix = "model."
     model.load_state_dict(
         {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
