@@ -13,6 +13,7 @@ load of a shared machine, which drifts over seconds, cancels in per-step ratios.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -70,6 +71,23 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every step-timing benchmark takes."""
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=1, help="repeats with fresh models")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared machine 2 threads suffer from "
+        "oversubscription; 0 keeps torch's default)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="show Lightning's output")
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
     one, five, fifteen = os.getloadavg()
@@ -88,19 +106,6 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, fp32"
     )
-
-
-def matmul_peak_flops(n: int = 1024, repeats: int = 7) -> float:
-    """fp32 FLOP/s of an n x n x n torch matmul: the best of ``repeats`` timings."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
 
 
 def run_config(

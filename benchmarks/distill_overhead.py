@@ -37,11 +37,11 @@ import lightning as L
 import torch
 from common import (
     Lockstep,
+    add_timing_arguments,
     fit_kdlab,
     load_average,
     log,
     machine,
-    matmul_peak_flops,
     md_table,
     median,
     quantile,
@@ -50,6 +50,7 @@ from common import (
 )
 from omegaconf import DictConfig
 
+from kdlab.hardware import measure_matmul_flops
 from kdlab.losses import combined_student_loss
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import LADDERS, flops_per_token, non_embedding_params
@@ -229,19 +230,7 @@ def table(results: list[PairResult], peak: float, tokens: dict[str, int]) -> str
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", default=DEFAULT_PAIRS, help="comma list of student:teacher")
-    parser.add_argument("--steps", type=int, default=16, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=1, help="repeats with fresh models")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: on a shared machine 2 threads suffer from "
-        "oversubscription; 0 keeps torch's default)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="show Lightning's output")
+    add_timing_arguments(parser)
     args = parser.parse_args(argv)
     quiet()
     if args.threads:
@@ -250,13 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     print(f"machine: {machine()}")
     print(f"load average at start: {load_average()}")
-    peaks = [matmul_peak_flops()]
+    peaks = [measure_matmul_flops()]
     results = []
     with tempfile.TemporaryDirectory(prefix="kdlab-bench-") as tmp:
         for pair in args.pairs.split(","):
             log(f"[distill_overhead] {pair} ...")
             results.append(bench_pair(pair.strip(), Path(tmp), args))
-    peaks.append(matmul_peak_flops())
+    peaks.append(measure_matmul_flops())
     peak = max(peaks)
     tokens = {
         r.student: args.batch_size * LADDERS[r.student.split("_")[0]]["L1"].n_ctx for r in results

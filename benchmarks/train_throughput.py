@@ -38,12 +38,12 @@ import lightning as L
 import torch
 from common import (
     Lockstep,
+    add_timing_arguments,
     build,
     fit_kdlab,
     load_average,
     log,
     machine,
-    matmul_peak_flops,
     md_table,
     median,
     paired,
@@ -53,6 +53,7 @@ from common import (
 )
 from omegaconf import DictConfig
 
+from kdlab.hardware import measure_matmul_flops
 from kdlab.losses import combined_student_loss
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import flops_per_token, non_embedding_params
@@ -243,25 +244,13 @@ def overhead_table(result: Result) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of ladder_size")
-    parser.add_argument("--steps", type=int, default=16, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=1, help="repeats with fresh models")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: on a shared machine 2 threads suffer from "
-        "oversubscription; 0 keeps torch's default)",
-    )
+    add_timing_arguments(parser)
     parser.add_argument(
         "--overhead-steps",
         type=int,
         default=60,
         help="timed steps of the per-step overhead table (nano_L1, batch 1); 0 skips it",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="show Lightning's output")
     args = parser.parse_args(argv)
     quiet()
     if args.threads:
@@ -269,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     print(f"machine: {machine()}")
     print(f"load average at start: {load_average()}")
-    peaks = [matmul_peak_flops()]
+    peaks = [measure_matmul_flops()]
     results = []
     overhead = None
     with tempfile.TemporaryDirectory(prefix="kdlab-bench-") as tmp:
@@ -285,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
             overhead = bench_size(
                 "nano_L1", Path(tmp), args, 1, args.overhead_steps, [CONTROL, *VARIANTS]
             )
-    peaks.append(matmul_peak_flops())
+    peaks.append(measure_matmul_flops())
     peak = max(peaks)
     print(f"load average at end: {load_average()}")
     print(
