@@ -253,6 +253,13 @@ def _teacher_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
     )
 
 
+def _measured_teacher_loss(plan: RunPlan, final: dict[str, float]) -> dict[str, float]:
+    """L_T measured on the validation tokens, for a teacher that came without one."""
+    if plan.teacher is None or plan.teacher.loss is not None:
+        return {}
+    return {"teacher_loss": float(final["val/teacher_loss"])}
+
+
 def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
     optim = cfg.optim
     warmup = optim.warmup_steps
@@ -374,6 +381,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         val_kl=final.get("val/kl_teacher"),
         val_top1_agreement=final.get("val/top1_agreement"),
         val_ece=final.get("val/ece"),
+        **_measured_teacher_loss(plan, final),
         tokens_per_sec=clock.tokens_per_sec,
         mfu=flops_per_sec / matmul_peak_flops(str(module.device)),
         wall_time_s=time.perf_counter() - start,

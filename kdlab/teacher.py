@@ -9,6 +9,7 @@ L_S meaningless is refused here, before any compute.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,14 @@ def _from_run(store: RunStore, key: str) -> Teacher:
     )
 
 
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _from_checkpoint(path: Path, data: Any) -> Teacher:
     if not path.exists():
         raise ConfigError(f"teacher.checkpoint {path} does not exist")
@@ -171,7 +180,7 @@ def _from_checkpoint(path: Path, data: Any) -> Teacher:
     shape = model.shape
     return Teacher(
         model=frozen(model),
-        key=f"checkpoint:{path.resolve()}",
+        key=f"checkpoint:{_file_hash(path)}",  # content, not path: keys never hold paths
         name=shape.name,
         n_params=non_embedding_params(shape),
         tokens=0,

@@ -51,6 +51,10 @@ def test_student_finds_its_teacher_and_records_the_row(train, tmp_path):
     # the same student by teacher key finds the same run
     by_key = train(*STUDENT[:4], f"teacher.key={teacher['key']}")
     assert by_key["teacher_key"] == teacher["key"]
+    # by the teacher's weights file: L_T is measured on the same validation tokens
+    weights = Path(teacher["run_dir"]) / "model.pt"
+    by_file = train(*STUDENT[:4], f"teacher.checkpoint={weights}")
+    assert by_file["teacher_loss"] == pytest.approx(teacher["val_loss"], rel=1e-4)
 
 
 def test_missing_teacher_refused_before_compute(train, tmp_path):

@@ -17,6 +17,7 @@ from kdlab.losses import (
     TAIDSchedule,
     combined_student_loss,
     kl_teacher_student,
+    next_token_loss,
     token_confidence_correct,
     top1_agreement,
 )
@@ -57,6 +58,7 @@ class DistillModule(LanguageModelModule):
         )
         self.taid = TAIDSchedule(**taid) if divergence == "taid" else None
         self.val_kl = MeanMetric()
+        self.val_teacher_ce = MeanMetric()  # L_T on the same tokens as L_S
         self.val_agree = MeanMetric()
         self.val_ece = BinaryCalibrationError(n_bins=15, norm="l1")
 
@@ -103,6 +105,7 @@ class DistillModule(LanguageModelModule):
         x, y = batch
         zs, zt = self.model(x), self.teacher_logits(x)
         agree, n = top1_agreement(zs, zt, y)
+        self.val_teacher_ce.update(next_token_loss(zt, y).ce_sum / n, weight=n)
         kl = kl_teacher_student(zs, zt, y, tau=1.0)
         self.val_kl.update(kl / n, weight=n)
         self.val_agree.update(agree / n, weight=n)
@@ -112,9 +115,10 @@ class DistillModule(LanguageModelModule):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self.log("val/kl_teacher", self.val_kl.compute(), sync_dist=True)
+        self.log("val/teacher_loss", self.val_teacher_ce.compute(), sync_dist=True)
         self.log("val/top1_agreement", self.val_agree.compute(), sync_dist=True)
         self.log("val/ece", self.val_ece.compute(), sync_dist=True)
-        for metric in (self.val_kl, self.val_agree, self.val_ece):
+        for metric in (self.val_kl, self.val_teacher_ce, self.val_agree, self.val_ece):
             metric.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
