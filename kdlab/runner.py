@@ -16,7 +16,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
@@ -86,11 +88,9 @@ def run_tokens(shape: ModelShape, budget: Any, scale: float = 1.0) -> int:
     return max(1, round(tokens * scale))
 
 
-def jobs_threads(config: DictConfig | None = None) -> int | None:
+def jobs_threads() -> int | None:
     """Torch threads per job when a launcher runs several jobs at once on this machine."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         n_jobs = HydraConfig.get().launcher.get("n_jobs")
     except (ValueError, AttributeError):
         return None
@@ -112,7 +112,24 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         raise ConfigError(str(err)) from err
 
 
+def _check_launch(cfg: DictConfig) -> None:
+    """Lightning's DDP launcher re-runs the command line per rank; inside a local multirun
+    that would relaunch the whole sweep once per device."""
+    try:
+        mode = HydraConfig.get().mode
+    except ValueError:  # composed outside a Hydra app (tests, kdlab sweep plan)
+        return
+    devices = cfg.trainer.get("devices", 1)
+    launched = os.environ.get("SLURM_NTASKS") or os.environ.get("RANK")
+    if mode == RunMode.MULTIRUN and isinstance(devices, int) and devices > 1 and not launched:
+        raise ConfigError(
+            "trainer.devices > 1 inside a local multirun would relaunch the sweep per device: "
+            "use hydra/launcher=slurm (one task per device) or launch multi-device runs one by one"
+        )
+
+
 def _plan_run(cfg: DictConfig) -> RunPlan:
+    _check_launch(cfg)
     role = cfg.role
     if role not in ROLE_SPLIT:
         raise ConfigError(f"role must be one of {sorted(ROLE_SPLIT)}, not '{role}'")
@@ -138,6 +155,9 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         "batch_size": data.batch_size,
         "val_tokens": data.val_tokens,
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "clip": cfg.trainer.get("gradient_clip_val"),
+        "accumulate": cfg.trainer.get("accumulate_grad_batches", 1),
+        "val_eval_tokens": data.val_eval_tokens,
         "objective": OmegaConf.to_container(cfg.objective, resolve=True),
         "seed": cfg.seed,
     }
@@ -155,7 +175,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         n_params=n_params,
         flops_per_token=fpt,
         science=science,
-        run_dir=Path(cfg.paths.runs_dir) / key,
+        run_dir=(Path(cfg.paths.runs_dir) / key).resolve(),
         store=store,
         teacher=teacher,
     )
@@ -265,6 +285,8 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
     warmup = optim.warmup_steps
     if warmup is None:
         warmup = max(1, round(optim.warmup_fraction * plan.steps))
+    # a fixed warm-up (the paper's 2000 steps) never takes more than a quarter of a short run
+    warmup = min(warmup, max(1, plan.steps // 4))
     factory = instantiate(cfg.objective)
     extras = {}
     if plan.teacher is not None:
@@ -295,6 +317,7 @@ def run_callbacks(cfg: DictConfig, plan: RunPlan) -> list[L.Callback]:
             save_last=True,
             save_top_k=0,
             every_n_train_steps=cfg.checkpoint.every_n_steps,
+            enable_version_counter=False,  # always last.ckpt, the file resume looks for
         ),
         ThroughputMonitor(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel()),
     ]
@@ -317,6 +340,12 @@ def build_trainer(
     return instantiate(cfg.trainer, **settings)
 
 
+def _device_peak(trainer: L.Trainer, module: L.LightningModule) -> float:
+    """One device's matmul peak in the precision the run computes in."""
+    dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+    return matmul_peak_flops(str(module.device), dtype)
+
+
 def _rank_zero() -> bool:
     """Every DDP rank runs this code; only global rank 0 writes the database and files."""
     return rank_zero_only.rank == 0
@@ -337,7 +366,8 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         print(f"kdlab: run {plan.key} is already done (val_loss {row['val_loss']:.4f}); skipped")
         return row
     record = _rank_zero()
-    if record and cfg.force and plan.run_dir.exists():
+    # force re-runs a finished run; an unfinished one (perhaps training elsewhere) resumes
+    if record and cfg.force and row and row["status"] == "done" and plan.run_dir.exists():
         shutil.rmtree(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_checkpoint(plan)
@@ -360,13 +390,13 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     except DivergedError as err:
         if record:
             plan.store.fail(plan.key, f"diverged: {err}", wall_time_s=time.perf_counter() - start)
-        _finish_loggers(loggers)
+        _finish_loggers(loggers, "failed")
         print(f"kdlab: run {plan.key} diverged ({err}); recorded as failed")
         return plan.store.get(plan.key)
     except BaseException as err:
         if record:
             plan.store.fail(plan.key, f"{type(err).__name__}: {err}".strip())
-        _finish_loggers(loggers)
+        _finish_loggers(loggers, "failed")
         raise
     if not trainer.is_global_zero:
         return {}
@@ -383,7 +413,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         val_ece=final.get("val/ece"),
         **_measured_teacher_loss(plan, final),
         tokens_per_sec=clock.tokens_per_sec,
-        mfu=flops_per_sec / matmul_peak_flops(str(module.device)),
+        mfu=flops_per_sec / (trainer.world_size * _device_peak(trainer, module)),
         wall_time_s=time.perf_counter() - start,
         wandb_url=_wandb_url(loggers),
     )
@@ -401,10 +431,10 @@ def _wandb_url(loggers: list[Any]) -> str | None:
     return None
 
 
-def _finish_loggers(loggers: list[Any]) -> None:
+def _finish_loggers(loggers: list[Any], status: str = "success") -> None:
     """Close each logger so the next job in the same process starts a new W&B run."""
     for logger in loggers:
-        logger.finalize("success")
+        logger.finalize(status)
         if type(logger).__name__ == "WandbLogger":
             import wandb
 

@@ -84,10 +84,37 @@ class JobPlan:
     n_params: int
     tokens: int
     flops: float  # this job's compute: 3 F(N) D, plus F(N_T) D for a student's teacher
+    signature: dict = dataclasses.field(default_factory=dict)  # see science_signature
     teacher: str | None = None  # "model@tokens" for students
     teacher_tokens: int | None = None
+    teacher_signature: dict | None = None
     status: str = "todo"
     seconds: float | None = None
+
+
+def science_signature(config: dict) -> dict:
+    """Besides role, size and D, what makes two runs different science.
+
+    Compared between a job's composed config and a finished run's recorded one, so a
+    job counts as done only when the same science is (an ablation is not the baseline,
+    a Markov run not a stdlib one).
+    """
+    module = config["data"]["module"]
+    return {
+        "seed": config["seed"],
+        "optim": config["optim"],
+        "objective": config["objective"],
+        "corpus": module["corpus"],
+        "tokenizer": module["tokenizer"],
+        "batch_size": module["batch_size"],
+        "val_tokens": module["val_tokens"],
+        "n_ctx": config["model"].get("n_ctx"),
+        "teacher": config["teacher"] if config["role"] == "student" else None,
+    }
+
+
+def _signature(cfg: DictConfig) -> dict:
+    return science_signature(OmegaConf.to_container(cfg, resolve=True))
 
 
 def _shape(model_cfg: DictConfig, cfg: DictConfig) -> ModelShape:
@@ -110,13 +137,16 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         n_params=non_embedding_params(shape),
         tokens=tokens,
         flops=3 * fpt * tokens,
+        signature=_signature(cfg),
     )
     if cfg.role == "student" and cfg.teacher.get("model"):
-        from kdlab.teacher import MODEL_CONF
+        from kdlab.teacher import teacher_config
 
-        tshape = _shape(OmegaConf.load(MODEL_CONF / f"{cfg.teacher.model}.yaml"), cfg)
+        tcfg = teacher_config(cfg)
+        tshape = _shape(tcfg.model, cfg)
         plan.teacher_tokens = run_tokens(tshape, cfg.teacher, scale)
         plan.teacher = f"{cfg.teacher.model}@{plan.teacher_tokens}"
+        plan.teacher_signature = _signature(tcfg)
         plan.flops += flops_per_token(tshape) * tokens
     return plan
 
@@ -131,9 +161,14 @@ def _done_runs(url: str | None) -> list[dict]:
         return []
 
 
-def _matches(row: dict, role: str, model: str, tokens: int) -> bool:
+def _matches(row: dict, role: str, model: str, tokens: int, signature: dict | None) -> bool:
     name = row["model"] if row["ladder"] == "paper" else f"{row['ladder']}_{row['model']}"
-    return row["role"] == role and name == model and row["tokens"] == tokens
+    if (row["role"], name, row["tokens"]) != (role, model, tokens):
+        return False
+    try:
+        return science_signature(row["config"]) == signature
+    except (KeyError, TypeError):  # a row without a full config: not comparable
+        return False
 
 
 @dataclasses.dataclass
@@ -158,22 +193,10 @@ def refresh_status(jobs: list[JobPlan], url: str) -> int:
     done = _done_runs(url)
     rate = _flops_rate(done)
     for job in jobs:
-        teacher = job.teacher.split("@")[0] if job.teacher else None
-        if any(
-            _matches(row, job.role, job.model, job.tokens)
-            and (teacher is None or _teacher_of(row) == (teacher, job.teacher_tokens))
-            for row in done
-        ):
+        if any(_matches(row, job.role, job.model, job.tokens, job.signature) for row in done):
             job.status = "done"
         job.seconds = job.flops / rate if rate else None
     return sum(job.status == "done" for job in jobs)
-
-
-def _teacher_of(row: dict) -> tuple[str | None, int | None]:
-    model = row.get("teacher_model")
-    if model and row.get("config"):
-        model = row["config"].get("teacher", {}).get("model", model)
-    return model, row.get("teacher_tokens")
 
 
 def _flops_rate(done: list[dict]) -> float | None:
@@ -192,7 +215,7 @@ def missing_teachers(jobs: list[JobPlan], url: str) -> list[str]:
         if job.teacher is None:
             continue
         model, tokens = job.teacher.split("@")
-        if not any(_matches(r, "teacher", model, int(tokens)) for r in done):
+        if not any(_matches(r, "teacher", model, int(tokens), job.teacher_signature) for r in done):
             command = f"kdlab-train model={model} data.tokens={tokens} data.tokens_per_param=null"
             if command not in missing:
                 missing.append(command)

@@ -135,10 +135,10 @@ def resolve_teacher(cfg: DictConfig, store: RunStore, data: Any) -> Teacher:
             "objective=distill needs a teacher: teacher.key, teacher.model with its budget, "
             "teacher.checkpoint, or teacher=oracle"
         )
-    return _checked(_from_run(store, key), data)
+    return _checked(_from_run(store, key, data), data)
 
 
-def _from_run(store: RunStore, key: str) -> Teacher:
+def _from_run(store: RunStore, key: str, data: Any) -> Teacher:
     row = store.get(key)
     if row is None:
         raise ConfigError(
@@ -146,6 +146,17 @@ def _from_run(store: RunStore, key: str) -> Teacher:
         )
     if row["status"] != "done":
         raise ConfigError(f"teacher run {key} is {row['status']}, not done; it cannot teach")
+    if row["split"] != "teacher":
+        raise ConfigError(
+            f"run {key} was trained on the {row['split']} split; a teacher must be trained "
+            "on the teacher split"
+        )
+    held_out = (row["config"] or {}).get("data", {}).get("module", {}).get("val_tokens")
+    if held_out != data.val_tokens:
+        raise ConfigError(
+            f"teacher run {key} held out {held_out} validation tokens, not the student's "
+            f"{data.val_tokens}, so its training split overlaps the student's"
+        )
     weights = Path(row["run_dir"]) / WEIGHTS
     if not weights.exists():
         raise ConfigError(f"teacher run {key} is done but its weights {weights} are missing")

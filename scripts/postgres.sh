@@ -11,7 +11,8 @@ fi
 pgdata=$(mktemp -d /tmp/kdlab-pg.XXXXXX)
 port=${KDLAB_PG_PORT:-55432}
 chown postgres "$pgdata" 2>/dev/null || true
-as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+# cd /: initdb resolves its own path from the working directory, which postgres may not read
+as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "cd / && $*"; else sh -c "$*"; fi; }
 as_pg "$bindir/initdb -D $pgdata -A trust -U kdlab >/dev/null"
 as_pg "$bindir/pg_ctl -D $pgdata -o '-k $pgdata -h 127.0.0.1 -p $port' -l $pgdata/log -w start >/dev/null"
 as_pg "$bindir/createdb -h 127.0.0.1 -p $port -U kdlab kdlab"

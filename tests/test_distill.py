@@ -72,6 +72,12 @@ def test_unfinished_teacher_refused(train, tmp_path):
         train(*STUDENT)
 
 
+def test_run_of_the_student_split_refused_as_teacher(train, tmp_path):
+    baseline = train(*TEACHER, "role=supervised")
+    with pytest.raises(ConfigError, match="trained on the student split"):
+        train(*STUDENT[:4], f"teacher.key={baseline['key']}")
+
+
 def test_mismatched_teacher_refused_before_compute(train, tmp_path):
     teacher = train(*TEACHER)
     before = len(RunStore(f"sqlite:///{tmp_path}/runs/kdlab.db").find())

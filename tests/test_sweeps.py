@@ -47,6 +47,12 @@ def test_multirun_records_every_job_and_relaunch_trains_nothing(tmp_path):
     assert {r["family"] for r in rows} == {"supervised"} and {r["study"] for r in rows} == {"nano"}
     stamps = {r["key"]: r["updated_at"] for r in rows}
 
+    # the plan sees them done, and the same grid with another seed as new science
+    same = [f"paths.root_dir={tmp_path}", *FAST, *GRID]
+    assert [j.status for j in plan_sweep(sweep_file("nano/supervised"), same).jobs] == ["done"] * 2
+    other = plan_sweep(sweep_file("nano/supervised"), [*same, "seed=1"]).jobs
+    assert [j.status for j in other] == ["todo"] * 2
+
     again = multirun(tmp_path, "supervised", *GRID)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already done") == 2

@@ -1,12 +1,25 @@
 """Tables of the run database: one row per run, one row per validation point.
 
+Sizes and token counts are 64-bit: paper-scale D passes 2^31 at 143M parameters.
+
 Distillation fields live in the same row as the rest (null for teachers) so a fit, an
 export or a W&B-style table needs no joins.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -31,9 +44,9 @@ runs = Table(
     Column("d_model", Integer),
     Column("n_head", Integer),
     Column("d_ff", Integer),
-    Column("n_params", Integer),  # N: non-embedding, norms included
-    Column("total_params", Integer),
-    Column("tokens", Integer),  # D: exactly the tokens trained on
+    Column("n_params", BigInteger),  # N: non-embedding, norms included
+    Column("total_params", BigInteger),
+    Column("tokens", BigInteger),  # D: exactly the tokens trained on
     Column("tokens_per_param", Float),  # M = D / N
     Column("flops_per_token", Float),  # exact forward count
     Column("flops", Float),  # training FLOPs of this run, 3 F(N) D
@@ -50,8 +63,8 @@ runs = Table(
     # distillation: the teacher and the objective
     Column("teacher_key", String(64)),
     Column("teacher_model", String(32)),
-    Column("teacher_n_params", Integer),
-    Column("teacher_tokens", Integer),
+    Column("teacher_n_params", BigInteger),
+    Column("teacher_tokens", BigInteger),
     Column("teacher_loss", Float),  # L_T on the same validation tokens
     Column("kd_lambda", Float),
     Column("kd_tau", Float),
@@ -76,7 +89,7 @@ curves = Table(
     metadata,
     Column("run_key", String(64), primary_key=True),
     Column("step", Integer, primary_key=True),
-    Column("tokens", Integer),
+    Column("tokens", BigInteger),
     Column("val_loss", Float),
 )
 

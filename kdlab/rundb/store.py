@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 from kdlab.rundb.schema import RUN_COLUMNS, curves, metadata, runs
 
@@ -65,7 +65,11 @@ class RunStore:
             )
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
-            metadata.create_all(engine, checkfirst=True)
+            try:
+                metadata.create_all(engine, checkfirst=True)
+            except (ProgrammingError, IntegrityError):
+                # another job created the tables between our check and our CREATE
+                metadata.create_all(engine, checkfirst=True)
         except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as err:
             reason = str(err).splitlines()[0]
             raise RunDBError(f"cannot open the run database '{url}': {reason}") from err
