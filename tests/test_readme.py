@@ -60,6 +60,26 @@ def test_every_readme_command_is_run_or_covered():
     assert sum(c.startswith(RUN_HERE) for c in COMMANDS) >= 8
 
 
+SINGLE_RUNS = [c for c in COMMANDS if c.startswith("kdlab-train ") and " -m " not in c]
+
+
+@pytest.mark.parametrize("command", SINGLE_RUNS)
+def test_readme_training_command_plans(command, tmp_path):
+    """Each single-run example composes and plans as written (no compute); a student may
+    only be missing its teacher, which the README trains in the line before."""
+    from kdlab.errors import ConfigError
+    from kdlab.runner import plan_run
+    from tests.conftest import compose_run
+
+    overrides = shlex.split(command)[1:]
+    try:
+        plan = plan_run(compose_run(tmp_path, *overrides))
+    except ConfigError as err:
+        assert "not in the run database" in str(err), str(err)
+    else:
+        assert plan.tokens > 0
+
+
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c.startswith(RUN_HERE)])
 def test_readme_command_runs(command, tmp_path):
     argv = shlex.split(command)
