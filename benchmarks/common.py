@@ -88,6 +88,21 @@ def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show Lightning's output")
 
 
+def print_run_footer(args: argparse.Namespace, peaks: list[float], start: float) -> float:
+    """What every step benchmark prints after timing; returns the peak its MFU uses."""
+    peak = max(peaks)
+    print(f"load average at end: {load_average()}")
+    print(
+        f"fp32 matmul peak (1024^3 torch.mm, best of start/end): {peak / 1e9:.1f} GFLOP/s "
+        f"(start {peaks[0] / 1e9:.1f}, end {peaks[1] / 1e9:.1f})"
+    )
+    print(
+        f"batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps in "
+        f"lockstep, {args.repeats} repeat(s), {time.perf_counter() - start:.0f} s in all\n"
+    )
+    return peak
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
     one, five, fifteen = os.getloadavg()

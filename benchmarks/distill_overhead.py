@@ -44,6 +44,7 @@ from common import (
     machine,
     md_table,
     median,
+    print_run_footer,
     quantile,
     quiet,
     run_config,
@@ -246,19 +247,10 @@ def main(argv: list[str] | None = None) -> None:
             log(f"[distill_overhead] {pair} ...")
             results.append(bench_pair(pair.strip(), Path(tmp), args))
     peaks.append(measure_matmul_flops())
-    peak = max(peaks)
     tokens = {
         r.student: args.batch_size * LADDERS[r.student.split("_")[0]]["L1"].n_ctx for r in results
     }
-    print(f"load average at end: {load_average()}")
-    print(
-        f"fp32 matmul peak (1024^3 torch.mm, best of start/end): {peak / 1e9:.1f} GFLOP/s "
-        f"(start {peaks[0] / 1e9:.1f}, end {peaks[1] / 1e9:.1f})"
-    )
-    print(
-        f"batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps in "
-        f"lockstep, {args.repeats} repeat(s), {time.perf_counter() - start:.0f} s in all\n"
-    )
+    peak = print_run_footer(args, peaks, start)
     print(table(results, peak, tokens))
 
 

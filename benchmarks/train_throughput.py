@@ -47,6 +47,7 @@ from common import (
     md_table,
     median,
     paired,
+    print_run_footer,
     quantile,
     quiet,
     run_config,
@@ -275,16 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                 "nano_L1", Path(tmp), args, 1, args.overhead_steps, [CONTROL, *VARIANTS]
             )
     peaks.append(measure_matmul_flops())
-    peak = max(peaks)
-    print(f"load average at end: {load_average()}")
-    print(
-        f"fp32 matmul peak (1024^3 torch.mm, best of start/end): {peak / 1e9:.1f} GFLOP/s "
-        f"(start {peaks[0] / 1e9:.1f}, end {peaks[1] / 1e9:.1f})"
-    )
-    print(
-        f"batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps in "
-        f"lockstep, {args.repeats} repeat(s), {time.perf_counter() - start:.0f} s in all\n"
-    )
+    peak = print_run_footer(args, peaks, start)
     print(throughput_table(results, peak))
     if overhead is not None:
         print(

@@ -58,6 +58,15 @@ class RunPlan:
         return self.data.num_steps
 
     @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / self.n_params
+
+    @property
+    def train_flops(self) -> float:
+        """The run's own training compute, 3 F(N) D (a student's teacher not included)."""
+        return 3.0 * self.flops_per_token * self.tokens
+
+    @property
     def checkpoint(self) -> Path:
         return self.run_dir / "checkpoints" / "last.ckpt"
 
@@ -211,8 +220,8 @@ def _wandb_config(plan: RunPlan) -> dict[str, Any]:
         "model": plan.shape.name,
         "N": plan.n_params,
         "D": plan.tokens,
-        "M": plan.tokens / plan.n_params,
-        "flops": 3 * plan.flops_per_token * plan.tokens,
+        "M": plan.tokens_per_param,
+        "flops": plan.train_flops,
         **plan.science,
     }
 
@@ -238,9 +247,9 @@ def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
         n_params=plan.n_params,
         total_params=total_params(shape),
         tokens=plan.tokens,
-        tokens_per_param=plan.tokens / plan.n_params,
+        tokens_per_param=plan.tokens_per_param,
         flops_per_token=plan.flops_per_token,
-        flops=3.0 * plan.flops_per_token * plan.tokens,
+        flops=plan.train_flops,
         passes=data.passes,
         steps=data.num_steps,
         batch_size=data.batch_size,
@@ -267,7 +276,7 @@ def _teacher_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
         kd_lambda=objective.kd_lambda,
         kd_tau=objective.tau,
         divergence="hard" if objective.hard else objective.divergence,
-        flops_student=3.0 * plan.flops_per_token * plan.tokens,
+        flops_student=plan.train_flops,
         flops_teacher_logits=teacher.flops_per_token * plan.tokens,
         flops_teacher_pretraining=3.0 * teacher.flops_per_token * teacher.tokens,
     )
