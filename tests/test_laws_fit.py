@@ -166,3 +166,22 @@ def test_bootstrap_intervals_cover_truth():
 def test_refusals(frame, message):
     with pytest.raises(LawInputError, match=message):
         fit_supervised(frame, form="chinchilla")
+
+
+def test_bootstrap_resamples_stay_in_the_fits_box():
+    """Two student sizes do not pin the size exponent down: unbounded, most resamples
+    send it far outside [0, 4]; each of them is solved again inside the fit's box."""
+    runs = paper_like_distillation_runs(n_runs=None, noise=0.02, seed=1)
+    two_sizes = runs.N_S.isin(runs.N_S.unique()[:2])
+    runs = runs[two_sizes & (runs.family == "fixed-M teacher x fixed-M student")]
+    doc = fit_distillation(
+        runs,
+        PAPER_SUPERVISED,
+        grid=SMALL_DISTILLATION_GRID,
+        bootstrap=32,
+        search=SearchSettings(n_polish=2),
+    )
+    assert doc["bootstrap"]["resolved_in_bounds"] > 0
+    for name in ("alpha", "beta"):
+        lo, hi = doc["intervals"][name]
+        assert 0.0 <= lo <= hi <= 4.0 + 1e-9, (name, lo, hi)

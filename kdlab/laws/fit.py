@@ -194,6 +194,7 @@ def _fit(
                 resamples=bootstrap,
                 level=level,
                 seed=seed,
+                bounds=spec.bounds(),
             )
         doc.update(boot)
         doc["bootstrap"]["seconds"] = round(time.perf_counter() - t1, 3)

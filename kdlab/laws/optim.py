@@ -230,6 +230,17 @@ def _armijo(f_new, g_new, f_old, t, gd, c1: float = 1e-4) -> torch.Tensor:
     return finite & (f_new <= f_old + c1 * t * gd)
 
 
+def box_arrays(
+    bounds: Sequence[tuple[float | None, float | None]] | None, n_params: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper ends of a SciPy bounds list as arrays (infinite where open)."""
+    if bounds is None:
+        return np.full(n_params, -np.inf), np.full(n_params, np.inf)
+    lo = np.array([-np.inf if b[0] is None else b[0] for b in bounds], dtype=float)
+    hi = np.array([np.inf if b[1] is None else b[1] for b in bounds], dtype=float)
+    return lo, hi
+
+
 def polish(
     objective: BatchObjective,
     x0: np.ndarray,
@@ -254,11 +265,7 @@ def polish(
             return float("inf"), np.zeros_like(v)
         return fv, g[0].numpy().copy()
 
-    x = np.asarray(x0, dtype=float)
-    if bounds is not None:
-        lo = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
-        hi = np.array([np.inf if b[1] is None else b[1] for b in bounds])
-        x = np.clip(x, lo, hi)
+    x = np.clip(np.asarray(x0, dtype=float), *box_arrays(bounds, len(x0)))
     best_f = fun(x)[0]
     for _ in range(rounds):
         res = scipy.optimize.minimize(
