@@ -82,8 +82,9 @@ def make_plans(data: ReportData, opts: PlanOptions, notes: list[str]) -> PlanSet
     if opts.student:
         student = float(opts.student)
         size_range = [min(size_range[0], student / 2), max(size_range[1], student * 2)]
-    plans = build_plans(spec, coefs, student, size_range, opts.budgets, opts.map_points,
-                        opts.scenarios, opts.jobs)
+    plans = build_plans(
+        spec, coefs, student, size_range, opts.budgets, opts.map_points, opts.scenarios, opts.jobs
+    )
     errors = pd.concat([plans.table["error"], plans.map["error"]]).dropna()
     if len(errors):
         notes.append(f"{len(errors)} plan(s) had no feasible solution, e.g.: {errors.iloc[0]}")
@@ -106,8 +107,7 @@ def build_report(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_report_data(db, supervised_fit, distillation_fit, study, corpus, tokenizer,
-                            n_ctx)
+    data = load_report_data(db, supervised_fit, distillation_fit, study, corpus, tokenizer, n_ctx)
     notes = data.notes  # one list: reading the fits' points may still add to it
     parity = figs.parity_frames(data)
     plans = make_plans(data, plan or PlanOptions(), notes)
@@ -195,8 +195,13 @@ def log_to_wandb(
             f"report/{f.name}": wandb.Image(str(f.path), caption=f.title) for f in report.made
         }
         for law in ("supervised", "distillation"):
-            doc = (data.supervised_doc if law == "supervised"
-                   else data.distillation_fit.doc if data.distillation_fit else None)
+            doc = (
+                data.supervised_doc
+                if law == "supervised"
+                else data.distillation_fit.doc
+                if data.distillation_fit
+                else None
+            )
             payload[f"report/coefficients_{law}"] = wandb.Table(
                 dataframe=tables.coefficient_table(doc, law)
             )

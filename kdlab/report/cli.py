@@ -27,31 +27,60 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "whatever exists: runs without fits, fits without runs, or both.",
     )
     src = p.add_argument_group("input")
-    src.add_argument("--db", default="sqlite:///runs/kdlab.db", help="run database URL "
-                     "('' for none: fits and plans only)")
-    src.add_argument("--supervised-fit", metavar="FIT.json", help="supervised fit JSON "
-                     "(kdlab fit supervised --out)")
-    src.add_argument("--distillation-fit", metavar="FIT.json", help="distillation fit JSON "
-                     "(kdlab fit distillation --out)")
+    src.add_argument(
+        "--db",
+        default="sqlite:///runs/kdlab.db",
+        help="run database URL ('' for none: fits and plans only)",
+    )
+    src.add_argument(
+        "--supervised-fit",
+        metavar="FIT.json",
+        help="supervised fit JSON (kdlab fit supervised --out)",
+    )
+    src.add_argument(
+        "--distillation-fit",
+        metavar="FIT.json",
+        help="distillation fit JSON (kdlab fit distillation --out)",
+    )
     src.add_argument("--study", help="only runs of this study")
     src.add_argument("--corpus", help="only runs of this corpus fingerprint")
     src.add_argument("--tokenizer", help="only runs of this tokenizer")
     src.add_argument("--n-ctx", type=int, help="only runs of this context length")
     plan = p.add_argument_group("compute-optimal plans")
-    plan.add_argument("--plan-coefficients", default="auto", help="'auto' (the distillation "
-                      "fit if given, else the paper's), 'paper' or a distillation fit JSON")
-    plan.add_argument("--plan-student", type=number, help="student size N_S of the plan "
-                      "figure (default: the study's median student, 1.82B for the paper)")
-    plan.add_argument("--plan-budgets", type=int, default=10, help="budgets per scenario "
-                      "(0: no planning)")
-    plan.add_argument("--map-points", type=int, default=8, help="student sizes on the map of "
-                      "where distillation wins (0: no map)")
-    plan.add_argument("--jobs", type=int, default=max(1, min(8, os.cpu_count() or 1)),
-                      help="processes for planning")
+    plan.add_argument(
+        "--plan-coefficients",
+        default="auto",
+        help="'auto' (the distillation "
+        "fit if given, else the paper's), 'paper' or a distillation fit JSON",
+    )
+    plan.add_argument(
+        "--plan-student",
+        type=number,
+        help="student size N_S of the plan "
+        "figure (default: the study's median student, 1.82B for the paper)",
+    )
+    plan.add_argument(
+        "--plan-budgets", type=int, default=10, help="budgets per scenario (0: no planning)"
+    )
+    plan.add_argument(
+        "--map-points",
+        type=int,
+        default=8,
+        help="student sizes on the map of where distillation wins (0: no map)",
+    )
+    plan.add_argument(
+        "--jobs",
+        type=int,
+        default=max(1, min(8, os.cpu_count() or 1)),
+        help="processes for planning",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--out", default="runs/report", help="folder for index.html and PNGs")
-    out.add_argument("--wandb", action="store_true", help="also log the figures to W&B "
-                     "(WANDB_MODE=offline is honoured)")
+    out.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the figures to W&B (WANDB_MODE=offline is honoured)",
+    )
     out.add_argument("--wandb-project", default="kdlab")
     out.add_argument("--wandb-entity")
     out.add_argument("--wandb-group", help="default: the study's name")
@@ -76,8 +105,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from kdlab.report.build import PlanOptions, build_report, log_to_wandb
 
     if args.plan_budgets < 0 or args.map_points < 0 or args.jobs < 1:
-        raise LawInputError("--plan-budgets and --map-points must be 0 or more, --jobs 1 or "
-                            "more.")
+        raise LawInputError("--plan-budgets and --map-points must be 0 or more, --jobs 1 or more.")
     opts = PlanOptions(
         coefficients=args.plan_coefficients,
         student=args.plan_student,
@@ -86,8 +114,15 @@ def _run_report(args: argparse.Namespace) -> int:
         jobs=args.jobs,
     )
     report = build_report(
-        args.out, args.db or None, args.supervised_fit, args.distillation_fit, opts,
-        study=args.study, corpus=args.corpus, tokenizer=args.tokenizer, n_ctx=args.n_ctx,
+        args.out,
+        args.db or None,
+        args.supervised_fit,
+        args.distillation_fit,
+        opts,
+        study=args.study,
+        corpus=args.corpus,
+        tokenizer=args.tokenizer,
+        n_ctx=args.n_ctx,
     )
     for fig in report.figures:
         if fig.path is not None:
@@ -99,11 +134,14 @@ def _run_report(args: argparse.Namespace) -> int:
     print(f"wrote {report.html}")
     if args.wandb:
         try:
-            where = log_to_wandb(report, args.wandb_project, args.wandb_entity,
-                                 args.wandb_group, args.wandb_name)
+            where = log_to_wandb(
+                report, args.wandb_project, args.wandb_entity, args.wandb_group, args.wandb_name
+            )
         except Exception as exc:  # W&B fails in many ways (network, auth); the page stands
-            print(f"error: the report is written, but logging it to W&B failed: {exc}",
-                  file=sys.stderr)
+            print(
+                f"error: the report is written, but logging it to W&B failed: {exc}",
+                file=sys.stderr,
+            )
             return EXIT_WANDB_FAILED
         print(f"logged {len(report.made)} figures to W&B: {where}")
     return 0

@@ -279,8 +279,9 @@ def _csv_frame(fit: Fit, law: str, notes: list[str]) -> pd.DataFrame:
     from kdlab.laws.io import read_csv_points
 
     source = _csv_source(fit.doc)
-    empty = supervised_frame(pd.DataFrame()) if law == "supervised" else student_frame(
-        pd.DataFrame())
+    empty = (
+        supervised_frame(pd.DataFrame()) if law == "supervised" else student_frame(pd.DataFrame())
+    )
     if source is None:
         return empty
     flops_col = (fit.doc.get("data") or {}).get("flops_col")
@@ -298,9 +299,14 @@ def _csv_frame(fit: Fit, law: str, notes: list[str]) -> pd.DataFrame:
         out["role"] = "csv"
         out["flops"] = pd.to_numeric(pts[flops_col], errors="coerce") if flops_col else np.nan
     notes.append(f"The {law} runs are read from the fit's CSV {source}.")
-    return out.astype({c: float for c in out.columns if c in ("N", "D", "loss", "flops",
-                                                               "flops_per_token", "N_S",
-                                                               "D_S", "L_T", "N_T", "D_T")})
+    return out.astype(
+        {
+            c: float
+            for c in out.columns
+            if c
+            in ("N", "D", "loss", "flops", "flops_per_token", "N_S", "D_S", "L_T", "N_T", "D_T")
+        }
+    )
 
 
 # --------------------------------------------------------------- fit membership
@@ -345,8 +351,11 @@ def fit_membership(data: ReportData, law: str) -> pd.DataFrame | None:
         points["pred"] = supervised_loss(points["N"], points["D"], fit.coefs["supervised"])
     else:
         points["pred"] = distillation_loss(
-            points["N_S"], points["D_S"], points["L_T"],
-            fit.coefs["distillation"], fit.coefs["supervised"],
+            points["N_S"],
+            points["D_S"],
+            points["L_T"],
+            fit.coefs["distillation"],
+            fit.coefs["supervised"],
         )
     return points
 

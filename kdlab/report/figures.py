@@ -157,8 +157,7 @@ def _law_proxy(label: str, style: str = "-") -> Line2D:
 
 
 def _runs_proxy(label: str = "runs", marker: str = "o") -> Line2D:
-    return Line2D([], [], color="0.3", marker=marker, linestyle="none", markersize=7,
-                  label=label)
+    return Line2D([], [], color="0.3", marker=marker, linestyle="none", markersize=7, label=label)
 
 
 def _count_axis(axis: Any) -> None:
@@ -180,8 +179,15 @@ def _plain_axis(axis: Any) -> None:
 
 
 def _no_fit_note(ax: Any, what: str) -> None:
-    ax.text(0.02, 0.02, f"no {what} fit given: runs only", transform=ax.transAxes,
-            fontsize=9, color="0.35", va="bottom")
+    ax.text(
+        0.02,
+        0.02,
+        f"no {what} fit given: runs only",
+        transform=ax.transAxes,
+        fontsize=9,
+        color="0.35",
+        va="bottom",
+    )
 
 
 # ------------------------------------------------------------------ supervised
@@ -199,19 +205,41 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
     m_norm = (SIZE_CMAP, _log_norm(m))
     n_norm = (SIZE_CMAP, _log_norm(sup["N"]))
     with _style():
-        ax_n.scatter(sup["N"], sup["loss"], c=[_color(m_norm, v) for v in m], s=45,
-                     edgecolors="black", linewidths=0.5, zorder=3)
-        ax_d.scatter(sup["D"], sup["loss"], c=[_color(n_norm, v) for v in sup["N"]], s=45,
-                     edgecolors="black", linewidths=0.5, zorder=3)
+        ax_n.scatter(
+            sup["N"],
+            sup["loss"],
+            c=[_color(m_norm, v) for v in m],
+            s=45,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
+        ax_d.scatter(
+            sup["D"],
+            sup["loss"],
+            c=[_color(n_norm, v) for v in sup["N"]],
+            s=45,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
         if coef is not None:
             n_grid = _span(sup["N"])
             for level in _m_levels(sup, m):
-                ax_n.plot(n_grid, supervised_loss(n_grid, level * n_grid, coef),
-                          color=_color(m_norm, level), linewidth=1.8)
+                ax_n.plot(
+                    n_grid,
+                    supervised_loss(n_grid, level * n_grid, coef),
+                    color=_color(m_norm, level),
+                    linewidth=1.8,
+                )
             for level in _levels(sup["N"].to_numpy(), 8):
                 d_grid = _span(sup.loc[sup["N"] == level, "D"], 2.0)
-                ax_d.plot(d_grid, supervised_loss(level, d_grid, coef),
-                          color=_color(n_norm, level), linewidth=1.8)
+                ax_d.plot(
+                    d_grid,
+                    supervised_loss(level, d_grid, coef),
+                    color=_color(n_norm, level),
+                    linewidth=1.8,
+                )
         else:
             _no_fit_note(ax_n, "supervised")
         for ax, norm, label, fmt in (
@@ -323,8 +351,9 @@ def _parabola_minimum(n: np.ndarray, loss: np.ndarray) -> tuple[float, float]:
     return float(n[i]), float(loss[i])
 
 
-def _law_argmin(coef: Mapping[str, float], fpt: Callable, compute: float,
-                n_range: tuple[float, float]) -> float:
+def _law_argmin(
+    coef: Mapping[str, float], fpt: Callable, compute: float, n_range: tuple[float, float]
+) -> float:
     """The N minimising the supervised law at compute C (grid, then a bounded search)."""
     from scipy.optimize import minimize_scalar
 
@@ -356,19 +385,35 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
     with _style():
         for c, g in groups:
             color = _color(c_norm, c, top=0.8)
-            ax.plot(g["N"], g["loss"], "o", color=color, markeredgecolor="black",
-                    markeredgewidth=0.5, markersize=7, label=f"C = {fmt_flops(c)} FLOPs")
+            ax.plot(
+                g["N"],
+                g["loss"],
+                "o",
+                color=color,
+                markeredgecolor="black",
+                markeredgewidth=0.5,
+                markersize=7,
+                label=f"C = {fmt_flops(c)} FLOPs",
+            )
             n_star, l_star = _parabola_minimum(g["N"].to_numpy(float), g["loss"].to_numpy(float))
-            ax.plot(n_star, l_star, "D", color=color, markeredgecolor="black", markersize=10,
-                    zorder=4)
+            ax.plot(
+                n_star, l_star, "D", color=color, markeredgecolor="black", markersize=10, zorder=4
+            )
             data_opt.append((c, n_star))
             if coef is not None:
                 n_grid = _span(g["N"], 1.3)
                 law = supervised_loss(n_grid, c / (3.0 * fpt(n_grid)), coef)
                 ax.plot(n_grid, law, color=color, linewidth=1.8)
                 i = int(np.argmin(law))
-                ax.plot(n_grid[i], law[i], "*", color=color, markeredgecolor="black",
-                        markersize=15, zorder=5)
+                ax.plot(
+                    n_grid[i],
+                    law[i],
+                    "*",
+                    color=color,
+                    markeredgecolor="black",
+                    markersize=15,
+                    zorder=5,
+                )
                 law_opt.append((c, float(n_grid[i])))
         ax.set_xscale("log")
         _count_axis(ax.xaxis)
@@ -376,24 +421,56 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
         ax.set_ylabel(LOSS_LABEL)
         ax.set_title("IsoFLOP profiles")
         handles = ax.get_legend_handles_labels()[0]
-        handles += [Line2D([], [], marker="D", color="0.5", markeredgecolor="black",
-                           linestyle="none", markersize=9, label="minimum (parabola in log N)")]
+        handles += [
+            Line2D(
+                [],
+                [],
+                marker="D",
+                color="0.5",
+                markeredgecolor="black",
+                linestyle="none",
+                markersize=9,
+                label="minimum (parabola in log N)",
+            )
+        ]
         if coef is not None:
-            handles += [_law_proxy("fitted law at the same C"),
-                        Line2D([], [], marker="*", color="0.5", markeredgecolor="black",
-                               linestyle="none", markersize=13, label="law's minimum")]
+            handles += [
+                _law_proxy("fitted law at the same C"),
+                Line2D(
+                    [],
+                    [],
+                    marker="*",
+                    color="0.5",
+                    markeredgecolor="black",
+                    linestyle="none",
+                    markersize=13,
+                    label="law's minimum",
+                ),
+            ]
         else:
             _no_fit_note(ax, "supervised")
         ax.legend(handles=handles, loc="upper right", fontsize=9)
 
         cs, ns = np.array(data_opt).T
-        ax_opt.plot(cs, ns, "D", color="#4c72b0", markeredgecolor="black", markersize=9,
-                    label="runs: IsoFLOP minima")
+        ax_opt.plot(
+            cs,
+            ns,
+            "D",
+            color="#4c72b0",
+            markeredgecolor="black",
+            markersize=9,
+            label="runs: IsoFLOP minima",
+        )
         if len(cs) >= 2:
             slope, icpt = np.polyfit(np.log(cs), np.log(ns), 1)
             c_line = np.geomspace(cs.min() / 2, cs.max() * 2, 50)
-            ax_opt.plot(c_line, np.exp(icpt) * c_line**slope, ":", color="#4c72b0",
-                        label=rf"power-law fit: $N^* \propto C^{{{slope:.2f}}}$")
+            ax_opt.plot(
+                c_line,
+                np.exp(icpt) * c_line**slope,
+                ":",
+                color="#4c72b0",
+                label=rf"power-law fit: $N^* \propto C^{{{slope:.2f}}}$",
+            )
         if coef is not None:
             c_line = np.geomspace(cs.min() / 3, cs.max() * 3, 40)
             n_range = (sup["N"].min() / 30, sup["N"].max() * 30)
@@ -407,8 +484,9 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
         ax_opt.set_ylabel("loss-optimal parameters N*")
         ax_opt.set_title("compute-optimal model size")
         ax_opt.legend(loc="upper left")
-        fig.suptitle(f"IsoFLOP profiles: {len(groups)} budget(s), "
-                     f"{sum(len(g) for _, g in groups)} runs")
+        fig.suptitle(
+            f"IsoFLOP profiles: {len(groups)} budget(s), {sum(len(g) for _, g in groups)} runs"
+        )
     return _save(fig, out_dir, "isoflop")
 
 
@@ -427,8 +505,10 @@ def _student_groups(st: pd.DataFrame, most: int) -> tuple[list[tuple], int]:
     stats = st.groupby(["N_S", "D_S"]).agg(n=("loss", "size"), teachers=("L_T", "nunique"))
     stats = stats.sort_values(["teachers", "n"], ascending=False)
     keep = stats.index[:most]
-    groups = [(n_s, d_s, st[(st.N_S == n_s) & (st.D_S == d_s)].sort_values("L_T"))
-              for n_s, d_s in sorted(keep)]
+    groups = [
+        (n_s, d_s, st[(st.N_S == n_s) & (st.D_S == d_s)].sort_values("L_T"))
+        for n_s, d_s in sorted(keep)
+    ]
     return groups, len(stats) - len(keep)
 
 
@@ -452,16 +532,32 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
             color = _color(n_norm, n_s)
             m = float(_round_sig(np.array([d_s / n_s]))[0])
             label = f"N_S = {fmt_count(n_s)}, D_S = {fmt_count(d_s)} (M = {m:g})"
-            ax.plot(g["L_T"], g["loss"], markers.get(m, "o"), color=color, markersize=8,
-                    markeredgecolor="black", markeredgewidth=0.5, label=label, zorder=3)
+            ax.plot(
+                g["L_T"],
+                g["loss"],
+                markers.get(m, "o"),
+                color=color,
+                markersize=8,
+                markeredgecolor="black",
+                markeredgewidth=0.5,
+                label=label,
+                zorder=3,
+            )
             if coefs is not None:
                 dist, sup = coefs
                 curve = distillation_loss(n_s, d_s, lt_grid, dist, sup)
                 ax.plot(lt_grid, curve, color=color, linewidth=1.8)
                 i = int(np.argmin(curve))
                 if 0 < i < len(curve) - 1:
-                    ax.plot(lt_grid[i], curve[i], "v", color=color, markersize=11,
-                            markeredgecolor="black", zorder=4)
+                    ax.plot(
+                        lt_grid[i],
+                        curve[i],
+                        "v",
+                        color=color,
+                        markersize=11,
+                        markeredgecolor="black",
+                        zorder=4,
+                    )
                 alone = float(supervised_loss(n_s, d_s, sup))
                 ax.axhline(alone, color=color, linestyle=":", linewidth=1.2)
                 all_y.append(curve)
@@ -470,8 +566,16 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
         if coefs is not None:
             handles += [
                 _law_proxy("fitted distillation law"),
-                Line2D([], [], marker="v", color="0.5", markeredgecolor="black",
-                       linestyle="none", markersize=10, label="best teacher loss (law)"),
+                Line2D(
+                    [],
+                    [],
+                    marker="v",
+                    color="0.5",
+                    markeredgecolor="black",
+                    linestyle="none",
+                    markersize=10,
+                    label="best teacher loss (law)",
+                ),
                 _law_proxy("student alone, Ltilde_S (law)", ":"),
             ]
         else:
@@ -514,32 +618,77 @@ def student_tokens_figure(data: ReportData, out_dir: Path, most: int = 4) -> Pat
             for _, g in sub.groupby(teacher):
                 l_t = float(g["L_T"].mean())
                 color = _color(lt_norm, l_t)
-                ax.plot(g["D_S"], g["loss"], "o", color=color, markersize=8,
-                        markeredgecolor="black", markeredgewidth=0.5, zorder=3)
+                ax.plot(
+                    g["D_S"],
+                    g["loss"],
+                    "o",
+                    color=color,
+                    markersize=8,
+                    markeredgecolor="black",
+                    markeredgewidth=0.5,
+                    zorder=3,
+                )
                 if coefs is not None:
-                    ax.plot(d_grid, distillation_loss(n_s, d_grid, l_t, *coefs), color=color,
-                            linewidth=1.6)
+                    ax.plot(
+                        d_grid,
+                        distillation_loss(n_s, d_grid, l_t, *coefs),
+                        color=color,
+                        linewidth=1.6,
+                    )
             if len(alone):
-                ax.plot(alone["D"], alone["loss"], "s", markerfacecolor="white",
-                        markeredgecolor="black", markersize=8, zorder=3)
+                ax.plot(
+                    alone["D"],
+                    alone["loss"],
+                    "s",
+                    markerfacecolor="white",
+                    markeredgecolor="black",
+                    markersize=8,
+                    zorder=3,
+                )
             if sup_coef is not None:
-                ax.plot(d_grid, supervised_loss(n_s, d_grid, sup_coef), "--", color="black",
-                        linewidth=1.6)
+                ax.plot(
+                    d_grid,
+                    supervised_loss(n_s, d_grid, sup_coef),
+                    "--",
+                    color="black",
+                    linewidth=1.6,
+                )
             if not len(alone) and sup_coef is None:
-                ax.text(0.02, 0.02, "no supervised baseline at this size", fontsize=9,
-                        color="0.35", transform=ax.transAxes)
+                ax.text(
+                    0.02,
+                    0.02,
+                    "no supervised baseline at this size",
+                    fontsize=9,
+                    color="0.35",
+                    transform=ax.transAxes,
+                )
             ax.set_xscale("log")
             _count_axis(ax.xaxis)
             ax.set_xlabel("student training tokens D_S")
             ax.set_title(f"student N_S = {fmt_count(n_s)}")
         axes[0, 0].set_ylabel(LOSS_LABEL)
-        fig.colorbar(_scalar_mappable(lt_norm), ax=axes[0, -1], label="teacher loss L_T",
-                     pad=0.01)
+        fig.colorbar(_scalar_mappable(lt_norm), ax=axes[0, -1], label="teacher loss L_T", pad=0.01)
         handles = [
-            Line2D([], [], marker="o", color="0.4", markeredgecolor="black", linestyle="none",
-                   markersize=8, label="distilled students (colour: teacher)"),
-            Line2D([], [], marker="s", markerfacecolor="white", markeredgecolor="black",
-                   linestyle="none", markersize=8, label="supervised baseline runs"),
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color="0.4",
+                markeredgecolor="black",
+                linestyle="none",
+                markersize=8,
+                label="distilled students (colour: teacher)",
+            ),
+            Line2D(
+                [],
+                [],
+                marker="s",
+                markerfacecolor="white",
+                markeredgecolor="black",
+                linestyle="none",
+                markersize=8,
+                label="supervised baseline runs",
+            ),
         ]
         if coefs is not None:
             handles.append(_law_proxy("distillation law at the teacher's L_T"))
@@ -593,17 +742,34 @@ def parity_figure(
             for status, style in STATUS_STYLE.items():
                 g = frame[frame["status"] == status]
                 if len(g):
-                    ax.plot(g["loss"], g["pred"], style["marker"], color=style["color"],
-                            markersize=7, markeredgecolor="black", markeredgewidth=0.4,
-                            linestyle="none", label=f"{style['label']} ({len(g)})")
+                    ax.plot(
+                        g["loss"],
+                        g["pred"],
+                        style["marker"],
+                        color=style["color"],
+                        markersize=7,
+                        markeredgecolor="black",
+                        markeredgewidth=0.4,
+                        linestyle="none",
+                        label=f"{style['label']} ({len(g)})",
+                    )
             lines = []
             for status, err in parity_errors(frame).items():
                 if err.get("n_points"):
-                    lines.append(f"{status}: mean |err| {err['mean_abs_rel_error']:.2%}, "
-                                 f"max {err['max_abs_rel_error']:.2%}")
-            ax.text(0.98, 0.02, "\n".join(lines), transform=ax.transAxes, ha="right",
-                    va="bottom", fontsize=9, bbox={"facecolor": "white", "alpha": 0.85,
-                                                   "edgecolor": "0.7"})
+                    lines.append(
+                        f"{status}: mean |err| {err['mean_abs_rel_error']:.2%}, "
+                        f"max {err['max_abs_rel_error']:.2%}"
+                    )
+            ax.text(
+                0.98,
+                0.02,
+                "\n".join(lines),
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=9,
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
+            )
             ax.set_xlim(*line)
             ax.set_ylim(*line)
             ax.set_aspect("equal")
@@ -642,8 +808,14 @@ def plan_shares_figure(plans: PlanSet, out_dir: Path) -> Path:
             edges = np.sqrt(c[1:] * c[:-1])
             edges = np.concatenate([[c[0]], edges, [c[-1]]])
             for i, verdict in enumerate(g["verdict"]):
-                ax.axvspan(edges[i], edges[i + 1], ymin=1 / 1.1, ymax=1.0,
-                           color="#55a868" if verdict == "distil" else "0.75", linewidth=0)
+                ax.axvspan(
+                    edges[i],
+                    edges[i + 1],
+                    ymin=1 / 1.1,
+                    ymax=1.0,
+                    color="#55a868" if verdict == "distil" else "0.75",
+                    linewidth=0,
+                )
             ax.set_ylim(0, 1.1)
             ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
             ax.set_xscale("log")
@@ -658,7 +830,7 @@ def plan_shares_figure(plans: PlanSet, out_dir: Path) -> Path:
             _count_axis(twin.yaxis)
             twin.set_ylabel("optimal teacher size N_T")
             twin.grid(False)
-        for ax in axes.ravel()[len(scenarios):]:
+        for ax in axes.ravel()[len(scenarios) :]:
             ax.set_visible(False)
         handles = [Patch(color=col, label=SHARE_LABELS[k]) for k, col in SHARE_COLORS.items()]
         handles += [
@@ -668,8 +840,10 @@ def plan_shares_figure(plans: PlanSet, out_dir: Path) -> Path:
             Line2D([], [], color="black", linestyle=":", label="student size N_S"),
         ]
         fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=10)
-        fig.suptitle(f"Compute-optimal distillation of a {fmt_count(plans.student)}-parameter "
-                     f"student ({plans.label})")
+        fig.suptitle(
+            f"Compute-optimal distillation of a {fmt_count(plans.student)}-parameter "
+            f"student ({plans.label})"
+        )
     return _save(fig, out_dir, "plan_shares")
 
 
@@ -713,13 +887,18 @@ def advantage_map_figure(plans: PlanSet, out_dir: Path) -> Path:
             nn = g["student_params"].to_numpy(float).reshape(shape).T
             cc = g["compute"].to_numpy(float).reshape(shape).T
             zz = np.ma.masked_invalid(g["gap"].to_numpy(float).reshape(shape).T)
-            mappable = ax.contourf(nn, cc, zz, levels=levels, cmap=cmap, norm=norm,
-                                   extend="both")
+            mappable = ax.contourf(nn, cc, zz, levels=levels, cmap=cmap, norm=norm, extend="both")
             if zz.count() and zz.min() < 0 < zz.max():
                 ax.contour(nn, cc, zz, levels=[0.0], colors="black", linewidths=2)
             n_line = np.geomspace(nn.min(), nn.max(), 50)
-            ax.plot(n_line, 3 * flops_per_token(n_line, plans.flops) * 20 * n_line, "--",
-                    color="0.2", linewidth=1.2, label="student alone at M = 20")
+            ax.plot(
+                n_line,
+                3 * flops_per_token(n_line, plans.flops) * 20 * n_line,
+                "--",
+                color="0.2",
+                linewidth=1.2,
+                label="student alone at M = 20",
+            )
             ax.set_xscale("log")
             ax.set_yscale("log")
             _count_axis(ax.xaxis)
@@ -728,17 +907,26 @@ def advantage_map_figure(plans: PlanSet, out_dir: Path) -> Path:
             ax.set_xlabel("student size N_S (parameters)")
             ax.set_ylabel("compute budget C (FLOPs)")
             ax.set_title(SCENARIO_TITLES.get(scenario, scenario))
-            ax.legend(handles=[*ax.get_legend_handles_labels()[0],
-                               Line2D([], [], color="black", linewidth=2, label="break-even")],
-                      loc="upper left", fontsize=9)
+            ax.legend(
+                handles=[
+                    *ax.get_legend_handles_labels()[0],
+                    Line2D([], [], color="black", linewidth=2, label="break-even"),
+                ],
+                loc="upper left",
+                fontsize=9,
+            )
             ax.grid(True, alpha=0.25)
-        for ax in axes.ravel()[len(scenarios):]:
+        for ax in axes.ravel()[len(scenarios) :]:
             ax.set_visible(False)
-        bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), pad=0.01, ticks=levels,
-                           label="distilled − alone (% of the loss alone); blue: distil")
+        bar = fig.colorbar(
+            mappable,
+            ax=axes.ravel().tolist(),
+            pad=0.01,
+            ticks=levels,
+            label="distilled − alone (% of the loss alone); blue: distil",
+        )
         bar.ax.set_yticklabels([f"{v:g}%" for v in levels])
-        fig.suptitle("Where compute-optimal distillation beats training alone "
-                     f"({plans.label})")
+        fig.suptitle(f"Where compute-optimal distillation beats training alone ({plans.label})")
     return _save(fig, out_dir, "distillation_map")
 
 
@@ -754,15 +942,35 @@ class FigureSpec:
 
 
 FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("supervised_loss", "Supervised scaling", "Loss against N and D",
-               "data", supervised_loss_figure),
+    FigureSpec(
+        "supervised_loss",
+        "Supervised scaling",
+        "Loss against N and D",
+        "data",
+        supervised_loss_figure,
+    ),
     FigureSpec("isoflop", "Supervised scaling", "IsoFLOP profiles", "data", isoflop_figure),
     FigureSpec("capacity_gap", "Distillation", "Capacity gap", "data", capacity_gap_figure),
-    FigureSpec("student_tokens", "Distillation", "Students against training alone",
-               "data", student_tokens_figure),
+    FigureSpec(
+        "student_tokens",
+        "Distillation",
+        "Students against training alone",
+        "data",
+        student_tokens_figure,
+    ),
     FigureSpec("parity", "Fit quality", "Predicted vs observed loss", "data", parity_figure),
-    FigureSpec("plan_shares", "Compute-optimal distillation", "Compute-optimal plan",
-               "plans", plan_shares_figure),
-    FigureSpec("distillation_map", "Compute-optimal distillation",
-               "Where distillation wins", "plans", advantage_map_figure),
+    FigureSpec(
+        "plan_shares",
+        "Compute-optimal distillation",
+        "Compute-optimal plan",
+        "plans",
+        plan_shares_figure,
+    ),
+    FigureSpec(
+        "distillation_map",
+        "Compute-optimal distillation",
+        "Where distillation wins",
+        "plans",
+        advantage_map_figure,
+    ),
 )

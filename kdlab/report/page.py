@@ -159,15 +159,19 @@ def coefficient_html(doc: Mapping[str, Any] | None, law: str) -> str:
         if "form" in facts:
             bits.append(f"form {facts['form']}")
         if "objective" in facts:
-            bits.append(f"Huber objective {facts['objective']:.4g} "
-                        f"(δ = {facts.get('huber_delta', float('nan')):g})")
+            bits.append(
+                f"Huber objective {facts['objective']:.4g} "
+                f"(δ = {facts.get('huber_delta', float('nan')):g})"
+            )
         if "fit_error" in facts:
             bits.append(f"mean |relative error| {facts['fit_error']:.2%}")
         if facts.get("held_out"):
             he = facts.get("heldout_error")
-            bits.append(f"{facts['held_out']} held out"
-                        + (f" ({facts['fit_where']!s} fitted)" if facts.get("fit_where") else "")
-                        + (f", held-out error {he:.2%}" if he is not None else ""))
+            bits.append(
+                f"{facts['held_out']} held out"
+                + (f" ({facts['fit_where']!s} fitted)" if facts.get("fit_where") else "")
+                + (f", held-out error {he:.2%}" if he is not None else "")
+            )
         if "bootstrap_resamples" in facts:
             bits.append(f"{facts['bootstrap_resamples']} bootstrap resamples")
         if "source" in facts:
@@ -205,21 +209,26 @@ def plan_html(report: Report) -> str:
         f'<p class="meta">Student N_S = {fmt_count(plans.student)}; coefficients: '
         f"{_e(plans.label)}; F(N) with n_ctx = {plans.flops.get('n_ctx', 0):g}, "
         f"n_vocab = {plans.flops.get('n_vocab', 0):g}. L alone: the student trained alone "
-        "on the whole budget. Full table: <a href=\"plan.csv\">plan.csv</a>.</p>"
+        'on the whole budget. Full table: <a href="plan.csv">plan.csv</a>.</p>'
     )
     return head + _table(shown, left=("scenario", "verdict"))
 
 
 def _figure_html(report: Report, fig: Any) -> str:
     if fig.path is None:
-        return (f'<div class="skipped" id="{_e(fig.name)}"><b>{_e(fig.title)}</b>: '
-                f"not drawn. {_e(fig.skipped)}</div>")
+        return (
+            f'<div class="skipped" id="{_e(fig.name)}"><b>{_e(fig.title)}</b>: '
+            f"not drawn. {_e(fig.skipped)}</div>"
+        )
     caption = CAPTIONS.get(fig.name, "")
     if fig.name == "parity":
         for law, frame in report.parity.items():
             errs = parity_errors(frame)
-            bits = [f"{s} {e['mean_abs_rel_error']:.2%} ({e['n_points']} runs)"
-                    for s, e in errs.items() if e.get("n_points")]
+            bits = [
+                f"{s} {e['mean_abs_rel_error']:.2%} ({e['n_points']} runs)"
+                for s, e in errs.items()
+                if e.get("n_points")
+            ]
             caption += f" {law.capitalize()}: mean |relative error| " + ", ".join(bits) + "."
     if fig.name in ("plan_shares", "distillation_map") and report.plans is not None:
         caption += f" Coefficients: {report.plans.label}."
@@ -268,11 +277,16 @@ def render_page(report: Report) -> str:
     out.append("<h3>Supervised law L(N, D) = E + (A/N^α + B/D^β)^γ</h3>")
     out.append(coefficient_html(data.supervised_doc, "supervised"))
     out.append("<h3>Distillation law L_S(N_S, D_S, L_T)</h3>")
-    out.append(coefficient_html(
-        data.distillation_fit.doc if data.distillation_fit else None, "distillation"))
-    out.append('<p class="meta">Paper values: Busbridge et al. 2025 (PAPER.md §1–§2), '
-               "90% bootstrap intervals. All tables: <a href=\"coefficients.csv\">"
-               "coefficients.csv</a>.</p>")
+    out.append(
+        coefficient_html(
+            data.distillation_fit.doc if data.distillation_fit else None, "distillation"
+        )
+    )
+    out.append(
+        '<p class="meta">Paper values: Busbridge et al. 2025 (PAPER.md §1–§2), '
+        '90% bootstrap intervals. All tables: <a href="coefficients.csv">'
+        "coefficients.csv</a>.</p>"
+    )
     out.append("</body></html>")
     return "\n".join(out)
 

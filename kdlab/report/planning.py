@@ -126,8 +126,10 @@ def build_plans(
             (n, c, s) for s in scenarios for n in grid_n for c in budgets(n, flops, map_points)
         ]
     frame = run_plans(coefs, tasks + map_tasks, jobs)
-    label = "published coefficients, Busbridge et al. 2025" if spec == "paper" else (
-        f"fit {os.path.basename(spec)}"
+    label = (
+        "published coefficients, Busbridge et al. 2025"
+        if spec == "paper"
+        else (f"fit {os.path.basename(spec)}")
     )
     return PlanSet(
         source=spec,
@@ -135,7 +137,7 @@ def build_plans(
         student=float(student),
         flops=flops,
         table=frame.iloc[: len(tasks)].reset_index(drop=True),
-        map=frame.iloc[len(tasks):].reset_index(drop=True),
+        map=frame.iloc[len(tasks) :].reset_index(drop=True),
     )
 
 

@@ -128,20 +128,24 @@ def study_facts(data: ReportData) -> list[tuple[str, str]]:
 
     sup, st = data.supervised, data.students
     if not sup.empty:
-        facts.append((
-            "supervised runs (done)",
-            f"{len(sup)}: N {fmt_count(sup.N.min())}–{fmt_count(sup.N.max())}, "
-            f"D {fmt_count(sup.D.min())}–{fmt_count(sup.D.max())}, "
-            f"loss {sup.loss.min():.3f}–{sup.loss.max():.3f}",
-        ))
+        facts.append(
+            (
+                "supervised runs (done)",
+                f"{len(sup)}: N {fmt_count(sup.N.min())}–{fmt_count(sup.N.max())}, "
+                f"D {fmt_count(sup.D.min())}–{fmt_count(sup.D.max())}, "
+                f"loss {sup.loss.min():.3f}–{sup.loss.max():.3f}",
+            )
+        )
     if not st.empty:
-        facts.append((
-            "students (done)",
-            f"{len(st)}: N_S {fmt_count(st.N_S.min())}–{fmt_count(st.N_S.max())}, "
-            f"D_S {fmt_count(st.D_S.min())}–{fmt_count(st.D_S.max())}, "
-            f"L_T {st.L_T.min():.3f}–{st.L_T.max():.3f}, "
-            f"{st['teacher_key'].nunique()} teacher(s)",
-        ))
+        facts.append(
+            (
+                "students (done)",
+                f"{len(st)}: N_S {fmt_count(st.N_S.min())}–{fmt_count(st.N_S.max())}, "
+                f"D_S {fmt_count(st.D_S.min())}–{fmt_count(st.D_S.max())}, "
+                f"L_T {st.L_T.min():.3f}–{st.L_T.max():.3f}, "
+                f"{st['teacher_key'].nunique()} teacher(s)",
+            )
+        )
     return facts
 
 
