@@ -48,6 +48,16 @@ def test_student_finds_its_teacher_and_records_the_row(train, tmp_path):
     assert all(k.startswith("model.") for k in ckpt["state_dict"]), list(ckpt["state_dict"])[:5]
     n_student = sum(v.numel() for v in ckpt["state_dict"].values())
     assert n_student < 10_000  # L1 only; L2's 35k parameters are not in it
+    # relaunching the finished student skips it without reading the teacher's weights
+    import kdlab.teacher
+
+    def no_loading(path):
+        raise AssertionError(f"loaded {path} for a finished student")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kdlab.teacher, "load_weights", no_loading)
+        again = train(*STUDENT)
+    assert again["updated_at"] == student["updated_at"]
     # the same student by teacher key finds the same run
     by_key = train(*STUDENT[:4], f"teacher.key={teacher['key']}")
     assert by_key["teacher_key"] == teacher["key"]
