@@ -96,7 +96,7 @@ def read_db_points(
     tokenizer, n_ctx) select one kind when the database holds several.
     """
     try:
-        from kdlab.rundb import fit_points  # the lead's module; imported late on purpose
+        from kdlab.rundb import fit_points, shown_url  # imported late on purpose
     except ImportError as exc:
         raise LawInputError(
             f"The run database reader kdlab.rundb.fit_points is not available ({exc}); "
@@ -107,7 +107,9 @@ def read_db_points(
     except LawInputError:
         raise
     except Exception as exc:  # database errors come in many types; report, do not trace
-        raise LawInputError(f"Cannot read runs from the database {url}: {exc}.") from None
+        raise LawInputError(
+            f"Cannot read runs from the database {shown_url(url)}: {exc}."
+        ) from None
     import pandas as pd
 
     df = pd.DataFrame(df)

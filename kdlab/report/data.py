@@ -102,11 +102,11 @@ def read_runs(url: str | None, notes: list[str]) -> pd.DataFrame:
     if missing is not None:
         notes.append(f"No run database at {missing} (none is created).")
         return pd.DataFrame()
-    from kdlab.rundb import runs_frame
+    from kdlab.rundb import runs_frame, shown_url
 
     frame = runs_frame(url)
     if frame.empty:
-        notes.append(f"The run database {url} holds no runs yet.")
+        notes.append(f"The run database {shown_url(url)} holds no runs yet.")
     return frame
 
 
