@@ -139,3 +139,21 @@ def test_taid_moves_in_training_not_in_validation(tmp_path):
     assert t_trained > t0
     trainer.validate(module, datamodule=plan.data, verbose=False)
     assert module.taid.t == t_trained
+
+
+def test_students_of_another_objective_are_not_fitted_with_the_scaling_ones(train, tmp_path):
+    from kdlab.laws.io import LawInputError, read_db_points
+    from kdlab.rundb import fit_points
+
+    train(*TEACHER)
+    train(*STUDENT)
+    train(*STUDENT, "objective.kd_lambda=0.5", "objective.top_k=16")
+    url = f"sqlite:///{tmp_path}/runs/kdlab.db"
+    labels = sorted(fit_points(url, "distillation")["kd_objective"])
+    assert labels == ["forward_kl lambda=0.5 tau=1 top_k=16", "forward_kl lambda=1 tau=1"]
+    with pytest.raises(LawInputError, match="mix kd_objective .* select one with --kd-objective"):
+        read_db_points(url, "distillation")
+    points, info = read_db_points(
+        url, "distillation", {"kd_objective": "forward_kl lambda=1 tau=1"}
+    )
+    assert len(points) == 1 and info["kd_objective"] == "forward_kl lambda=1 tau=1"
