@@ -11,12 +11,28 @@ from kdlab.rundb import RunStore
 
 
 class TrainClock(L.Callback):
-    """Time spent in training steps only (no validation, no checkpointing): tokens/s."""
+    """Time spent in training steps only (no validation, no checkpointing): tokens/s.
+
+    It also carries the wall time of earlier segments of a resumed run in the
+    checkpoint, so a run's recorded wall time is the whole run's, not its last segment's.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.tokens = 0
         self._t0 = 0.0
+        self.earlier_wall_s = 0.0  # segments before the checkpoint this run resumed from
+        self._fit_t0: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._fit_t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, float]:
+        now = time.perf_counter()
+        return {"wall_s": self.earlier_wall_s + (now - self._fit_t0 if self._fit_t0 else 0.0)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier_wall_s = float(state_dict.get("wall_s", 0.0))
 
     def on_train_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int

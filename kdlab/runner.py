@@ -7,6 +7,8 @@ so a mistake costs no compute and writes nothing; ``execute`` then trains and re
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import math
 import os
 import shutil
 import subprocess
@@ -32,7 +34,7 @@ from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_param
 from kdlab.modules import DivergedError
 from kdlab.rundb import RunStore
 from kdlab.runkey import run_key
-from kdlab.teacher import Teacher, resolve_teacher, save_weights
+from kdlab.teacher import Teacher, resolve_teacher, save_weights, submodule_state
 
 ROLE_SPLIT = {"teacher": "teacher", "supervised": "student", "student": "student"}
 
@@ -52,10 +54,13 @@ class RunPlan:
     run_dir: Path
     store: RunStore
     teacher: Teacher | None = None
+    accumulate: int = 1
 
     @property
     def steps(self) -> int:
-        return self.data.num_steps
+        """Optimizer steps: the batches of the run in windows of ``accumulate``; the last
+        window may be short (Lightning steps at the end of the epoch)."""
+        return math.ceil(self.data.num_steps / self.accumulate)
 
     @property
     def tokens_per_param(self) -> float:
@@ -144,6 +149,11 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         raise ConfigError(f"role must be one of {sorted(ROLE_SPLIT)}, not '{role}'")
     store = RunStore(cfg.db.url)
 
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches must be a whole number of batches, not {accumulate}"
+        )
     shape = instantiate(cfg.model)
     data = instantiate(cfg.data.module, split=ROLE_SPLIT[role], seq_len=shape.n_ctx, train_tokens=1)
     shape = instantiate(cfg.model, vocab_size=data.vocab_size)
@@ -165,7 +175,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         "val_tokens": data.val_tokens,
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
         "clip": cfg.trainer.get("gradient_clip_val"),
-        "accumulate": cfg.trainer.get("accumulate_grad_batches", 1),
+        "accumulate": accumulate,
         "val_eval_tokens": data.val_eval_tokens,
         "objective": OmegaConf.to_container(cfg.objective, resolve=True),
         "seed": cfg.seed,
@@ -187,6 +197,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         run_dir=(Path(cfg.paths.runs_dir) / key).resolve(),
         store=store,
         teacher=teacher,
+        accumulate=accumulate,
     )
 
 
@@ -251,7 +262,7 @@ def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
         flops_per_token=plan.flops_per_token,
         flops=plan.train_flops,
         passes=data.passes,
-        steps=data.num_steps,
+        steps=plan.steps,
         batch_size=data.batch_size,
         lr=cfg.optim.lr,
         seed=cfg.seed,
@@ -317,7 +328,7 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
 
 def run_callbacks(cfg: DictConfig, plan: RunPlan) -> list[L.Callback]:
     """The callbacks every run trains with; the first is its TrainClock."""
-    tokens_per_step = plan.data.batch_size * plan.shape.n_ctx
+    tokens_per_step = plan.data.batch_size * plan.shape.n_ctx * plan.accumulate
     return [
         TrainClock(),
         CurveRecorder(plan.store, plan.key, tokens_per_step),
@@ -336,10 +347,11 @@ def build_trainer(
     cfg: DictConfig, plan: RunPlan, callbacks: list[L.Callback], **overrides: Any
 ) -> L.Trainer:
     """The run's Trainer: exactly plan.steps steps, validation spread over the run."""
+    batches = plan.data.num_steps
     settings: dict[str, Any] = dict(
         max_steps=plan.steps,
         max_epochs=1,
-        val_check_interval=max(1, plan.steps // max(1, cfg.val.points)),
+        val_check_interval=max(1, batches // max(1, cfg.val.points)),  # counts batches
         check_val_every_n_epoch=None,
         callbacks=callbacks,
         logger=False,
@@ -367,6 +379,26 @@ def _resume_checkpoint(plan: RunPlan) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def _claim(cfg: DictConfig, plan: RunPlan) -> Any:
+    """An exclusive lock on the run's directory, or None when another process holds it.
+
+    Two launches of one sweep (two SLURM arrays, a relaunch while the first still runs)
+    would otherwise train the same run twice into one directory. Multi-device runs are
+    not locked: every rank runs this code, and one rank skipping would hang the others.
+    """
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if devices not in (1, "1") or nodes != 1:
+        return True
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    handle = (plan.run_dir / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle  # held until closed, or until the process ends
+
+
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
     plan = plan_run(cfg)
@@ -378,6 +410,10 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     # force re-runs a finished run; an unfinished one (perhaps training elsewhere) resumes
     if record and cfg.force and row and row["status"] == "done" and plan.run_dir.exists():
         shutil.rmtree(plan.run_dir)
+    lock = _claim(cfg, plan)
+    if lock is None:
+        print(f"kdlab: run {plan.key} is being trained by another process; skipped")
+        return row or {}
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_checkpoint(plan)
     threads = cfg.threads or jobs_threads()
@@ -398,7 +434,8 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
     except DivergedError as err:
         if record:
-            plan.store.fail(plan.key, f"diverged: {err}", wall_time_s=time.perf_counter() - start)
+            wall = clock.earlier_wall_s + time.perf_counter() - start
+            plan.store.fail(plan.key, f"diverged: {err}", wall_time_s=wall)
         _finish_loggers(loggers, "failed")
         print(f"kdlab: run {plan.key} diverged ({err}); recorded as failed")
         return plan.store.get(plan.key)
@@ -407,12 +444,14 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
             plan.store.fail(plan.key, f"{type(err).__name__}: {err}".strip())
         _finish_loggers(loggers, "failed")
         raise
+    # every rank takes part: under FSDP this gathers the sharded weights into one state
+    state = trainer.strategy.lightning_module_state_dict()
     if not trainer.is_global_zero:
         return {}
     val_loss = float(final["val/loss"])
     flops_per_sec = clock.tokens_per_sec * module.train_flops_per_token()
     plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss)
-    save_weights(module.model, plan.run_dir)
+    save_weights(module.model, plan.run_dir, state_dict=submodule_state(state, "model."))
     plan.store.finish(
         plan.key,
         val_loss=val_loss,
@@ -423,7 +462,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         **_measured_teacher_loss(plan, final),
         tokens_per_sec=clock.tokens_per_sec,
         mfu=flops_per_sec / (trainer.world_size * _device_peak(trainer, module)),
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=clock.earlier_wall_s + time.perf_counter() - start,
         wandb_url=_wandb_url(loggers),
     )
     _finish_loggers(loggers)

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from kdlab.console import console
 from kdlab.errors import ConfigError
+from kdlab.rundb import shown_url
 from kdlab.sweeps import (
     SWEEPS_DIR,
     JobPlan,
@@ -89,7 +90,7 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
 def _plan(args: argparse.Namespace) -> int:
     path = sweep_file(args.sweep)
     plan = plan_sweep(path, args.overrides)
-    print_plan(f"{path.relative_to(SWEEPS_DIR.parent)} ({plan.url})", plan.jobs)
+    print_plan(f"{path.relative_to(SWEEPS_DIR.parent)} ({shown_url(plan.url)})", plan.jobs)
     return 0
 
 
@@ -99,19 +100,19 @@ def launch(path: Path, overrides: Sequence[str]) -> int:
     return subprocess.call([*command, *overrides])
 
 
-def _check_teachers(jobs: list[JobPlan], url: str) -> None:
-    missing = missing_teachers(jobs, url)
+def _check_teachers(plan: SweepPlan) -> None:
+    missing = missing_teachers(plan.jobs, plan.url, plan.path)
     if missing:
         raise ConfigError(
-            f"{len(missing)} teacher run(s) are not done in {url}; launch them first: "
-            + "; ".join(missing)
+            f"{len(missing)} teacher run(s) are not done in {shown_url(plan.url)}; "
+            "launch them first: " + "; ".join(missing)
         )
 
 
 def _run(args: argparse.Namespace) -> int:
     path = sweep_file(args.sweep)
     plan = plan_sweep(path, args.overrides)
-    _check_teachers(plan.jobs, plan.url)
+    _check_teachers(plan)
     return launch(path, args.overrides)
 
 
@@ -129,7 +130,7 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
         console.rule(f"[bold]{name}/{stage}[/]: {len(plan.jobs)} jobs, {todo} to run")
         if not todo:
             continue
-        _check_teachers(plan.jobs, plan.url)
+        _check_teachers(plan)
         code = _launch_with_progress(path, overrides, plan)
         if code:
             console.print(f"[red]stage {stage} failed (exit {code}); later stages not run")

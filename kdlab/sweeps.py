@@ -9,6 +9,7 @@ costed on a laptop, and a student sweep whose teachers are missing is refused up
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab.errors import ConfigError
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
-from kdlab.rundb import RunDBError, RunStore
+from kdlab.rundb import RunDBError, RunStore, shown_url
 from kdlab.runner import run_tokens
 from kdlab.train import CONF_DIR
 
@@ -88,6 +89,7 @@ class JobPlan:
     teacher: str | None = None  # "model@tokens" for students
     teacher_tokens: int | None = None
     teacher_signature: dict | None = None
+    teacher_overrides: list[str] = dataclasses.field(default_factory=list)  # see plan_job
     status: str = "todo"
     seconds: float | None = None
 
@@ -147,8 +149,50 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         plan.teacher_tokens = run_tokens(tshape, cfg.teacher, scale)
         plan.teacher = f"{cfg.teacher.model}@{plan.teacher_tokens}"
         plan.teacher_signature = _signature(tcfg)
+        plan.teacher_overrides = _teacher_overrides(cfg, overrides)
         plan.flops += flops_per_token(tshape) * tokens
     return plan
+
+
+# what teacher_config replaces in a student's config; everything else the teacher shares
+_TEACHER_KEYS = (
+    "model",
+    "role",
+    "objective",
+    "family",
+    "seed",
+    "teacher",
+    "data.tokens",
+    "data.tokens_per_param",
+    "data.flops",
+)
+
+
+def _teacher_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """A student job's overrides turned into its teacher's, as teacher_config builds it:
+    the job's own settings (data, batch, database, ...) kept, size, role, objective and
+    budget replaced, so the printed command trains exactly the teacher that is looked for."""
+    spec = cfg.teacher
+
+    def replaced(override: str) -> bool:
+        key = override.split("=", 1)[0].lstrip("+~")
+        return any(key == k or key.startswith(f"{k}.") for k in _TEACHER_KEYS)
+
+    def value(v: Any) -> str:
+        return "null" if v is None else str(v)
+
+    kept = [o for o in overrides if not replaced(o)]
+    seed = spec.get("seed") if spec.get("seed") is not None else cfg.seed
+    return [
+        *kept,
+        "role=teacher",
+        "objective=pretrain",
+        f"model={spec.model}",
+        f"data.tokens={value(spec.tokens)}",
+        f"data.tokens_per_param={value(spec.tokens_per_param)}",
+        f"data.flops={value(spec.flops)}",
+        f"seed={seed}",
+    ]
 
 
 def _done_runs(url: str | None) -> list[dict]:
@@ -176,6 +220,7 @@ class SweepPlan:
     jobs: list[JobPlan]
     url: str  # the database its runs are recorded in
     log_dir: Path  # where its logs go (paths.log_dir)
+    path: Path  # the sweep file
 
 
 def plan_sweep(path: Path, overrides: Sequence[str] = ()) -> SweepPlan:
@@ -185,7 +230,7 @@ def plan_sweep(path: Path, overrides: Sequence[str] = ()) -> SweepPlan:
     first = expanded[0][1] if expanded else None
     url = first.db.url if first else ""
     refresh_status(jobs, url)
-    return SweepPlan(jobs, url, Path(first.paths.log_dir if first else "runs/logs"))
+    return SweepPlan(jobs, url, Path(first.paths.log_dir if first else "runs/logs"), path)
 
 
 def refresh_status(jobs: list[JobPlan], url: str) -> int:
@@ -207,16 +252,18 @@ def _flops_rate(done: list[dict]) -> float | None:
     return rates[len(rates) // 2] if rates else None
 
 
-def missing_teachers(jobs: list[JobPlan], url: str) -> list[str]:
-    """Teacher runs a student sweep needs that are not done, as commands to launch them."""
+def missing_teachers(jobs: list[JobPlan], url: str, sweep: Path) -> list[str]:
+    """Teacher runs a student sweep needs that are not done, as commands to launch them
+    (from the sweep's own config, so they share its data, batch and database)."""
     done = _done_runs(url)
+    prefix = ["kdlab-train", "-cd", str(sweep.parent), "-cn", sweep.stem]
     missing = []
     for job in jobs:
         if job.teacher is None:
             continue
         model, tokens = job.teacher.split("@")
         if not any(_matches(r, "teacher", model, int(tokens), job.teacher_signature) for r in done):
-            command = f"kdlab-train model={model} data.tokens={tokens} data.tokens_per_param=null"
+            command = shlex.join([*prefix, *job.teacher_overrides])
             if command not in missing:
                 missing.append(command)
     return missing
@@ -232,11 +279,19 @@ class PreflightCallback(Callback):
         expanded = _compose_jobs(name, params, overrides)
         jobs = [plan_job(cfg, own) for own, cfg in expanded]
         url = expanded[0][1].db.url if expanded else ""
-        missing = missing_teachers(jobs, url)
+        missing = missing_teachers(jobs, url, _primary_config(config, name))
         if missing:
             print(
                 f"kdlab-train: error: {len(missing)} teacher run(s) this sweep needs are not "
-                f"done in {url}; launch them first:\n  " + "\n  ".join(missing),
+                f"done in {shown_url(url)}; launch them first:\n  " + "\n  ".join(missing),
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def _primary_config(config: DictConfig, name: str) -> Path:
+    """The file a multirun was launched from: its config directory's ``name``.yaml."""
+    for source in config.hydra.runtime.config_sources:
+        if source.schema == "file" and (Path(source.path) / f"{name}.yaml").is_file():
+            return Path(source.path) / f"{name}.yaml"
+    return Path(CONF_DIR) / f"{name}.yaml"

@@ -9,7 +9,9 @@ L_S meaningless is refused here, before any compute.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from torch import nn
 from kdlab.errors import ConfigError
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
-from kdlab.rundb import RunStore
+from kdlab.rundb import RunStore, shown_url
 
 MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 WEIGHTS = "model.pt"
@@ -28,9 +30,13 @@ WEIGHTS = "model.pt"
 
 @dataclasses.dataclass
 class Teacher:
-    """A frozen teacher and the facts about it that go into the student's row."""
+    """A teacher and the facts about it that go into the student's row.
 
-    model: nn.Module
+    The weights are read only when ``model`` is first used, so relaunching a sweep of
+    finished students never loads their teachers.
+    """
+
+    load: Callable[[], nn.Module]
     key: str
     name: str
     n_params: int
@@ -41,6 +47,11 @@ class Teacher:
     tokenizer: str
     vocab_size: int
     n_ctx: int
+
+    @functools.cached_property
+    def model(self) -> nn.Module:
+        """The frozen teacher network."""
+        return frozen(self.load())
 
 
 class MarkovOracle(nn.Module):
@@ -62,13 +73,17 @@ def frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_weights(model: GPT, run_dir: Path) -> None:
-    """The final weights of a finished run, apart from resumable checkpoints."""
+def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """The final weights of a finished run, apart from resumable checkpoints.
+
+    ``state_dict`` is the model's full state when the caller had to gather it (FSDP);
+    by default the model's own.
+    """
     torch.save(
         {
             "shape": dataclasses.asdict(model.shape),
             "base_d_model": model.base_d_model,  # the output multiplier depends on it
-            "state_dict": model.state_dict(),
+            "state_dict": model.state_dict() if state_dict is None else state_dict,
         },
         run_dir / WEIGHTS,
     )
@@ -87,11 +102,13 @@ def load_weights(path: Path) -> GPT:
         raise ConfigError(f"teacher checkpoint {path} is not a kdlab checkpoint (no model shape)")
     width = {"base_d_model": blob["kdlab_base_d_model"]} if "kdlab_base_d_model" in blob else {}
     model = GPT(ModelShape(**blob["kdlab_shape"]), **width)
-    prefix = "model."
-    model.load_state_dict(
-        {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
-    )
+    model.load_state_dict(submodule_state(blob["state_dict"], "model."))
     return model
+
+
+def submodule_state(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of a module's state dict under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def teacher_config(cfg: DictConfig) -> DictConfig:
@@ -142,7 +159,7 @@ def _from_run(store: RunStore, key: str, data: Any) -> Teacher:
     row = store.get(key)
     if row is None:
         raise ConfigError(
-            f"teacher run {key} is not in the run database {store.url}; train it first"
+            f"teacher run {key} is not in the run database {shown_url(store.url)}; train it first"
         )
     if row["status"] != "done":
         raise ConfigError(f"teacher run {key} is {row['status']}, not done; it cannot teach")
@@ -160,9 +177,8 @@ def _from_run(store: RunStore, key: str, data: Any) -> Teacher:
     weights = Path(row["run_dir"]) / WEIGHTS
     if not weights.exists():
         raise ConfigError(f"teacher run {key} is done but its weights {weights} are missing")
-    model = load_weights(weights)
     return Teacher(
-        model=frozen(model),
+        load=lambda: load_weights(weights),
         key=key,
         name=row["model"],
         n_params=row["n_params"],
@@ -190,7 +206,7 @@ def _from_checkpoint(path: Path, data: Any) -> Teacher:
     model = load_weights(path)
     shape = model.shape
     return Teacher(
-        model=frozen(model),
+        load=lambda: model,
         key=f"checkpoint:{_file_hash(path)}",  # content, not path: keys never hold paths
         name=shape.name,
         n_params=non_embedding_params(shape),
@@ -209,7 +225,7 @@ def _oracle(data: Any) -> Teacher:
     if not hasattr(corpus, "transition"):
         raise ConfigError("teacher=oracle needs the markov corpus (data=markov)")
     return Teacher(
-        model=frozen(MarkovOracle(corpus.transition)),
+        load=lambda: MarkovOracle(corpus.transition),
         key=f"oracle:{data.fingerprint}",
         name="oracle",
         n_params=0,

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+source scripts/python.sh
 export WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec "${PYTHON:-python3}" -m pytest -m "not slow" -q "$@"
+exec "$PY" -m pytest -m "not slow" -q "$@"

@@ -48,6 +48,16 @@ def test_student_finds_its_teacher_and_records_the_row(train, tmp_path):
     assert all(k.startswith("model.") for k in ckpt["state_dict"]), list(ckpt["state_dict"])[:5]
     n_student = sum(v.numel() for v in ckpt["state_dict"].values())
     assert n_student < 10_000  # L1 only; L2's 35k parameters are not in it
+    # relaunching the finished student skips it without reading the teacher's weights
+    import kdlab.teacher
+
+    def no_loading(path):
+        raise AssertionError(f"loaded {path} for a finished student")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kdlab.teacher, "load_weights", no_loading)
+        again = train(*STUDENT)
+    assert again["updated_at"] == student["updated_at"]
     # the same student by teacher key finds the same run
     by_key = train(*STUDENT[:4], f"teacher.key={teacher['key']}")
     assert by_key["teacher_key"] == teacher["key"]
@@ -129,3 +139,21 @@ def test_taid_moves_in_training_not_in_validation(tmp_path):
     assert t_trained > t0
     trainer.validate(module, datamodule=plan.data, verbose=False)
     assert module.taid.t == t_trained
+
+
+def test_students_of_another_objective_are_not_fitted_with_the_scaling_ones(train, tmp_path):
+    from kdlab.laws.io import LawInputError, read_db_points
+    from kdlab.rundb import fit_points
+
+    train(*TEACHER)
+    train(*STUDENT)
+    train(*STUDENT, "objective.kd_lambda=0.5", "objective.top_k=16")
+    url = f"sqlite:///{tmp_path}/runs/kdlab.db"
+    labels = sorted(fit_points(url, "distillation")["kd_objective"])
+    assert labels == ["forward_kl lambda=0.5 tau=1 top_k=16", "forward_kl lambda=1 tau=1"]
+    with pytest.raises(LawInputError, match="mix kd_objective .* select one with --kd-objective"):
+        read_db_points(url, "distillation")
+    points, info = read_db_points(
+        url, "distillation", {"kd_objective": "forward_kl lambda=1 tau=1"}
+    )
+    assert len(points) == 1 and info["kd_objective"] == "forward_kl lambda=1 tau=1"

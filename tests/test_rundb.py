@@ -74,6 +74,14 @@ def test_unreadable_url_is_one_sentence(bad):
         RunStore(bad)
 
 
+def test_a_password_never_appears_in_the_message():
+    pytest.importorskip("psycopg")
+    with pytest.raises(RunDBError) as err:
+        RunStore("postgresql+psycopg://kd:hunter2@127.0.0.1:1/runs")  # nothing listens on 1
+    assert "hunter2" not in str(err.value)
+    assert "postgresql+psycopg://kd:***@127.0.0.1:1/runs" in str(err.value)
+
+
 def _writer(url: str, worker: int, n: int) -> None:
     store = RunStore(url)
     for i in range(n):

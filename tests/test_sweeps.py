@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -117,11 +118,31 @@ def test_student_sweep_without_teachers_is_refused_with_the_list(tmp_path):
     out = multirun(tmp_path, "students")
     assert out.returncode == 2
     assert "2 teacher run(s) this sweep needs are not done" in out.stderr
-    assert "kdlab-train model=nano_L2 data.tokens=536960" in out.stderr
-    assert "kdlab-train model=nano_L3" in out.stderr
+    assert "-cn students" in out.stderr and "model=nano_L3" in out.stderr
     assert not (tmp_path / "runs" / "kdlab.db").exists() or not _db(tmp_path).find()
     via_study = run_cli("kdlab.cli", "sweep", "run", "nano/students", f"paths.root_dir={tmp_path}")
     assert via_study.returncode == 2 and "launch them first" in via_study.stderr
+
+
+def test_the_printed_teacher_command_trains_the_teacher_the_sweep_needs(tmp_path):
+    """The command keeps the sweep's own settings (here a scaled budget and the root), so
+    running it as printed lets the student sweep start."""
+    grid = ["model=nano_L1", "teacher.model=nano_L2", "data.tokens_per_param=10"]
+    grid.append("data.budget_scale=0.02")
+    refused = multirun(tmp_path, "students", *grid)
+    assert refused.returncode == 2
+    [command] = [ln.strip() for ln in refused.stderr.splitlines() if "kdlab-train -cd" in ln]
+    assert "data.budget_scale=0.02" in command and f"paths.root_dir={tmp_path}" in command
+    args = shlex.split(command)
+    assert args[0] == "kdlab-train"
+    teacher = run_cli("kdlab.train", *args[1:])
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    [row] = _db(tmp_path).find(role="teacher")
+    assert row["model"] == "L2" and row["tokens"] == round(20 * row["n_params"] * 0.02)
+    started = multirun(tmp_path, "students", *grid)
+    assert started.returncode == 0, started.stderr[-3000:]
+    [student] = _db(tmp_path).find(role="student")
+    assert student["status"] == "done" and student["teacher_key"] == row["key"]
 
 
 def test_sweep_plan_matches_the_papers_sizes_and_budgets():
@@ -159,3 +180,24 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert len(rows) == 1 and rows[0]["status"] == "done" and rows[0]["tokens"] == 32768
     # one Hydra output directory, not one per rank
     assert len(list((tmp_path / "runs" / "logs" / "hydra").iterdir())) == 1
+
+
+def test_ddp_run_diverging_on_one_rank_stops_every_rank(tmp_path):
+    """A NaN on one rank alone: all ranks stop at that step (no rank left waiting in the
+    gradient all-reduce) and the run is recorded as failed."""
+    out = run_cli(
+        "kdlab.train",
+        f"paths.root_dir={tmp_path}",
+        *FAST,
+        "trainer=ddp",
+        "trainer.devices=2",
+        "model=nano_L1",
+        "data.tokens=32768",
+        "data.tokens_per_param=null",
+        "objective._target_=tests.diverging.NanOnLastRank",
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    [row] = _db(tmp_path).find()
+    assert row["status"] == "failed" and row["failure"].startswith("diverged"), row["failure"]
+    assert "at step 3" in row["failure"]

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdlab.data import build_corpus
 from kdlab.rundb import RunStore
@@ -194,6 +195,12 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
     assert ckpts, "the run never wrote a checkpoint"
     key = ckpts[0].parent.parent.name
     assert _db(killed_root).get(key)["status"] == "running"
+    # the wall time of the segment before the kill travels in the checkpoint: make it
+    # unmistakable, and the resumed run's recorded wall time must include it
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    assert state["callbacks"]["TrainClock"]["wall_s"] > 0
+    state["callbacks"]["TrainClock"]["wall_s"] = 10_000.0
+    torch.save(state, ckpts[0])
 
     resumed = run_cli("kdlab.train", f"paths.root_dir={killed_root}", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -202,3 +209,37 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
     a, b = _db(killed_root).get(key), _db(clean_root).get(key)
     assert a["status"] == b["status"] == "done"
     assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+    assert 10_000 < a["wall_time_s"] < 10_000 + 600 and b["wall_time_s"] < 600
+
+
+def test_gradient_accumulation_counts_optimizer_steps(train):
+    """With k batches per step the run still sees exactly D tokens, and its warm-up and
+    cosine are laid over the optimizer steps it takes, so the schedule ends at its floor."""
+    row = train(*TINY, "trainer.accumulate_grad_batches=3")
+    batches = math.ceil(16384 / (row["batch_size"] * 128))
+    assert row["tokens"] == 16384 and batches >= 6
+    assert row["steps"] == math.ceil(batches / 3)
+    ckpt = torch.load(
+        Path(row["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["global_step"] == row["steps"]
+    schedule = ckpt["lr_schedulers"][0]
+    last, base = schedule["_last_lr"], schedule["base_lrs"]
+    ratios = [a / b for a, b in zip(last, base, strict=True)]
+    assert ratios == pytest.approx([row["config"]["optim"]["min_lr_ratio"]] * len(ratios))
+
+
+def test_a_run_another_process_holds_is_skipped(train, tmp_path, capsys):
+    import fcntl
+
+    from kdlab.runner import plan_run
+    from tests.conftest import compose_run
+
+    plan = plan_run(compose_run(tmp_path, *TINY))
+    plan.run_dir.mkdir(parents=True)
+    with (plan.run_dir / ".lock").open("w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a second launch's job would
+        assert train(*TINY) == {}
+        assert "being trained by another process" in capsys.readouterr().out
+        assert _db(tmp_path).get(plan.key) is None
+    assert train(*TINY)["status"] == "done"

@@ -47,6 +47,12 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--corpus", help="database: only runs of this corpus")
     src.add_argument("--tokenizer", help="database: only runs of this tokenizer")
     src.add_argument("--n-ctx", type=int, help="database: only runs of this context length")
+    src.add_argument(
+        "--kd-objective",
+        metavar="LABEL",
+        help="database, distillation: only students of this objective, "
+        "e.g. 'forward_kl lambda=1 tau=1' (the paper's)",
+    )
     src.add_argument("--n-col", default="N", help="CSV column of N (supervised)")
     src.add_argument("--d-col", default="D", help="CSV column of D (supervised)")
     src.add_argument("--ns-col", default="N_S", help="CSV column of N_S (distillation)")
@@ -146,7 +152,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         used = {k: v for k, v in cols.items() if k in law_columns(args.law)}
         data_info = {"source": str(args.csv), "flops_col": args.flops_col, "columns": used}
     else:
-        filters = {"corpus": args.corpus, "tokenizer": args.tokenizer, "n_ctx": args.n_ctx}
+        filters = {
+            "corpus": args.corpus,
+            "tokenizer": args.tokenizer,
+            "n_ctx": args.n_ctx,
+            "kd_objective": args.kd_objective,
+        }
         df, comparable = read_db_points(args.db, args.law, filters)
         data_info = {"source": args.db, **comparable}
         if "run_key" in df.columns:

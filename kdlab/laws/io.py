@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
 SUPERVISED_COLUMNS = ("N", "D", "loss")
 DISTILLATION_COLUMNS = ("N_S", "D_S", "L_T", "loss")
-COMPARABILITY_COLUMNS = ("corpus", "tokenizer", "n_ctx")
+COMPARABILITY_COLUMNS = ("corpus", "tokenizer", "n_ctx", "kd_objective")
+# the fit's option that selects one value of each
+SELECT_OPTION = {
+    "corpus": "--corpus",
+    "tokenizer": "--tokenizer",
+    "n_ctx": "--n-ctx",
+    "kd_objective": "--kd-objective",
+}
 SUPERVISED_KEYS = ("E", "A", "B", "alpha", "beta")
 DISTILLATION_KEYS = ("A", "B", "alpha", "beta", "gamma", "c0", "c1", "f1", "d1")
 
@@ -92,11 +99,12 @@ def read_db_points(
     """Finished runs of the right role from the run database, all of one kind of data.
 
     Refuses to mix corpora, tokenizers or context lengths: losses measured on different
-    validation data are not comparable (DESIGN.md principle 2). ``filters`` (corpus,
-    tokenizer, n_ctx) select one kind when the database holds several.
+    validation data are not comparable (DESIGN.md principle 2), nor students distilled
+    with different objectives. ``filters`` (corpus, tokenizer, n_ctx, kd_objective) select
+    one kind when the database holds several.
     """
     try:
-        from kdlab.rundb import fit_points  # the lead's module; imported late on purpose
+        from kdlab.rundb import fit_points, shown_url  # imported late on purpose
     except ImportError as exc:
         raise LawInputError(
             f"The run database reader kdlab.rundb.fit_points is not available ({exc}); "
@@ -107,7 +115,9 @@ def read_db_points(
     except LawInputError:
         raise
     except Exception as exc:  # database errors come in many types; report, do not trace
-        raise LawInputError(f"Cannot read runs from the database {url}: {exc}.") from None
+        raise LawInputError(
+            f"Cannot read runs from the database {shown_url(url)}: {exc}."
+        ) from None
     import pandas as pd
 
     df = pd.DataFrame(df)
@@ -118,7 +128,7 @@ def read_db_points(
 
 
 def check_comparable(df: pd.DataFrame, source: str) -> dict[str, Any]:
-    """The single (corpus, tokenizer, n_ctx) of the runs, or a LawInputError."""
+    """The single (corpus, tokenizer, n_ctx, kd_objective) of the runs, or a LawInputError."""
     info: dict[str, Any] = {}
     mixed = []
     for col in COMPARABILITY_COLUMNS:
@@ -131,9 +141,10 @@ def check_comparable(df: pd.DataFrame, source: str) -> dict[str, Any]:
             v = df[col].dropna().iloc[0]
             info[col] = v.item() if hasattr(v, "item") else v
     if mixed:
+        options = " and ".join(SELECT_OPTION[m.split(" ")[0]] for m in mixed)
         raise LawInputError(
             f"The runs in {source} mix {' and '.join(mixed)}, whose losses are not "
-            "comparable; select one with --corpus, --tokenizer or --n-ctx."
+            f"comparable; select one with {options}."
         )
     return info
 

@@ -86,12 +86,23 @@ class LanguageModelModule(L.LightningModule):
         x, _ = batch
         self.flops_per_batch = self.train_flops_per_token() * x.numel()
         loss, logs = self.training_loss(batch)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss became {loss.item()} at step {self.global_step}")
+        reason = self._divergence(loss)
+        if reason:
+            raise DivergedError(f"{reason} at step {self.global_step}")
         if self._logging_step():
             self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False)
             self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _divergence(self, loss: torch.Tensor) -> str | None:
+        """Why training must stop, if the loss is not finite on any rank: all ranks stop
+        together, or the ones still training wait forever in the gradient all-reduce."""
+        bad = not bool(torch.isfinite(loss))
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            if trainer.strategy.reduce_boolean_decision(bad, all=False) and not bad:
+                return "the loss became non-finite on another rank"
+        return f"loss became {loss.item()}" if bad else None
 
     def _logging_step(self) -> bool:
         """Whether Lightning hands this step's metrics to the loggers.

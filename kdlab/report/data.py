@@ -102,11 +102,11 @@ def read_runs(url: str | None, notes: list[str]) -> pd.DataFrame:
     if missing is not None:
         notes.append(f"No run database at {missing} (none is created).")
         return pd.DataFrame()
-    from kdlab.rundb import runs_frame
+    from kdlab.rundb import runs_frame, shown_url
 
     frame = runs_frame(url)
     if frame.empty:
-        notes.append(f"The run database {url} holds no runs yet.")
+        notes.append(f"The run database {shown_url(url)} holds no runs yet.")
     return frame
 
 
@@ -195,6 +195,7 @@ def supervised_frame(runs: pd.DataFrame) -> pd.DataFrame:
 def student_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished students with the law's names N_S, D_S, L_T, loss and their teacher."""
     cols = ["key", "model", "N_S", "D_S", "L_T", "loss", "teacher_key", "N_T", "D_T", "flops"]
+    cols.append("kd_objective")
     if runs.empty or "role" not in runs.columns:
         return pd.DataFrame(columns=cols)
     sel = runs[(runs["status"] == "done") & (runs["role"] == "student")]
@@ -210,6 +211,7 @@ def student_frame(runs: pd.DataFrame) -> pd.DataFrame:
             "N_T": _num(sel, "teacher_n_params"),
             "D_T": _num(sel, "teacher_tokens"),
             "flops": _num(sel, "flops"),
+            "kd_objective": sel.get("kd_objective"),
         }
     )
     need = ["N_S", "D_S", "L_T", "loss"]
@@ -252,7 +254,8 @@ def load_report_data(
                 "The distillation fit used other supervised coefficients than the supervised "
                 "fit given; its own are used for its predictions (Ltilde_S)."
             )
-    supervised, students = supervised_frame(chosen), student_frame(chosen)
+    supervised = supervised_frame(chosen)
+    students = _one_objective(student_frame(chosen), dist, notes)
     if supervised.empty and sup is not None:
         supervised = _csv_frame(sup, "supervised", notes)
     if students.empty and dist is not None:
@@ -267,6 +270,25 @@ def load_report_data(
         selection=selection,
         notes=notes,
     )
+
+
+def _one_objective(students: pd.DataFrame, dist: Fit | None, notes: list[str]) -> pd.DataFrame:
+    """The students of one distillation objective: the fit's, else the most common.
+
+    Ablation students (lambda = 0, other tau) follow other laws; they stay in the
+    database and the run table but not in the law's figures.
+    """
+    labels = students["kd_objective"].dropna().astype(str)
+    if labels.nunique() < 2:
+        return students
+    data = (dist.doc.get("data") or {}) if dist is not None else {}
+    label = data.get("kd_objective") or labels.value_counts().index[0]
+    kept = students[students["kd_objective"].astype(str) == str(label)]
+    notes.append(
+        f"The figures show the students distilled with {label}; {len(students) - len(kept)} "
+        "student(s) of other objectives (ablations) are left out of them."
+    )
+    return kept.reset_index(drop=True)
 
 
 def _csv_source(doc: Mapping[str, Any]) -> str | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pandas as pd
 
 from kdlab.rundb.store import RunStore
@@ -9,18 +12,43 @@ from kdlab.rundb.store import RunStore
 _SUPERVISED_ROLES = ("teacher", "supervised")
 
 
+def kd_objective(objective: Mapping[str, Any] | None) -> str | None:
+    """A student's distillation objective in one short label, None for other runs.
+
+    Students of different objectives (an ablation's lambda = 0 student is a supervised
+    run) follow different laws, so fits and figures keep one label apart from the rest.
+    """
+    if not objective or "kd_lambda" not in objective:
+        return None
+    div = "hard" if objective.get("hard") else objective.get("divergence", "forward_kl")
+    parts = [div, f"lambda={float(objective['kd_lambda']):g}", f"tau={float(objective['tau']):g}"]
+    if not objective.get("tau_squared", True):
+        parts.append("no_tau2")
+    parts += [f"{k}={objective[k]:g}" for k in ("top_k", "top_p") if objective.get(k) is not None]
+    if div == "jsd":
+        parts.append(f"beta={objective['beta']:g}")
+    if div in ("skew_kl", "skew_reverse_kl"):
+        parts.append(f"alpha={objective['alpha']:g}")
+    if div == "taid":
+        parts += [f"taid_{k}={v:g}" for k, v in sorted(objective["taid"].items())]
+    return " ".join(parts)
+
+
 def runs_frame(url: str, **equals: object) -> pd.DataFrame:
-    """All runs matching ``equals`` as a DataFrame (config column left out)."""
+    """All runs matching ``equals`` as a DataFrame, config replaced by kd_objective."""
     rows = RunStore(url).find(**equals)
     frame = pd.DataFrame(rows)
-    return frame.drop(columns=["config"], errors="ignore")
+    if frame.empty:
+        return frame
+    frame["kd_objective"] = [kd_objective((c or {}).get("objective")) for c in frame["config"]]
+    return frame.drop(columns=["config"])
 
 
 def fit_points(url: str, law: str) -> pd.DataFrame:
     """Finished runs a law can be fitted to; diverged and running runs never enter a fit.
 
     supervised: teachers and supervised baselines, columns N, D, loss.
-    distillation: students, columns N_S, D_S, L_T, loss.
+    distillation: students, columns N_S, D_S, L_T, loss, kd_objective.
     Both carry corpus, tokenizer, n_ctx and run_key so the caller can refuse to mix them,
     and vocab_size and rho (d_model / n_layer) for the fit's F(N).
     """
@@ -36,7 +64,8 @@ def fit_points(url: str, law: str) -> pd.DataFrame:
         )
     elif law == "distillation":
         frame = frame[frame["role"] == "student"]
-        out = frame[["n_params", "tokens", "teacher_loss", "val_loss", *keep]].rename(
+        out = frame[["n_params", "tokens", "teacher_loss", "val_loss", "kd_objective", *keep]]
+        out = out.rename(
             columns={"n_params": "N_S", "tokens": "D_S", "teacher_loss": "L_T", "val_loss": "loss"}
         )
     else:

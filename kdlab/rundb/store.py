@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 from kdlab.rundb.schema import RUN_COLUMNS, curves, metadata, runs
@@ -22,6 +22,16 @@ DEFAULT_URL = "sqlite:///runs/kdlab.db"
 
 class RunDBError(RuntimeError):
     """The database cannot be opened or read; the message names the URL."""
+
+
+def shown_url(url: str | None) -> str:
+    """The URL as messages and logs show it: any password replaced by ***."""
+    if not url:
+        return ""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url
 
 
 def _now() -> dt.datetime:
@@ -72,7 +82,7 @@ class RunStore:
                 metadata.create_all(engine, checkfirst=True)
         except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as err:
             reason = str(err).splitlines()[0]
-            raise RunDBError(f"cannot open the run database '{url}': {reason}") from err
+            raise RunDBError(f"cannot open the run database '{shown_url(url)}': {reason}") from err
         return engine
 
     # -- writes ---------------------------------------------------------------------
@@ -101,7 +111,7 @@ class RunStore:
                 runs.update().where(runs.c.key == key).values(updated_at=_now(), **fields)
             )
         if done.rowcount != 1:
-            raise KeyError(f"run {key} is not in the database {self.url}")
+            raise KeyError(f"run {key} is not in the database {shown_url(self.url)}")
 
     def finish(self, key: str, **fields: Any) -> None:
         self.update(key, status="done", failure=None, **fields)
