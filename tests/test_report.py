@@ -55,6 +55,9 @@ ISOFLOP = (
 )
 
 
+SCALING_OBJECTIVE = {"kd_lambda": 1.0, "tau": 1.0, "divergence": "forward_kl", "top_k": None}
+
+
 def _fpt(n: float) -> float:
     return float(flops_per_token(n, PAPER_FLOPS))
 
@@ -141,7 +144,29 @@ def build_study(url: str, students: bool = True, seed: int = 0) -> None:
                     flops_student=3 * _fpt(n_s) * d_s,
                     flops_teacher_logits=_fpt(n_t) * d_s,
                     flops_teacher_pretraining=3 * _fpt(n_t) * d_t,
+                    config={"objective": SCALING_OBJECTIVE},
                 )
+    # ablations of one student: other lambda and tau, far off the law (they must stay
+    # out of the fits and the law's figures, and show in the objectives table)
+    n_t, d_t, l_t = teachers["t975000000"]
+    for kd_lambda, tau in ((0.0, 1.0), (0.5, 1.0), (1.0, 2.0)):
+        add(
+            f"ablation-l{kd_lambda}-t{tau}",
+            "student",
+            198e6,
+            20 * 198e6,
+            3.5 + kd_lambda,
+            family="ablations",
+            teacher_key="t975000000",
+            teacher_model=_name(n_t),
+            teacher_n_params=int(n_t),
+            teacher_tokens=int(d_t),
+            teacher_loss=l_t,
+            kd_lambda=kd_lambda,
+            kd_tau=tau,
+            divergence="forward_kl",
+            config={"objective": {**SCALING_OBJECTIVE, "kd_lambda": kd_lambda, "tau": tau}},
+        )
     add("kd-failed", "student", 198e6, 20 * 198e6, None, teacher_key="t546000000")
     store.fail("kd-failed", "the loss became NaN at step 12")
 
@@ -207,6 +232,8 @@ def _fit(tmp: Path, url: str) -> tuple[Path, Path]:
                 url,
                 "--supervised",
                 str(sup),
+                "--kd-objective",
+                "forward_kl lambda=1 tau=1",
                 "--grid",
                 str(tmp / "dgrid.json"),
                 "--fit-where",
@@ -301,6 +328,18 @@ def test_page_has_summary_coefficients_and_plan(full_report: Path) -> None:
             assert row["value"] == pytest.approx(value)
             assert row["lo"] == pytest.approx(doc["intervals"][name][0])  # bootstrapped
     assert coef.loc[("distillation", "d1"), "paper"] == 1.315
+    # the ablation students: in their own table, not in the law's figures or fit
+    assert "Distillation objectives compared" in html and "3 student(s) of other" in html
+    objectives = pd.read_csv(full_report / "objectives.csv")
+    assert len(objectives) == 1
+    row = objectives.iloc[0]
+    assert row["forward_kl lambda=0 tau=1"] == pytest.approx(3.5)
+    assert row["forward_kl lambda=1 tau=2"] == pytest.approx(4.5)
+    assert row["forward_kl lambda=1 tau=1"] < 3.0  # the scaling student beside them
+    assert row["supervised"] < 3.0  # the same size and tokens trained alone
+    dist = json.loads((full_report.parent / "distillation.json").read_text())
+    assert dist["data"]["kd_objective"] == "forward_kl lambda=1 tau=1"
+    assert not any(k.startswith("ablation") for k in dist["data"]["run_keys"])
 
 
 def test_wandb_offline_run_holds_the_figures(full_report: Path) -> None:

@@ -145,6 +145,9 @@ def _write_tables(report: Report) -> None:
         ).assign(law="distillation"),
     ]
     pd.concat(coef).to_csv(out / "coefficients.csv", index=False)
+    objectives = tables.objective_table(data)
+    if not objectives.empty:
+        objectives.to_csv(out / "objectives.csv", index=False)
     if report.plans is not None:
         report.plans.table.to_csv(out / "plan.csv", index=False)
         report.plans.map.to_csv(out / "distillation_map.csv", index=False)

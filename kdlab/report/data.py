@@ -278,12 +278,12 @@ def _one_objective(students: pd.DataFrame, dist: Fit | None, notes: list[str]) -
     Ablation students (lambda = 0, other tau) follow other laws; they stay in the
     database and the run table but not in the law's figures.
     """
-    labels = students["kd_objective"].dropna().astype(str)
+    labels = students["kd_objective"].fillna("").astype(str)
     if labels.nunique() < 2:
         return students
     data = (dist.doc.get("data") or {}) if dist is not None else {}
     label = data.get("kd_objective") or labels.value_counts().index[0]
-    kept = students[students["kd_objective"].astype(str) == str(label)]
+    kept = students[labels == str(label)]
     notes.append(
         f"The figures show the students distilled with {label}; {len(students) - len(kept)} "
         "student(s) of other objectives (ablations) are left out of them."

@@ -271,6 +271,15 @@ def render_page(report: Report) -> str:
             section = fig.section
             out.append(f"<h2>{_e(section)}</h2>")
         out.append(_figure_html(report, fig))
+    objectives = tables.objective_table(data)
+    if not objectives.empty:
+        out.append('<h2 id="objectives">Distillation objectives compared</h2>')
+        out.append(
+            '<p class="meta">Validation loss of the same student under each objective it was '
+            "distilled with (the ablations); <i>supervised</i> is the same size and tokens "
+            'without a teacher. Table: <a href="objectives.csv">objectives.csv</a>.</p>'
+        )
+        out.append(_table(objectives, left=("model", "teacher")))
     out.append('<h2 id="plan-table">Compute-optimal plans</h2>')
     out.append(plan_html(report))
     out.append('<h2 id="coefficients">Coefficients</h2>')

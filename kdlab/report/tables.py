@@ -69,6 +69,40 @@ def coefficient_table(doc: Mapping[str, Any] | None, law: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def objective_table(data: ReportData) -> pd.DataFrame:
+    """Validation loss of the same student (size, tokens, teacher) under each distillation
+    objective it was trained with: the ablations of PAPER.md §5, one column per objective.
+
+    Empty unless some student was trained with more than one objective. A supervised
+    run of the same size and tokens, where there is one, is the "alone" column.
+    """
+    runs = data.all_runs
+    need = {"role", "status", "kd_objective", "teacher_model", "teacher_loss"}
+    if runs.empty or not need <= set(runs.columns):
+        return pd.DataFrame()
+    done = runs[runs["status"] == "done"]
+    for col, value in data.selection.items():
+        if col in done.columns:
+            done = done[done[col].astype(str) == str(value)]
+    students = done[(done["role"] == "student") & done["kd_objective"].notna()]
+    if students["kd_objective"].nunique() < 2:
+        return pd.DataFrame()
+    keys = ["model", "n_params", "tokens", "teacher_model", "teacher_loss"]
+    table = students.pivot_table(
+        index=keys, columns="kd_objective", values="val_loss", aggfunc="min"
+    )
+    table = table[table.notna().sum(axis=1) >= 2]
+    if table.empty:
+        return pd.DataFrame()
+    alone = done[done["role"] == "supervised"].groupby(["n_params", "tokens"])["val_loss"].min()
+    table = table.reset_index()
+    sizes = zip(table["n_params"], table["tokens"], strict=True)
+    table.insert(len(keys), "supervised", [alone.get(nd, np.nan) for nd in sizes])
+    table.columns.name = None
+    names = {"n_params": "N_S", "tokens": "D_S", "teacher_model": "teacher", "teacher_loss": "L_T"}
+    return table.rename(columns=names)
+
+
 def fit_facts(doc: Mapping[str, Any] | None) -> dict[str, Any]:
     """The one-line facts of a fit: points, objective, errors, bootstrap size."""
     if not doc:
