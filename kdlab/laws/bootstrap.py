@@ -6,10 +6,9 @@ weight table, one row of parameters per resample and start, solved together by t
 batched L-BFGS of optim.py (vectorised over resamples, using every core torch has).
 Each resample starts from the best few optima of the full fit rather than the whole
 grid: the resampled objectives are close to the full one, and a full grid per resample
-would cost B times the fit. The batched solver knows no bounds, so a resample whose
-optimum leaves the fit's box (an exponent the resampled runs do not pin down) is solved
-again inside it with L-BFGS-B, as the main fit is: otherwise a few unbounded resamples
-set the interval ends.
+would cost B times the fit. The resamples are solved in the main fit's box: an exponent
+the resampled runs do not pin down would otherwise run off, and a few such resamples
+would set the interval ends.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 
 from kdlab.laws.forms import LawSpec
 from kdlab.laws.objective import HuberObjective
-from kdlab.laws.optim import box_arrays, lbfgs_batched, polish
+from kdlab.laws.optim import lbfgs_batched
 
 
 def bootstrap_intervals(
@@ -46,8 +45,6 @@ def bootstrap_intervals(
     if not 0 < level < 1:
         raise ValueError(f"The interval level must lie between 0 and 1, not {level}.")
     rng = np.random.default_rng(seed)
-    lo_box, hi_box = box_arrays(bounds, len(spec.params))
-    n_resolved = 0
     x0 = np.asarray(starts, dtype=float)
     k = len(x0)
     raws: list[np.ndarray] = []
@@ -58,17 +55,12 @@ def bootstrap_intervals(
         objective = make_objective(weights)
         x_start = torch.as_tensor(np.repeat(x0[None], b, axis=0).reshape(b * k, -1))
         rows = torch.arange(b * k) // k
-        x, f, _ = lbfgs_batched(objective, x_start, rows=rows, max_iter=max_iter)
+        x, f, _ = lbfgs_batched(objective, x_start, rows=rows, max_iter=max_iter, bounds=bounds)
         f = f.reshape(b, k)
         best = torch.argmin(torch.nan_to_num(f, nan=float("inf")), dim=1)
         pick = torch.arange(b) * k + best
-        raw_b, obj_b = x[pick].numpy().copy(), f[torch.arange(b), best].numpy().copy()
-        outside = np.any((raw_b < lo_box) | (raw_b > hi_box), axis=1)
-        for i in np.flatnonzero(outside):
-            raw_b[i], obj_b[i] = polish(objective, raw_b[i], row=int(i), bounds=bounds)
-        n_resolved += int(outside.sum())
-        raws.append(raw_b)
-        objectives.append(obj_b)
+        raws.append(x[pick].numpy())
+        objectives.append(f[torch.arange(b), best].numpy())
     raw = np.concatenate(raws)
     obj = np.concatenate(objectives)
     ok = np.isfinite(obj) & np.all(np.isfinite(raw), axis=1)
@@ -90,7 +82,6 @@ def bootstrap_intervals(
             "seed": seed,
             "method": "percentile, resampling runs with replacement",
             "starts_per_resample": k,
-            "resolved_in_bounds": n_resolved,
             "median": median,
             "std": std,
         },

@@ -98,6 +98,7 @@ def lbfgs_batched(
     round_iters: int | None = None,
     final_keep: int | None = None,
     max_backtrack: int = 6,
+    bounds: Sequence[tuple[float | None, float | None]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Batched L-BFGS with Armijo backtracking; each row of x0 is an independent start.
 
@@ -106,12 +107,23 @@ def lbfgs_batched(
     ``final_keep``, the worse half of the running rows is also stopped every
     ``round_iters`` iterations until ``final_keep`` are left (successive halving).
     The state of running rows is kept compact, so stopped rows cost nothing.
+
+    With ``bounds`` (SciPy's list of (low, high)) every point stays in the box: steps
+    are projected onto it, and a coordinate held at a bound that the direction would
+    push further out is frozen for that step. Without them an optimum found outside
+    the box is useless to the bounded polish that follows: clipped back, it starts far
+    from anything good.
     Returns (x, f, iterations); stopped rows keep their last point (f = inf where the
     objective was never finite).
     """
     n_rows, p_count = x0.shape
     rows = torch.arange(n_rows) if rows is None else rows
-    x_out = x0.detach().clone()
+    lower, upper = (torch.as_tensor(b, dtype=x0.dtype) for b in box_arrays(bounds, p_count))
+
+    def project(v: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(v, upper), lower)
+
+    x_out = project(x0.detach().clone())
     f, g = value_and_grad(objective, x_out, rows)
     ok = torch.isfinite(f) & torch.isfinite(g).all(1)
     f_out = torch.where(ok, f, torch.full_like(f, float("inf")))
@@ -140,19 +152,19 @@ def lbfgs_batched(
         for j, al in zip(reversed(order), reversed(alphas), strict=True):
             be = rho[j] * (y_hist[j] * q).sum(1)
             q.add_(s_hist[j] * (al - be)[:, None])
-        d = q.neg_()
+        d = _free(q.neg_(), x, lower, upper)
         gd = (g * d).sum(1)
         bad = ~(gd < 0) | ~torch.isfinite(gd)
         if bad.any():
-            d[bad] = -g[bad]
-            gd[bad] = -(g[bad] ** 2).sum(1)
+            d[bad] = _free(-g[bad], x[bad], lower, upper)
+            gd[bad] = (g[bad] * d[bad]).sum(1)
         t = torch.ones(idx.numel(), dtype=x.dtype)
         first = fresh | bad  # no curvature information: a unit-length first move
         if first.any():
-            t[first] = torch.clamp(1.0 / d[first].norm(dim=1), max=1.0)
-        x_new = x + t[:, None] * d
+            t[first] = torch.clamp(1.0 / d[first].norm(dim=1).clamp_min(1e-300), max=1.0)
+        x_new = project(x + t[:, None] * d)
         f_new, g_new = value_and_grad(objective, x_new, r)
-        accepted = _armijo(f_new, g_new, f, t, gd)
+        accepted = _armijo(f_new, g_new, f, (g * (x_new - x)).sum(1))
         pending = ~accepted
         for _ in range(max_backtrack):
             if not pending.any():
@@ -165,15 +177,12 @@ def lbfgs_batched(
             t_q = torch.where(torch.isfinite(denom) & (denom > 0), -gdp * tp * tp / denom, 0.1 * tp)
             t_q = torch.minimum(torch.maximum(t_q, 0.1 * tp), 0.5 * tp)
             trials = t_q[None, :] * _BACKTRACK[:, None]  # (4, m), largest first
-            xt = x[pi][None] + trials[..., None] * d[pi][None]
+            xt = project(x[pi][None] + trials[..., None] * d[pi][None])
             ft, gt = value_and_grad(objective, xt.reshape(-1, p_count), r[pi].repeat(4))
             ft, gt = ft.reshape(4, -1), gt.reshape(4, -1, p_count)
+            moved = ((xt - x[pi][None]) * g[pi][None]).sum(-1)  # g . step, < 0 downhill
             ok_t = _armijo(
-                ft.reshape(-1),
-                gt.reshape(-1, p_count),
-                fo.repeat(4),
-                trials.reshape(-1),
-                gdp.repeat(4),
+                ft.reshape(-1), gt.reshape(-1, p_count), fo.repeat(4), moved.reshape(-1)
             ).reshape(4, -1)
             # the largest accepted trial, else the smallest one (to go on shrinking from)
             pick = torch.where(ok_t.any(0), ok_t.int().argmax(0), torch.full_like(pi, 3))
@@ -225,9 +234,16 @@ def lbfgs_batched(
 _BACKTRACK = torch.tensor([1.0, 0.2, 0.04, 0.008], dtype=torch.float64)
 
 
-def _armijo(f_new, g_new, f_old, t, gd, c1: float = 1e-4) -> torch.Tensor:
+def _armijo(f_new, g_new, f_old, slope_step, c1: float = 1e-4) -> torch.Tensor:
+    """Sufficient decrease along the step taken; slope_step = g . (x_new - x) < 0."""
     finite = torch.isfinite(f_new) & torch.isfinite(g_new).all(1)
-    return finite & (f_new <= f_old + c1 * t * gd)
+    return finite & (slope_step < 0) & (f_new <= f_old + c1 * slope_step)
+
+
+def _free(d: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor):
+    """d with the coordinates zeroed that sit on a bound and would move out of the box."""
+    out = ((x <= lower) & (d < 0)) | ((x >= upper) & (d > 0))
+    return torch.where(out, torch.zeros_like(d), d)
 
 
 def box_arrays(
@@ -339,6 +355,7 @@ def multistart(
         max_iter=max_iter,
         round_iters=round_iters if final_keep else None,
         final_keep=final_keep,
+        bounds=bounds,
     )
     candidates = distinct_best(x_opt, f_opt, n_polish)
     with single_threaded_blas():
