@@ -6,6 +6,7 @@ so a mistake costs no compute and writes nothing; ``execute`` then trains and re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import math
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from kdlab.runkey import run_key
 from kdlab.teacher import Teacher, resolve_teacher, save_weights, submodule_state
 
 ROLE_SPLIT = {"teacher": "teacher", "supervised": "student", "student": "student"}
+LOCK_FILE = ".lock"
 
 
 @dataclasses.dataclass
@@ -347,11 +350,15 @@ def build_trainer(
     cfg: DictConfig, plan: RunPlan, callbacks: list[L.Callback], **overrides: Any
 ) -> L.Trainer:
     """The run's Trainer: exactly plan.steps steps, validation spread over the run."""
+    # Lightning counts the interval in batches: whole accumulation windows, so every
+    # validation falls on an optimizer step and its curve point on the right tokens
+    k = plan.accumulate
     batches = plan.data.num_steps
+    interval = min(batches, max(k, batches // max(1, cfg.val.points) // k * k))
     settings: dict[str, Any] = dict(
         max_steps=plan.steps,
         max_epochs=1,
-        val_check_interval=max(1, batches // max(1, cfg.val.points)),  # counts batches
+        val_check_interval=interval,
         check_val_every_n_epoch=None,
         callbacks=callbacks,
         logger=False,
@@ -379,24 +386,41 @@ def _resume_checkpoint(plan: RunPlan) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _claim(cfg: DictConfig, plan: RunPlan) -> Any:
-    """An exclusive lock on the run's directory, or None when another process holds it.
+@contextlib.contextmanager
+def _claimed(cfg: DictConfig, plan: RunPlan) -> Iterator[bool]:
+    """Hold an exclusive lock on the run's directory; yields False when another process
+    holds it.
 
     Two launches of one sweep (two SLURM arrays, a relaunch while the first still runs)
     would otherwise train the same run twice into one directory. Multi-device runs are
     not locked: every rank runs this code, and one rank skipping would hang the others.
+    A file system without flock (some Lustre and NFS mounts) gets a warning and no lock.
     """
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    if devices not in (1, "1") or nodes != 1:
-        return True
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    handle = (plan.run_dir / ".lock").open("w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle  # held until closed, or until the process ends
+    if devices not in (1, "1") or nodes != 1:
+        yield True
+        return
+    with (plan.run_dir / LOCK_FILE).open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as err:
+            print(f"kdlab: cannot lock {plan.run_dir} ({err}); training without a lock")
+        yield True  # the lock goes with the handle
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Everything of a finished run but its lock file, for a forced re-run."""
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def execute(cfg: DictConfig) -> dict[str, Any]:
@@ -404,16 +428,27 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_run(cfg)
     row = plan.store.get(plan.key)
     if row and row["status"] == "done" and not cfg.force:
-        print(f"kdlab: run {plan.key} is already done (val_loss {row['val_loss']:.4f}); skipped")
-        return row
+        return _skipped(plan, row)
+    with _claimed(cfg, plan) as ours:
+        if not ours:
+            print(f"kdlab: run {plan.key} is being trained by another process; skipped")
+            return row or {}
+        row = plan.store.get(plan.key)  # it may have finished while we waited
+        if row and row["status"] == "done" and not cfg.force:
+            return _skipped(plan, row)
+        return _train(cfg, plan, row)
+
+
+def _skipped(plan: RunPlan, row: dict[str, Any]) -> dict[str, Any]:
+    print(f"kdlab: run {plan.key} is already done (val_loss {row['val_loss']:.4f}); skipped")
+    return row
+
+
+def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[str, Any]:
     record = _rank_zero()
     # force re-runs a finished run; an unfinished one (perhaps training elsewhere) resumes
-    if record and cfg.force and row and row["status"] == "done" and plan.run_dir.exists():
-        shutil.rmtree(plan.run_dir)
-    lock = _claim(cfg, plan)
-    if lock is None:
-        print(f"kdlab: run {plan.key} is being trained by another process; skipped")
-        return row or {}
+    if record and cfg.force and row and row["status"] == "done":
+        _clear_run_dir(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_checkpoint(plan)
     threads = cfg.threads or jobs_threads()

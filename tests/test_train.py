@@ -243,3 +243,16 @@ def test_a_run_another_process_holds_is_skipped(train, tmp_path, capsys):
         assert "being trained by another process" in capsys.readouterr().out
         assert _db(tmp_path).get(plan.key) is None
     assert train(*TINY)["status"] == "done"
+
+
+def test_a_file_system_without_flock_trains_without_the_lock(train, tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    row = train(*TINY)
+    assert row["status"] == "done"
+    assert "training without a lock" in capsys.readouterr().out
