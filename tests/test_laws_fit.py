@@ -204,3 +204,28 @@ def test_a_subset_fit_is_no_worse_than_the_full_fit_on_that_subset():
     at_full = float(np.sum(np.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta))))
     assert weaker["objective"] <= at_full * (1 + 1e-6)
     assert 0 <= weaker["coefficients"]["alpha"] <= 4
+
+
+def test_batched_lbfgs_in_a_box_ends_at_the_clipped_optimum():
+    """A separable quadratic whose first minimum lies outside the box: every start,
+    including ones sitting on a bound the gradient pulls away from, ends at clip(c)."""
+    import torch
+
+    from kdlab.laws.optim import lbfgs_batched
+
+    c = torch.tensor([5.0, 0.3, -2.0], dtype=torch.float64)
+    w = torch.tensor([1.0, 30.0, 0.1], dtype=torch.float64)  # unequal curvatures
+
+    def objective(x, rows, need_grad):
+        r = x - c
+        return (w * r * r).sum(1), (2 * w * r) if need_grad else None
+
+    starts = torch.tensor(
+        [[4.0, 4.0, 0.0], [0.0, 0.0, 10.0], [2.0, 3.9, -50.0], [9.0, -1.0, 0.0]],
+        dtype=torch.float64,
+    )
+    x, f, _ = lbfgs_batched(objective, starts, bounds=[(0.0, 4.0), (0.0, 4.0), (None, None)])
+    assert torch.allclose(
+        x, torch.tensor([4.0, 0.3, -2.0], dtype=torch.float64).expand(4, 3), atol=1e-3
+    )
+    assert torch.allclose(f, torch.full((4,), 1.0, dtype=torch.float64), atol=1e-6)

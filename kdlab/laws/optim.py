@@ -109,8 +109,8 @@ def lbfgs_batched(
     The state of running rows is kept compact, so stopped rows cost nothing.
 
     With ``bounds`` (SciPy's list of (low, high)) every point stays in the box: steps
-    are projected onto it, and a coordinate held at a bound that the direction would
-    push further out is frozen for that step. Without them an optimum found outside
+    are projected onto it, and a coordinate on a bound that the gradient pushes further
+    out is held there for that step. Without them an optimum found outside
     the box is useless to the bounded polish that follows: clipped back, it starts far
     from anything good.
     Returns (x, f, iterations); stopped rows keep their last point (f = inf where the
@@ -152,12 +152,20 @@ def lbfgs_batched(
         for j, al in zip(reversed(order), reversed(alphas), strict=True):
             be = rho[j] * (y_hist[j] * q).sum(1)
             q.add_(s_hist[j] * (al - be)[:, None])
-        d = _free(q.neg_(), x, lower, upper)
+        d = q.neg_()
+        # on a bound: a coordinate the gradient pushes out of the box stays put; one the
+        # gradient pulls back in while d points out means stale curvature memory
+        at_lo, at_hi = x <= lower, x >= upper
+        held = (at_lo & (g > 0)) | (at_hi & (g < 0))
+        stale = ((at_lo & (g < 0) & (d < 0)) | (at_hi & (g > 0) & (d > 0))).any(1)
+        d = torch.where(held, torch.zeros_like(d), d)
         gd = (g * d).sum(1)
-        bad = ~(gd < 0) | ~torch.isfinite(gd)
-        if bad.any():
-            d[bad] = _free(-g[bad], x[bad], lower, upper)
+        bad = ~(gd < 0) | ~torch.isfinite(gd) | stale
+        if bad.any():  # projected steepest descent, and the memory starts again
+            d[bad] = torch.where(held[bad], torch.zeros_like(g[bad]), -g[bad])
             gd[bad] = (g[bad] * d[bad]).sum(1)
+            rho[:, bad] = 0.0
+            h0[bad] = 1.0
         t = torch.ones(idx.numel(), dtype=x.dtype)
         first = fresh | bad  # no curvature information: a unit-length first move
         if first.any():
@@ -238,12 +246,6 @@ def _armijo(f_new, g_new, f_old, slope_step, c1: float = 1e-4) -> torch.Tensor:
     """Sufficient decrease along the step taken; slope_step = g . (x_new - x) < 0."""
     finite = torch.isfinite(f_new) & torch.isfinite(g_new).all(1)
     return finite & (slope_step < 0) & (f_new <= f_old + c1 * slope_step)
-
-
-def _free(d: torch.Tensor, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor):
-    """d with the coordinates zeroed that sit on a bound and would move out of the box."""
-    out = ((x <= lower) & (d < 0)) | ((x >= upper) & (d > 0))
-    return torch.where(out, torch.zeros_like(d), d)
 
 
 def box_arrays(
