@@ -80,6 +80,20 @@ def test_a_password_never_appears_in_the_message():
         RunStore("postgresql+psycopg://kd:hunter2@127.0.0.1:1/runs")  # nothing listens on 1
     assert "hunter2" not in str(err.value)
     assert "postgresql+psycopg://kd:***@127.0.0.1:1/runs" in str(err.value)
+    with pytest.raises(RunDBError) as err:  # a URL SQLAlchemy cannot parse (bad port)
+        RunStore("postgresql://kd:hunter2@127.0.0.1:port/runs")
+    assert "hunter2" not in str(err.value) and "kd:***@" in str(err.value)
+
+
+def test_objective_label_of_a_student_config_with_keys_left_out():
+    from kdlab.rundb.query import kd_objective
+
+    assert kd_objective({"kd_lambda": 0.5}) == "forward_kl lambda=0.5 tau=1"
+    assert kd_objective({"kd_lambda": 1, "divergence": "jsd"}) == "jsd lambda=1 tau=1"
+    assert kd_objective({"kd_lambda": 1, "top_k": 128, "tau_squared": False}) == (
+        "forward_kl lambda=1 tau=1 no_tau2 top_k=128"
+    )
+    assert kd_objective({"_target_": "kdlab.modules.PretrainModule"}) is None
 
 
 def _writer(url: str, worker: int, n: int) -> None:

@@ -20,17 +20,18 @@ def kd_objective(objective: Mapping[str, Any] | None) -> str | None:
     """
     if not objective or "kd_lambda" not in objective:
         return None
-    div = "hard" if objective.get("hard") else objective.get("divergence", "forward_kl")
-    parts = [div, f"lambda={float(objective['kd_lambda']):g}", f"tau={float(objective['tau']):g}"]
-    if not objective.get("tau_squared", True):
+    get = objective.get
+    div = "hard" if get("hard") else get("divergence", "forward_kl")
+    parts = [div, f"lambda={float(get('kd_lambda', 1.0)):g}", f"tau={float(get('tau', 1.0)):g}"]
+    if not get("tau_squared", True):
         parts.append("no_tau2")
-    parts += [f"{k}={objective[k]:g}" for k in ("top_k", "top_p") if objective.get(k) is not None]
-    if div == "jsd":
-        parts.append(f"beta={objective['beta']:g}")
-    if div in ("skew_kl", "skew_reverse_kl"):
-        parts.append(f"alpha={objective['alpha']:g}")
+    parts += [f"{k}={get(k):g}" for k in ("top_k", "top_p") if get(k) is not None]
+    if div == "jsd" and get("beta") is not None:
+        parts.append(f"beta={get('beta'):g}")
+    if div in ("skew_kl", "skew_reverse_kl") and get("alpha") is not None:
+        parts.append(f"alpha={get('alpha'):g}")
     if div == "taid":
-        parts += [f"taid_{k}={v:g}" for k, v in sorted(objective["taid"].items())]
+        parts += [f"taid_{k}={v:g}" for k, v in sorted((get("taid") or {}).items())]
     return " ".join(parts)
 
 

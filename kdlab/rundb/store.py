@@ -8,6 +8,7 @@ instead of failing.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ def shown_url(url: str | None) -> str:
         return ""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return url
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy parses: hide user:pass@
+        return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 def _now() -> dt.datetime:
