@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python.sh
 if externally_managed "$PY"; then
-    "$PY" -m venv .venv || {
-        echo "install.sh: $PY refuses pip (PEP 668) and cannot make a venv;" \
+    # system site-packages stay visible, so a torch installed for the system is kept
+    "$PY" -m venv --system-site-packages .venv && .venv/bin/python -m pip --version >/dev/null || {
+        rm -rf .venv
+        echo "install.sh: $PY refuses pip (PEP 668) and cannot make a venv with pip;" \
             "install python3-venv, or set PYTHON to a Python of your own" >&2
         exit 1
     }
@@ -18,9 +20,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null; then
         "$PY" -m pip install -q "torch==2.13.0"
     else  # the CPU build: PyTorch's CPU index, or a local wheel pip is configured to find
-        "$PY" -m pip install -q --retries 0 "torch==2.13.0+cpu" \
+        # (2.13.0 matches 2.13.0+cpu, which pip prefers; macOS wheels carry no +cpu)
+        "$PY" -m pip install -q --retries 0 "torch==2.13.0" \
             --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 | grep -v "Retrying" || true
-        "$PY" -c "import torch" || { echo "install.sh: torch 2.13.0+cpu did not install" >&2; exit 1; }
+        "$PY" -c "import torch" || { echo "install.sh: torch 2.13.0 did not install" >&2; exit 1; }
     fi
 fi
 "$PY" -m pip install -q -e ".[dev]"

@@ -7,6 +7,7 @@ externally_managed() {
 managed = pathlib.Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
 sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)'
 }
-if externally_managed "$PY" && [ -x .venv/bin/python ]; then
+if externally_managed "$PY" && [ -x .venv/bin/python ] \
+    && .venv/bin/python -m pip --version >/dev/null 2>&1; then
     PY=$PWD/.venv/bin/python
 fi
