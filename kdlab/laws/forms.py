@@ -103,15 +103,16 @@ class LawSpec:
         return out
 
     def bounds(self) -> list[tuple[float | None, float | None]]:
-        """Box for the final optimiser: the size and data exponents in [0, MAX_EXPONENT].
+        """Box for the optimiser: the exponents alpha, beta and gamma in [0, MAX_EXPONENT].
 
         With too few distinct sizes or budgets an exponent is not pinned down and drifts
         to hundreds, its prefactor to exp(thousands): no float holds A, and no law that
-        steep is a scaling law. Everything else is left free.
+        steep is a scaling law. A negative gamma would make loss grow with N and D (the
+        micro distillation fit found gamma' = -38 with a wider search). Everything else
+        is left free.
         """
-        return [
-            (0.0, MAX_EXPONENT) if p in ("alpha", "beta") else (None, None) for p in self.params
-        ]
+        exponents = ("alpha", "beta", "gamma")
+        return [(0.0, MAX_EXPONENT) if p in exponents else (None, None) for p in self.params]
 
     def from_coefficients(self, coef: Mapping[str, float]) -> np.ndarray:
         """Published coefficients -> raw parameter vector (inverse of to_coefficients)."""
