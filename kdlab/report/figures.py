@@ -156,8 +156,13 @@ def _law_proxy(label: str, style: str = "-") -> Line2D:
     return Line2D([], [], color="0.3", linestyle=style, linewidth=2, label=label)
 
 
-def _runs_proxy(label: str = "runs", marker: str = "o") -> Line2D:
-    return Line2D([], [], color="0.3", marker=marker, linestyle="none", markersize=7, label=label)
+def _runs_proxy(
+    label: str = "runs", marker: str = "o", size: float = 7, color: str = "0.3", **style: Any
+) -> Line2D:
+    """A legend entry for plotted points: a marker without a line."""
+    return Line2D(
+        [], [], color=color, marker=marker, linestyle="none", markersize=size, label=label, **style
+    )
 
 
 def _count_axis(axis: Any) -> None:
@@ -422,30 +427,12 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
         ax.set_title("IsoFLOP profiles")
         handles = ax.get_legend_handles_labels()[0]
         handles += [
-            Line2D(
-                [],
-                [],
-                marker="D",
-                color="0.5",
-                markeredgecolor="black",
-                linestyle="none",
-                markersize=9,
-                label="minimum (parabola in log N)",
-            )
+            _runs_proxy("minimum (parabola in log N)", "D", 9, "0.5", markeredgecolor="black")
         ]
         if coef is not None:
             handles += [
                 _law_proxy("fitted law at the same C"),
-                Line2D(
-                    [],
-                    [],
-                    marker="*",
-                    color="0.5",
-                    markeredgecolor="black",
-                    linestyle="none",
-                    markersize=13,
-                    label="law's minimum",
-                ),
+                _runs_proxy("law's minimum", "*", 13, "0.5", markeredgecolor="black"),
             ]
         else:
             _no_fit_note(ax, "supervised")
@@ -566,16 +553,7 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
         if coefs is not None:
             handles += [
                 _law_proxy("fitted distillation law"),
-                Line2D(
-                    [],
-                    [],
-                    marker="v",
-                    color="0.5",
-                    markeredgecolor="black",
-                    linestyle="none",
-                    markersize=10,
-                    label="best teacher loss (law)",
-                ),
+                _runs_proxy("best teacher loss (law)", "v", 10, "0.5", markeredgecolor="black"),
                 _law_proxy("student alone, Ltilde_S (law)", ":"),
             ]
         else:
@@ -669,25 +647,11 @@ def student_tokens_figure(data: ReportData, out_dir: Path, most: int = 4) -> Pat
         axes[0, 0].set_ylabel(LOSS_LABEL)
         fig.colorbar(_scalar_mappable(lt_norm), ax=axes[0, -1], label="teacher loss L_T", pad=0.01)
         handles = [
-            Line2D(
-                [],
-                [],
-                marker="o",
-                color="0.4",
-                markeredgecolor="black",
-                linestyle="none",
-                markersize=8,
-                label="distilled students (colour: teacher)",
+            _runs_proxy(
+                "distilled students (colour: teacher)", "o", 8, "0.4", markeredgecolor="black"
             ),
-            Line2D(
-                [],
-                [],
-                marker="s",
-                markerfacecolor="white",
-                markeredgecolor="black",
-                linestyle="none",
-                markersize=8,
-                label="supervised baseline runs",
+            _runs_proxy(
+                "supervised baseline runs", "s", 8, markerfacecolor="white", markeredgecolor="black"
             ),
         ]
         if coefs is not None:
