@@ -120,11 +120,17 @@ def read_db_points(
         ) from None
     import pandas as pd
 
-    df = pd.DataFrame(df)
-    for key, value in (filters or {}).items():
+    df = matching_rows(pd.DataFrame(df), filters or {})
+    return df, check_comparable(df, url)
+
+
+def matching_rows(df: Any, equals: Mapping[str, Any]) -> Any:
+    """Rows whose columns equal the given values (compared as text, so 4096 == "4096");
+    a None value or a column the frame lacks selects nothing out."""
+    for key, value in equals.items():
         if value is not None and key in df.columns:
             df = df[df[key].astype(str) == str(value)]
-    return df, check_comparable(df, url)
+    return df
 
 
 def check_comparable(df: pd.DataFrame, source: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdlab.laws.io import LawInputError, load_coefficients
+from kdlab.laws.io import LawInputError, load_coefficients, matching_rows
 from kdlab.laws.published import PAPER_FLOPS
 
 # Columns that decide whether two losses are comparable (DESIGN.md principle 2), as
@@ -154,13 +154,6 @@ def _choose_selection(
     return selection
 
 
-def _apply_selection(frame: pd.DataFrame, selection: Mapping[str, Any]) -> pd.DataFrame:
-    for col, value in selection.items():
-        if col in frame.columns:
-            frame = frame[frame[col].astype(str) == str(value)]
-    return frame
-
-
 def _num(frame: pd.DataFrame, col: str) -> pd.Series:
     if col not in frame.columns:
         return pd.Series(np.nan, index=frame.index, dtype=float)
@@ -242,7 +235,7 @@ def load_report_data(
     if not runs.empty:
         wanted = {"corpus": corpus, "tokenizer": tokenizer, "n_ctx": n_ctx}
         selection = _choose_selection(runs, [f for f in (sup, dist) if f], wanted, notes)
-        chosen = _apply_selection(runs, selection)
+        chosen = matching_rows(runs, selection)
         left_out = len(runs) - len(chosen)
         if left_out:
             notes.append(f"{left_out} run(s) of other data are left out of the figures.")

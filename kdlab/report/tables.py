@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdlab.laws.io import DISTILLATION_KEYS
+from kdlab.laws.io import DISTILLATION_KEYS, matching_rows
 from kdlab.laws.published import (
     PAPER_DISTILLATION,
     PAPER_DISTILLATION_CI90,
@@ -80,10 +80,7 @@ def objective_table(data: ReportData) -> pd.DataFrame:
     need = {"role", "status", "kd_objective", "teacher_model", "teacher_loss"}
     if runs.empty or not need <= set(runs.columns):
         return pd.DataFrame()
-    done = runs[runs["status"] == "done"]
-    for col, value in data.selection.items():
-        if col in done.columns:
-            done = done[done[col].astype(str) == str(value)]
+    done = matching_rows(runs[runs["status"] == "done"], data.selection)
     students = done[(done["role"] == "student") & done["kd_objective"].notna()]
     if students["kd_objective"].nunique() < 2:
         return pd.DataFrame()
