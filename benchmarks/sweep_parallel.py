@@ -13,30 +13,22 @@ import argparse
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from kdlab.study import sweep_command
+from kdlab.sweeps import sweep_file
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = ["model=nano_L1,nano_L2", "data.tokens_per_param=10,20"]
 
 
 def launch(root: Path, grid: list[str], parallel: bool, cache: Path) -> float:
-    command = [
-        sys.executable,
-        "-m",
-        "kdlab.train",
-        "-m",
-        "-cd",
-        "sweeps/nano",
-        "-cn",
-        "supervised",
-        f"paths.root_dir={root}",
-        f"paths.cache_dir={cache}",
-        "trainer.enable_progress_bar=false",
-        *grid,
-    ]
+    settings = [f"paths.root_dir={root}", f"paths.cache_dir={cache}"]
+    command = sweep_command(
+        sweep_file("nano/supervised"), [*settings, "trainer.enable_progress_bar=false", *grid]
+    )
     if parallel:
         command.append("hydra/launcher=parallel")
     else:

@@ -94,10 +94,16 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch(path: Path, overrides: Sequence[str]) -> int:
+def sweep_command(path: Path, overrides: Sequence[str] = ()) -> list[str]:
     """The sweep as one Hydra multirun in a child process, as a user would type it."""
-    command = [sys.executable, "-m", "kdlab.train", "-m", "-cd", str(path.parent), "-cn", path.stem]
-    return subprocess.call([*command, *overrides])
+    return [
+        *(sys.executable, "-m", "kdlab.train", "-m", "-cd", str(path.parent), "-cn", path.stem),
+        *overrides,
+    ]
+
+
+def launch(path: Path, overrides: Sequence[str]) -> int:
+    return subprocess.call(sweep_command(path, overrides))
 
 
 def _check_teachers(plan: SweepPlan) -> None:
@@ -139,8 +145,7 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
 
 
 def _launch_with_progress(path: Path, overrides: Sequence[str], plan: SweepPlan) -> int:
-    command = [sys.executable, "-m", "kdlab.train", "-m", "-cd", str(path.parent), "-cn", path.stem]
-    command += [*overrides, "trainer.enable_progress_bar=false"]
+    command = sweep_command(path, [*overrides, "trainer.enable_progress_bar=false"])
     log = plan.log_dir / f"{path.parent.name}-{path.stem}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     columns = (
