@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_FLOPS, PAPER_SUPERVISED
 from kdlab.report.cli import main as report_main
 from kdlab.rundb import RunStore
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -171,18 +171,6 @@ def build_study(url: str, students: bool = True, seed: int = 0) -> None:
     store.fail("kd-failed", "the loss became NaN at step 12")
 
 
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def _fit(tmp: Path, url: str) -> tuple[Path, Path]:
     """Fit both laws with the real ``kdlab fit`` (in this process: the subprocess start
     is most of the cost) on a tiny start grid, holding out the strongest runs (the
@@ -256,7 +244,7 @@ def full_report(tmp_path_factory) -> Path:
     build_study(url)
     sup, dist = _fit(tmp, url)
     out = tmp / "out"
-    r = _cli(
+    r = run_cli(
         "kdlab.report.cli",
         "--db",
         url,
@@ -270,6 +258,7 @@ def full_report(tmp_path_factory) -> Path:
         "--wandb-project",
         "kdlab-test",
         *FAST_PLAN,
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
     )
     assert r.returncode == 0, r.stdout + r.stderr
     return out

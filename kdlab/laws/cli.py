@@ -506,10 +506,7 @@ def _guard(fn, args: argparse.Namespace) -> int:
 
     try:
         return fn(args)
-    except LawInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (OSError, json.JSONDecodeError) as exc:
+    except (LawInputError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -522,13 +519,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m kdlab.laws.cli fit|predict|plan ...``."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # effective only before NumPy loads
-    parser = argparse.ArgumentParser(prog="kdlab", description="kdlab scaling-law commands")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """Stand-alone entry: ``python -m kdlab.laws.cli fit|predict|plan ...``, the kdlab
+    command with one-threaded BLAS (set here, before anything loads NumPy)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from kdlab.cli import main as kdlab_main
+
+    return kdlab_main(argv)
 
 
 if __name__ == "__main__":

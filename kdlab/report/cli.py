@@ -155,14 +155,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry: ``python -m kdlab.report.cli [report] --db ... --out ...``."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # effective only before NumPy loads
+    from kdlab.cli import main as kdlab_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "report":
         argv = ["report", *argv]
-    parser = argparse.ArgumentParser(prog="kdlab", description="kdlab report")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return kdlab_main(argv)
 
 
 if __name__ == "__main__":
