@@ -118,6 +118,33 @@ def test_two_processes_lose_no_rows(url):
     assert len(rows) == 80
 
 
+def _opener(url: str, barrier, errors) -> None:
+    barrier.wait()
+    try:
+        RunStore(url)
+    except RunDBError as err:
+        errors.put(str(err))
+
+
+def test_jobs_opening_a_new_database_together_all_get_in(tmp_path):
+    """A sweep's first jobs all create the tables of a new SQLite file at the same moment.
+
+    Before the fix about two rounds in three lost a job to 'table runs already exists'.
+    """
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    for round_ in range(10):
+        url = f"sqlite:///{tmp_path}/round{round_}.db"
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_opener, args=(url, barrier, errors)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0
+    assert errors.empty(), errors.get()
+
+
 def test_cli_list_show_export(url, tmp_path):
     store = RunStore(url)
     _teacher(store, "abcdef0123456789", 100, 2000, 3.0)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from kdlab.data.corpora import Corpus, CorpusInfo, DocumentHasher
-from kdlab.data.locking import atomic_write_json, build_once, temp_path_for
 from kdlab.data.tokenizers import Tokenizer, token_dtype
+from kdlab.locking import atomic_write_json, build_once, temp_path_for
 
 DEFAULT_CACHE_DIR = "runs/cache"
 FORMAT = "kdlab-tokens-v1"

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from kdlab.data.corpora import Corpus, CorpusInfo, short_hash, to_plain
-from kdlab.data.locking import atomic_write_json, atomic_write_text, build_once
+from kdlab.locking import atomic_write_json, atomic_write_text, build_once
 
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_KINDS = ("auto", "byte", "identity", "bpe")

@@ -7,6 +7,7 @@ instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
+from kdlab.locking import file_lock
 from kdlab.rundb.schema import RUN_COLUMNS, curves, metadata, runs
 
 DEFAULT_URL = "sqlite:///runs/kdlab.db"
@@ -57,6 +59,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _create_tables(engine: Engine) -> None:
+    """Create missing tables; jobs that open a new database together all get through.
+
+    Between one job's existence check and its CREATE, a job on another node may create
+    the table (PostgreSQL then says ProgrammingError or IntegrityError). The next pass
+    sees the table and skips it, so one pass per table is enough; an error that persists
+    is real. SQLite files are created under a lock instead (see ``_connect``).
+    """
+    attempts = len(metadata.tables) + 1
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (ProgrammingError, IntegrityError):
+            if attempt == attempts - 1:
+                raise
+
+
 class RunStore:
     """Reads and writes runs and their validation curves."""
 
@@ -69,18 +89,20 @@ class RunStore:
         if not url:
             raise RunDBError("no run database URL: set db.url (db=postgres reads KDLAB_DB_URL)")
         try:
+            lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(
-                url, connect_args={"timeout": 60} if url.startswith("sqlite") else {}
-            )
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
-            try:
-                metadata.create_all(engine, checkfirst=True)
-            except (ProgrammingError, IntegrityError):
-                # another job created the tables between our check and our CREATE
-                metadata.create_all(engine, checkfirst=True)
+                path = Path(url.removeprefix("sqlite:///"))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # SQLite's switch to WAL and its CREATE TABLEs do not wait for one another
+                # across processes, so the jobs of a sweep that open a new file take turns
+                lock = file_lock(path.with_name(path.name + ".lock"))
+            with lock:
+                engine = create_engine(
+                    url, connect_args={"timeout": 60} if url.startswith("sqlite") else {}
+                )
+                if engine.dialect.name == "sqlite":
+                    event.listen(engine, "connect", _sqlite_pragmas)
+                _create_tables(engine)
         except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as err:
             reason = str(err).splitlines()[0]
             raise RunDBError(f"cannot open the run database '{shown_url(url)}': {reason}") from err

@@ -1,9 +1,10 @@
-"""Build-once files shared by concurrent runs: a lock plus write-to-temp and rename.
+"""Files shared by concurrent runs: a lock plus write-to-temp and rename.
 
 Every run of a sweep may ask for the same cached artefact (token array, tokenizer,
-fingerprint) at the same moment; the first one builds it, the others wait on the lock and
-then find the finished file. Readers never see a half-written file because the final path
-only ever appears through an atomic ``os.replace``.
+fingerprint) or open the same new SQLite run database at the same moment; the first one
+builds it, the others wait on the lock and then find it finished. Readers never see a
+half-written file because the final path only ever appears through an atomic
+``os.replace``.
 """
 
 from __future__ import annotations
