@@ -20,12 +20,25 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+def file_lock(path: str | os.PathLike[str], optional: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
+
+    ``optional``: where the lock cannot be had (a file system without flock, as on some
+    Lustre and NFS mounts, or a read-only directory) warn and run the block unlocked,
+    for callers whose race is rare and survivable.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    with contextlib.ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(path, "a+"))
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError as err:
+            if not optional:
+                raise
+            print(f"kdlab: cannot lock {path} ({err}); going on without the lock")
+            yield
+            return
         try:
             yield
         finally:

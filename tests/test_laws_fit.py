@@ -169,8 +169,10 @@ def test_refusals(frame, message):
 
 
 def test_bootstrap_resamples_stay_in_the_fits_box():
-    """Two student sizes do not pin the size exponent down: unbounded, resamples sent it
-    far outside [0, 4] (nano's alpha' interval reached 13.4); bounded, they stop at 4."""
+    """Two student sizes do not pin the law's exponents down: unbounded, resamples sent
+    them far outside [0, 4] (nano's alpha' interval reached 13.4); bounded, they stop at
+    4. On these runs gamma is the one that runs off, for the main fit and most resamples
+    (alpha and beta do for a few resamples, depending on rounding in the solver)."""
     runs = paper_like_distillation_runs(n_runs=None, noise=0.02, seed=1)
     two_sizes = runs.N_S.isin(runs.N_S.unique()[:2])
     runs = runs[two_sizes & (runs.family == "fixed-M teacher x fixed-M student")]
@@ -181,10 +183,10 @@ def test_bootstrap_resamples_stay_in_the_fits_box():
         bootstrap=32,
         search=SearchSettings(n_polish=2),
     )
-    for name in ("alpha", "beta"):
+    for name in ("alpha", "beta", "gamma"):
         lo, hi = doc["intervals"][name]
         assert 0.0 <= lo <= hi <= 4.0 + 1e-9, (name, lo, hi)
-    assert doc["intervals"]["beta"][1] > 3.9  # resamples that ran off now sit on the bound
+    assert doc["intervals"]["gamma"][1] > 3.99  # resamples that ran off sit on the bound
 
 
 MICRO_SUPERVISED = Path(__file__).resolve().parents[1] / "results" / "micro" / "supervised_runs.csv"

@@ -95,7 +95,7 @@ class RunStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # SQLite's switch to WAL and its CREATE TABLEs do not wait for one another
                 # across processes, so the jobs of a sweep that open a new file take turns
-                lock = file_lock(path.with_name(path.name + ".lock"))
+                lock = file_lock(path.with_name(path.name + ".lock"), optional=True)
             with lock:
                 engine = create_engine(
                     url, connect_args={"timeout": 60} if url.startswith("sqlite") else {}
