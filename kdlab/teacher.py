@@ -94,16 +94,26 @@ def load_weights(path: Path) -> GPT:
     if "state_dict" in blob and "shape" in blob:
         # files written before the base width was stored used GPT's default
         width = {"base_d_model": blob["base_d_model"]} if "base_d_model" in blob else {}
-        model = GPT(ModelShape(**blob["shape"]), **width)
+        model = _gpt_to_load(ModelShape(**blob["shape"]), **width)
         model.load_state_dict(blob["state_dict"])
         return model
     # a Lightning checkpoint of a kdlab module
     if "kdlab_shape" not in blob:
         raise ConfigError(f"teacher checkpoint {path} is not a kdlab checkpoint (no model shape)")
     width = {"base_d_model": blob["kdlab_base_d_model"]} if "kdlab_base_d_model" in blob else {}
-    model = GPT(ModelShape(**blob["kdlab_shape"]), **width)
+    model = _gpt_to_load(ModelShape(**blob["kdlab_shape"]), **width)
     model.load_state_dict(submodule_state(blob["state_dict"], "model."))
     return model
+
+
+def _gpt_to_load(shape: ModelShape, **width: Any) -> GPT:
+    """A GPT whose random initial weights are about to be overwritten.
+
+    It must not draw from the global RNG: the teacher is read after the run is seeded,
+    and the student built next would start from other weights for every teacher size.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return GPT(shape, **width)
 
 
 def submodule_state(state: dict[str, Any], prefix: str) -> dict[str, Any]:

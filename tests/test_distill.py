@@ -67,6 +67,19 @@ def test_student_finds_its_teacher_and_records_the_row(train, tmp_path):
     assert by_file["teacher_loss"] == pytest.approx(teacher["val_loss"], rel=1e-4)
 
 
+def test_a_student_without_the_teachers_loss_is_its_supervised_twin(train):
+    """lambda = 0 leaves only the next-token loss: same seed, batches and initial weights
+    as the supervised run, so the same final loss. Reading the teacher's weights once
+    moved the global RNG, and every student started from other weights per teacher."""
+    train(*TEACHER)
+    twin = train(
+        "model=nano_L1", "role=supervised", "data.tokens=16384", "data.tokens_per_param=null"
+    )
+    alone = train(*STUDENT, "objective.kd_lambda=0")
+    assert alone["split"] == twin["split"] == "student"
+    assert alone["val_loss"] == pytest.approx(twin["val_loss"], abs=1e-6)
+
+
 def test_missing_teacher_refused_before_compute(train, tmp_path):
     with pytest.raises(ConfigError, match="not in the run database") as err:
         train(*STUDENT)
