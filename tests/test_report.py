@@ -403,6 +403,23 @@ def test_report_from_fits_only(tmp_path: Path, full_report: Path) -> None:
     assert set(index["figures"]) == {"plan_shares"}
     html = (out / "index.html").read_text()
     assert "No run database" in html and "2,243" in html
+    # the plans are for a student of the fit's own scale (103M-340M), not the paper's 1.82B
+    lo, hi = json.loads((fits / "distillation.json").read_text())["data_range"]["N_S"]
+    assert (lo, hi) == (103e6, 340e6)
+    assert index["plan_student"] == pytest.approx((lo * hi) ** 0.5)
+
+
+def test_report_from_an_old_fit_says_which_student_it_plans(tmp_path: Path, full_report: Path):
+    """A fit JSON from before data_range was kept: the paper's student, and a note."""
+    doc = json.loads((full_report.parent / "distillation.json").read_text())
+    del doc["data_range"]
+    old = tmp_path / "old_fit.json"
+    old.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    argv = ["--db", "", "--distillation-fit", str(old), "--out", str(out)]
+    assert report_main([*argv, "--plan-budgets", "2", "--map-points", "0", "--jobs", "1"]) == 0
+    assert json.loads((out / "report.json").read_text())["plan_student"] == 1.82e9
+    assert "does not record the model sizes" in (out / "index.html").read_text()
 
 
 def test_report_from_a_csv_fit(tmp_path: Path) -> None:

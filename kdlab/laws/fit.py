@@ -182,6 +182,12 @@ def _fit(
         "n_heldout": int(len(heldout)),
         "fit_seconds": round(fit_time, 3),
         "plan_bounds": plan_bounds_for(*(frame[c] for c in frame.columns if c in SCALE_COLUMNS)),
+        # the scale the fit was made at, for a report or plan that has no runs to look at
+        "data_range": {
+            c: [float(frame[c].min()), float(frame[c].max())]
+            for c in SCALE_COLUMNS
+            if c in frame.columns
+        },
     }
     if bootstrap:
         t1 = time.perf_counter()

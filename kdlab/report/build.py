@@ -78,6 +78,14 @@ def make_plans(data: ReportData, opts: PlanOptions, notes: list[str]) -> PlanSet
             "and the paper's F(N)."
         )
     sizes = data.students["N_S"] if not data.students.empty else data.supervised["N"]
+    if not len(sizes) and spec != "paper":  # a fit without runs: the sizes it was made at
+        sizes = (coefs["doc"].get("data_range") or {}).get("N_S", [])
+        if not len(sizes) and not opts.student:
+            notes.append(
+                f"{spec} does not record the model sizes it was fitted to (a fit made "
+                "before data_range was kept), so the plans are for the paper's 1.82B "
+                "student; --plan-student sets the size."
+            )
     student, size_range = default_sizes(np.asarray(sizes, dtype=float), spec)
     if opts.student:
         student = float(opts.student)
