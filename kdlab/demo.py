@@ -38,6 +38,18 @@ def _step(title: str, argv: list[str]) -> None:
         raise SystemExit(code)
 
 
+def report_wandb_args(overrides: list[str]) -> list[str]:
+    """With the W&B logger on for the runs, the report's figures go to W&B as well."""
+    values = dict(o.split("=", 1) for o in overrides if "=" in o)
+    if values.get("logger") != "wandb":
+        return []
+    args = ["--wandb"]
+    for key in ("project", "entity"):
+        if f"logger.wandb.{key}" in values:
+            args += [f"--wandb-{key}", values[f"logger.wandb.{key}"]]
+    return args
+
+
 def run_demo(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     runs = root / "runs"
@@ -89,6 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
             dist,
             "--out",
             str(runs / "report"),
+            *report_wandb_args(args.overrides),
         ],
     )
     console.print(

@@ -12,6 +12,18 @@ from tests.conftest import CACHE_DIR, run_cli
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_demo_report_goes_to_wandb_when_the_runs_do():
+    from kdlab.demo import report_wandb_args
+
+    assert report_wandb_args(["threads=1"]) == []
+    assert report_wandb_args(["logger=csv"]) == []
+    assert report_wandb_args(["logger=wandb", "logger.wandb.project=kd", "threads=1"]) == [
+        "--wandb",
+        "--wandb-project",
+        "kd",
+    ]
+
+
 @pytest.mark.slow
 def test_demo_on_a_reduced_budget(tmp_path):
     out = run_cli(
