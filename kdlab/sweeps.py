@@ -19,9 +19,11 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from kdlab.errors import ConfigError
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
@@ -69,10 +71,15 @@ def expand(path: Path, overrides: Sequence[str] = ()) -> list[Job]:
     """Every job of the sweep at ``path``: its overrides and composed config."""
     GlobalHydra.instance().clear()
     searchpath = f"hydra.searchpath=[file://{CONF_DIR}]"
-    with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-        head = compose(config_name=path.stem, overrides=[searchpath], return_hydra_config=True)
-        params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
-        return _compose_jobs(path.stem, params, [searchpath, *overrides])
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+            head = compose(config_name=path.stem, overrides=[searchpath], return_hydra_config=True)
+            params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
+            return _compose_jobs(path.stem, params, [searchpath, *overrides])
+    except (HydraException, OmegaConfBaseException) as err:  # a typo in an override, mostly
+        reason = str(err).splitlines()[0].rstrip(".")
+        where = f"{path.parent.name}/{path.stem}"
+        raise ConfigError(f"the sweep {where} does not compose: {reason}") from err
 
 
 @dataclasses.dataclass

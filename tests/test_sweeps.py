@@ -164,6 +164,15 @@ def test_sweep_plan_matches_the_papers_sizes_and_budgets():
     assert out.returncode == 0 and "12 jobs, 0 done, 12 to run" in out.stdout
 
 
+def test_a_misspelt_override_is_one_sentence():
+    out = run_cli("kdlab.cli", "sweep", "plan", "paper/teachers_fixed_m", "logger.wandb.projec=kd")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "kdlab: error: the sweep paper/teachers_fixed_m does not compose: "
+        "Could not override 'logger.wandb.projec'"
+    )
+
+
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     out = run_cli(
         "kdlab.train",
