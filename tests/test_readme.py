@@ -27,8 +27,10 @@ COVERED = {
     "kdlab fit distillation --supervised": "tests/test_laws_cli.py",
     "kdlab report": "tests/test_report.py",
     "kdlab runs": "tests/test_rundb.py::test_cli_list_show_export",
-    # cluster-only: need SLURM and a PostgreSQL URL
+    # cluster-only: need SLURM, a PostgreSQL URL and a W&B account; the overrides are
+    # composed here by test_readme_cluster_command_composes
     "export ": "cluster environment",
+    "wandb login": "W&B's own command (an account)",
     "kdlab study paper": "cluster only (SLURM)",
     "kdlab-train -m -cd sweeps/paper": "cluster only (SLURM)",
 }
@@ -89,3 +91,27 @@ def test_readme_command_runs(command, tmp_path):
     out = run_cli("kdlab.cli", *argv[1:], cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip()
+
+
+CLUSTER = [c for c in COMMANDS if c.startswith(("kdlab study paper", "kdlab-train -m -cd sweeps/"))]
+
+
+@pytest.mark.parametrize("command", [c for c in CLUSTER if "sweeps/paper" in c or "study" in c])
+def test_readme_cluster_command_composes(command, monkeypatch):
+    """SLURM is not here, but each cluster line's overrides must compose with the paper's
+    grids as written (a misspelt launcher key fails here, not on the cluster). A study's
+    overrides are tried on a teacher stage and a student stage."""
+    from kdlab.sweeps import expand
+
+    url = "postgresql+psycopg://user:password@dbhost:5432/kdlab"
+    monkeypatch.setenv("KDLAB_DB_URL", url)  # the README's export line
+    argv = shlex.split(command.replace("<partition>", "gpu").replace("<project>", "kdlab"))
+    if argv[1] == "study":
+        stages, overrides = ["teachers_fixed_m", "ablation_tau"], argv[3:]
+    else:
+        i = argv.index("-cn") + 1
+        stages, overrides = [argv[i]], argv[i + 1 :]
+    for stage in stages:
+        jobs = expand(REPO / "sweeps" / "paper" / f"{stage}.yaml", overrides)
+        cfg = jobs[0][1]
+        assert cfg.logger.wandb.project == "kdlab" and cfg.db.url == url
