@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -10,6 +11,15 @@ from kdlab.rundb import RunStore
 from tests.conftest import CACHE_DIR, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = (
+    "supervised_loss",
+    "isoflop",
+    "capacity_gap",
+    "student_tokens",
+    "parity",
+    "plan_shares",
+    "distillation_map",
+)
 
 
 def test_the_demo_report_goes_to_wandb_when_the_runs_do():
@@ -26,8 +36,7 @@ def test_the_demo_report_goes_to_wandb_when_the_runs_do():
 
 @pytest.mark.slow
 def test_demo_on_a_reduced_budget(tmp_path):
-    out = run_cli(
-        "kdlab.cli",
+    demo_args = [
         "demo",
         "--root",
         str(tmp_path),
@@ -37,8 +46,8 @@ def test_demo_on_a_reduced_budget(tmp_path):
         "16",
         "threads=1",
         f"paths.cache_dir={CACHE_DIR}",
-        timeout=3000,
-    )
+    ]
+    out = run_cli("kdlab.cli", *demo_args, timeout=3000)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     runs = tmp_path / "runs"
     rows = RunStore(f"sqlite:///{runs}/kdlab.db").find()
@@ -54,6 +63,10 @@ def test_demo_on_a_reduced_budget(tmp_path):
         fit = json.loads((runs / "demo" / f"{law}_fit.json").read_text())
         assert fit["law"] == law and set(fit["coefficients"]) >= names
         assert fit["n_points"] == (16 if law == "supervised" else 12)
+        assert fit["bootstrap"]["resamples"] == 16
+        for name in names:
+            lo, hi = fit["intervals"][name]
+            assert lo <= hi, name
     plans = sorted((runs / "demo").glob("plan-*.json"))
     assert len(plans) == 4
     for path in plans:
@@ -66,22 +79,19 @@ def test_demo_on_a_reduced_budget(tmp_path):
 
     report = runs / "report"
     html = (report / "index.html").read_text()
-    figures = sorted(report.glob("*.png"))
-    assert len(figures) >= 7
-    for png in figures:
-        data = png.read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 5000, png.name
-        assert png.name in html
+    index = json.loads((report / "report.json").read_text())
+    assert sorted(index["figures"]) == sorted(FIGURES) and not index["skipped"]
+    for name in FIGURES:
+        data = (report / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+        assert f"{name}.png" in html
+    # progress: every stage of the study and every later step announced itself
+    for stage in ("teachers", "supervised", "supervised_isoflop", "students"):
+        assert f"nano/{stage}: " in out.stdout, stage
+    assert "distillation law" in out.stdout and "report" in out.stdout
 
-    # rerunnable: a second demo trains nothing
-    again = run_cli(
-        "kdlab.cli",
-        "study",
-        "nano",
-        f"paths.root_dir={tmp_path}",
-        "data.budget_scale=0.05",
-        "threads=1",
-        f"paths.cache_dir={CACHE_DIR}",
-    )
-    assert again.returncode == 0
-    assert again.stdout.count("0 to run") == 4
+    # rerunnable: a second demo trains nothing, and redoes fits, plans and the report
+    again = run_cli("kdlab.cli", *demo_args, timeout=3000)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(re.findall(r" jobs, 0 to run", again.stdout)) == 4
+    assert "done." in again.stdout
