@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import uuid
@@ -70,3 +71,37 @@ def test_same_schema_and_queries_as_sqlite():
     assert row["config"] == {"model": {"name": "L1"}} and row["status"] == "done"
     points = fit_points(URL, "supervised")
     assert f"{prefix}-t" in set(points["run_key"])
+
+
+@pytest.fixture
+def fresh_database() -> str:
+    """A database of its own on the test server, so a whole study can be built in it."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"kdlab_{uuid.uuid4().hex[:8]}"
+    server = make_url(URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return make_url(URL).set(database=name).render_as_string(hide_password=False)
+
+
+def test_report_from_postgresql_is_the_report_from_sqlite(fresh_database, tmp_path):
+    from kdlab.report.cli import main as report_main
+    from tests.test_report import build_study
+
+    pages = {}
+    for kind, url in (("postgres", fresh_database), ("sqlite", f"sqlite:///{tmp_path}/runs.db")):
+        build_study(url)
+        out = tmp_path / kind
+        assert report_main(["--db", url, "--out", str(out), "--plan-budgets", "0"]) == 0
+        pages[kind] = json.loads((out / "report.json").read_text())
+    pg, lite = pages["postgres"], pages["sqlite"]
+    assert pg["figures"] and pg["figures"] == lite["figures"]
+    assert pg["skipped"] == lite["skipped"]
+    for key in set(pg) - {"db", "figures"}:
+        assert pg[key] == lite[key], key
+    for png in pg["figures"].values():  # the same runs read back: the same figures
+        assert (tmp_path / "postgres" / png).read_bytes() == (
+            tmp_path / "sqlite" / png
+        ).read_bytes()
