@@ -13,10 +13,13 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+_UNLOCKABLE: set[Path] = set()  # paths already warned about
 
 
 @contextlib.contextmanager
@@ -24,8 +27,8 @@ def file_lock(path: str | os.PathLike[str], optional: bool = False) -> Iterator[
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
 
     ``optional``: where the lock cannot be had (a file system without flock, as on some
-    Lustre and NFS mounts, or a read-only directory) warn and run the block unlocked,
-    for callers whose race is rare and survivable.
+    Lustre and NFS mounts, or a read-only directory) warn once and run the block
+    unlocked, for callers whose race is rare and survivable.
     """
     path = Path(path)
     with contextlib.ExitStack() as stack:
@@ -33,16 +36,14 @@ def file_lock(path: str | os.PathLike[str], optional: bool = False) -> Iterator[
             path.parent.mkdir(parents=True, exist_ok=True)
             handle = stack.enter_context(open(path, "a+"))
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, handle.fileno(), fcntl.LOCK_UN)
         except OSError as err:
             if not optional:
                 raise
-            print(f"kdlab: cannot lock {path} ({err}); going on without the lock")
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if path not in _UNLOCKABLE:
+                _UNLOCKABLE.add(path)
+                print(f"kdlab: cannot lock {path} ({err}); going on without it", file=sys.stderr)
+        yield
 
 
 def temp_path_for(final: str | os.PathLike[str]) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -72,6 +73,18 @@ def test_failure_reason_kept(url):
 def test_unreadable_url_is_one_sentence(bad):
     with pytest.raises(RunDBError, match="cannot open the run database"):
         RunStore(bad)
+
+
+def test_which_urls_are_sqlite_files(tmp_path):
+    from kdlab.rundb import sqlite_path
+
+    assert sqlite_path("sqlite:///runs/kdlab.db") == Path("runs/kdlab.db")
+    assert sqlite_path(f"sqlite+pysqlite:///{tmp_path}/a.db") == tmp_path / "a.db"
+    for memory in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///file:x?mode=memory"):
+        assert sqlite_path(memory) is None
+        RunStore(memory).start("k", role="teacher")  # in memory: no file, no lock file
+    assert sqlite_path("postgresql+psycopg://kd@host/runs") is None
+    assert not list(Path.cwd().glob("*.lock"))
 
 
 def test_a_password_never_appears_in_the_message():

@@ -86,11 +86,10 @@ class ReportData:
 
 def _sqlite_missing(url: str) -> Path | None:
     """The file of a sqlite URL that does not exist (opening it would create it)."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            return path
-    return None
+    from kdlab.rundb import sqlite_path
+
+    path = sqlite_path(url)
+    return path if path is not None and not path.exists() else None
 
 
 def read_runs(url: str | None, notes: list[str]) -> pd.DataFrame:

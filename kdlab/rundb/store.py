@@ -37,6 +37,18 @@ def shown_url(url: str | None) -> str:
         return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    memory = parsed.query.get("mode") == "memory" or parsed.database in (None, "", ":memory:")
+    if parsed.get_backend_name() != "sqlite" or memory:
+        return None
+    return Path(parsed.database.removeprefix("file:").split("?")[0])
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
@@ -90,8 +102,8 @@ class RunStore:
             raise RunDBError("no run database URL: set db.url (db=postgres reads KDLAB_DB_URL)")
         try:
             lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-                path = Path(url.removeprefix("sqlite:///"))
+            path = sqlite_path(url)
+            if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # SQLite's switch to WAL and its CREATE TABLEs do not wait for one another
                 # across processes, so the jobs of a sweep that open a new file take turns
