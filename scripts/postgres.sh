@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # Start a throwaway PostgreSQL server on loopback for the tests that need one, and export
 # KDLAB_TEST_POSTGRES_URL. Source it: `source scripts/postgres.sh`; the server stops when
-# that shell exits. Installs Debian's postgresql package when no server binaries are
-# present (needs root and apt).
+# that shell exits, and sourcing it again in the same shell keeps the one running.
+# Installs Debian's postgresql package when no server binaries are present (needs root
+# and apt).
 set -euo pipefail
+if [ -n "${KDLAB_PG_DATA:-}" ] && [ -f "$KDLAB_PG_DATA/postmaster.pid" ]; then
+    echo "PostgreSQL for tests already at $KDLAB_TEST_POSTGRES_URL (data in $KDLAB_PG_DATA)"
+    return 0 2>/dev/null || exit 0
+fi
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 fi
-pgdata=$(mktemp -d /tmp/kdlab-pg.XXXXXX)
-port=${KDLAB_PG_PORT:-55432}
-while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do  # taken (an earlier server?)
-    port=$((port + 1))
-done
-chown postgres "$pgdata" 2>/dev/null || true
 # cd /: initdb resolves its own path from the working directory, which postgres may not read
 as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "cd / && $*"; else sh -c "$*"; fi; }
-as_pg "$bindir/initdb -D $pgdata -A trust -U kdlab >/dev/null"
-as_pg "$bindir/pg_ctl -D $pgdata -o '-k $pgdata -h 127.0.0.1 -p $port' -l $pgdata/log -w start >/dev/null"
+export KDLAB_PG_DATA=$(mktemp -d /tmp/kdlab-pg.XXXXXX)
+# the server and its files go when the shell that sourced this script exits
+trap "as_pg '$bindir/pg_ctl -D $KDLAB_PG_DATA -m fast stop' >/dev/null 2>&1 || true; rm -rf '$KDLAB_PG_DATA' || true" EXIT
+chown postgres "$KDLAB_PG_DATA" 2>/dev/null || true
+port=${KDLAB_PG_PORT:-55432}
+while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do  # taken (another server?)
+    port=$((port + 1))
+done
+as_pg "$bindir/initdb -D $KDLAB_PG_DATA -A trust -U kdlab >/dev/null"
+as_pg "$bindir/pg_ctl -D $KDLAB_PG_DATA -o '-k $KDLAB_PG_DATA -h 127.0.0.1 -p $port' -l $KDLAB_PG_DATA/log -w start >/dev/null"
 as_pg "$bindir/createdb -h 127.0.0.1 -p $port -U kdlab kdlab"
-# the server goes when the shell that sourced this script exits
-trap "as_pg '$bindir/pg_ctl -D $pgdata -m fast stop' >/dev/null 2>&1 || true; rm -rf '$pgdata' || true" EXIT
 export KDLAB_TEST_POSTGRES_URL="postgresql+psycopg://kdlab@127.0.0.1:$port/kdlab"
-echo "PostgreSQL for tests at $KDLAB_TEST_POSTGRES_URL (data in $pgdata)"
+echo "PostgreSQL for tests at $KDLAB_TEST_POSTGRES_URL (data in $KDLAB_PG_DATA)"

@@ -74,16 +74,19 @@ def test_same_schema_and_queries_as_sqlite():
 
 
 @pytest.fixture
-def fresh_database() -> str:
+def fresh_database():
     """A database of its own on the test server, so a whole study can be built in it."""
-    import psycopg
+    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     name = f"kdlab_{uuid.uuid4().hex[:8]}"
-    server = make_url(URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return make_url(URL).set(database=name).render_as_string(hide_password=False)
+    server = create_engine(URL, isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    yield make_url(URL).set(database=name).render_as_string(hide_password=False)
+    with server.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    server.dispose()
 
 
 def test_report_from_postgresql_is_the_report_from_sqlite(fresh_database, tmp_path):
@@ -91,12 +94,16 @@ def test_report_from_postgresql_is_the_report_from_sqlite(fresh_database, tmp_pa
     from tests.test_report import build_study
 
     pages = {}
-    for kind, url in (("postgres", fresh_database), ("sqlite", f"sqlite:///{tmp_path}/runs.db")):
+    with_password = fresh_database.replace("kdlab@", "kdlab:hunter2@")  # trust auth ignores it
+    for kind, url in (("postgres", with_password), ("sqlite", f"sqlite:///{tmp_path}/runs.db")):
         build_study(url)
         out = tmp_path / kind
         assert report_main(["--db", url, "--out", str(out), "--plan-budgets", "0"]) == 0
         pages[kind] = json.loads((out / "report.json").read_text())
     pg, lite = pages["postgres"], pages["sqlite"]
+    for shown in ("report.json", "index.html"):  # a password never reaches the report
+        assert "hunter2" not in (tmp_path / "postgres" / shown).read_text()
+    assert pg["db"] == with_password.replace("hunter2", "***")
     assert pg["figures"] and pg["figures"] == lite["figures"]
     assert pg["skipped"] == lite["skipped"]
     for key in set(pg) - {"db", "figures"}:

@@ -24,6 +24,7 @@ from kdlab.report.planning import (
     default_sizes,
     resolve_plan_coefficients,
 )
+from kdlab.rundb import shown_url
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _write_tables(report: Report) -> None:
         "plan_student": report.plans.student if report.plans else None,
         "supervised_fit": data.supervised_fit.path if data.supervised_fit else None,
         "distillation_fit": data.distillation_fit.path if data.distillation_fit else None,
-        "db": data.db,
+        "db": shown_url(data.db),
     }
     (out / "report.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -195,7 +196,7 @@ def log_to_wandb(
         job_type="report",
         dir=str(report.out_dir),
         config={
-            "db": data.db,
+            "db": shown_url(data.db),
             "supervised_fit": data.supervised_fit.path if data.supervised_fit else None,
             "distillation_fit": data.distillation_fit.path if data.distillation_fit else None,
             "plan_coefficients": report.plans.source if report.plans else None,

@@ -20,6 +20,7 @@ from kdlab.laws.published import (
 )
 from kdlab.report.data import ReportData
 from kdlab.report.planning import PlanSet
+from kdlab.rundb import shown_url
 
 SUPERVISED_NAMES = ("E", "A", "B", "alpha", "beta", "gamma")
 GREEK = {"alpha": "α", "beta": "β", "gamma": "γ"}
@@ -138,7 +139,7 @@ def study_facts(data: ReportData) -> list[tuple[str, str]]:
     runs = data.all_runs
     facts: list[tuple[str, str]] = []
     if data.db:
-        facts.append(("run database", data.db))
+        facts.append(("run database", shown_url(data.db)))
     for col, label in (
         ("study", "study"),
         ("corpus", "corpus"),
