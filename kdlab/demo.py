@@ -40,13 +40,16 @@ def _step(title: str, argv: list[str]) -> None:
 
 def report_wandb_args(overrides: list[str]) -> list[str]:
     """With the W&B logger on for the runs, the report's figures go to W&B as well."""
-    values = dict(o.split("=", 1) for o in overrides if "=" in o)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
     if values.get("logger") != "wandb":
         return []
     args = ["--wandb"]
     for key in ("project", "entity"):
-        if f"logger.wandb.{key}" in values:
-            args += [f"--wandb-{key}", values[f"logger.wandb.{key}"]]
+        if values.get(f"logger.wandb.{key}") is not None:
+            args += [f"--wandb-{key}", str(values[f"logger.wandb.{key}"])]
     return args
 
 

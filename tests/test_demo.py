@@ -32,6 +32,12 @@ def test_the_demo_report_goes_to_wandb_when_the_runs_do():
         "--wandb-project",
         "kd",
     ]
+    assert report_wandb_args(["++logger=wandb", "++logger.wandb.entity='my team'"]) == [
+        "--wandb",
+        "--wandb-entity",
+        "my team",
+    ]
+    assert report_wandb_args(["logger=wandb", "logger=csv"]) == []
 
 
 @pytest.mark.slow
@@ -88,7 +94,7 @@ def test_demo_on_a_reduced_budget(tmp_path):
     # progress: every stage of the study and every later step announced itself
     for stage in ("teachers", "supervised", "supervised_isoflop", "students"):
         assert f"nano/{stage}: " in out.stdout, stage
-    assert "distillation law" in out.stdout and "report" in out.stdout
+    assert "$ kdlab fit distillation" in out.stdout and "$ kdlab report" in out.stdout
 
     # rerunnable: a second demo trains nothing, and redoes fits, plans and the report
     again = run_cli("kdlab.cli", *demo_args, timeout=3000)

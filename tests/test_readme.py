@@ -105,7 +105,7 @@ def test_readme_cluster_command_composes(command, monkeypatch):
 
     url = "postgresql+psycopg://user:password@dbhost:5432/kdlab"
     monkeypatch.setenv("KDLAB_DB_URL", url)  # the README's export line
-    argv = shlex.split(command.replace("<partition>", "gpu").replace("<project>", "kdlab"))
+    argv = shlex.split(command.replace("<partition>", "gpu").replace("<project>", "kd-paper"))
     if argv[1] == "study":
         stages, overrides = ["teachers_fixed_m", "ablation_tau"], argv[3:]
     else:
@@ -114,4 +114,5 @@ def test_readme_cluster_command_composes(command, monkeypatch):
     for stage in stages:
         jobs = expand(REPO / "sweeps" / "paper" / f"{stage}.yaml", overrides)
         cfg = jobs[0][1]
-        assert cfg.logger.wandb.project == "kdlab" and cfg.db.url == url
+        project = "kd-paper" if "<project>" in command else "kdlab"
+        assert cfg.logger.wandb.project == project and cfg.db.url == url

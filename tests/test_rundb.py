@@ -154,7 +154,7 @@ def test_jobs_opening_a_new_database_together_all_get_in(tmp_path):
             proc.start()
         for proc in procs:
             proc.join(60)
-            assert proc.exitcode == 0
+        assert [proc.exitcode for proc in procs] == [0] * 4
     assert errors.empty(), errors.get()
 
 

@@ -60,7 +60,7 @@ class PlanOptions:
     """How much planning the report does (each constrained plan is about 0.2 s)."""
 
     coefficients: str = "auto"  # auto: the distillation fit if given, else the paper's
-    student: float | None = None  # N_S of the plan figure (default: the study's median)
+    student: float | None = None  # N_S of the plan figure (default: the study's middle size)
     budgets: int = 10  # budgets per scenario in the plan figure
     map_points: int = 8  # student sizes and budgets per size of the advantage map
     scenarios: Sequence[str] = SCENARIO_ORDER
