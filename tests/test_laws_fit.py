@@ -132,11 +132,10 @@ def test_bootstrap_intervals_cover_truth():
     )
     assert set(doc["intervals"]) == {"E", "A", "B", "alpha", "beta", "gamma"}
     assert doc["bootstrap"]["resamples"] == 64
-    for name, (lo, hi) in doc["intervals"].items():
-        assert lo <= doc["coefficients"][name] * (1 + 1e-9) or lo <= hi
-        assert lo <= hi
-    lo, hi = doc["intervals"]["alpha"]
-    assert lo < hi
+    for name, (lo, hi) in doc["intervals"].items():  # runs made from the paper's law
+        assert lo <= PAPER_SUPERVISED[name] <= hi, (name, lo, hi)
+        if name in ("alpha", "beta", "gamma"):
+            assert hi - lo < 0.15, (name, lo, hi)  # 0.3% noise pins the exponents down
 
 
 @pytest.mark.parametrize(
