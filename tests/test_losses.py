@@ -179,7 +179,8 @@ def test_every_divergence_matches_naive_autograd(divergence):
     mask = y != -100
     kw = dict(beta=0.3, alpha=0.2, taid_t=0.6)
     s1 = s.clone().requires_grad_(True)
-    distill_loss(s1, te, y, divergence=divergence, tau=1.5, **kw).backward()
+    te1 = te.clone().requires_grad_(True)  # the teacher must get no gradient from the loss
+    distill_loss(s1, te1, y, divergence=divergence, tau=1.5, **kw).backward()
 
     s2 = s.clone().requires_grad_(True)
     pt = F.softmax(te / 1.5, -1)
@@ -206,7 +207,7 @@ def test_every_divergence_matches_naive_autograd(divergence):
         rows = kl(pmid, ps)
     (1.5**2 * rows[mask].sum()).backward()
     torch.testing.assert_close(s1.grad, s2.grad)
-    assert te.grad is None
+    assert te1.grad is None
 
 
 def test_chunked_equals_unchunked_values_and_grads():
@@ -366,17 +367,15 @@ def test_taid_schedule_rule():
     assert lin.update(1.0, 0.5) == pytest.approx(0.7)
 
 
-def test_taid_validation_does_not_move_t_and_state_roundtrip():
+def test_taid_state_roundtrip():
     sch = TAIDSchedule()
     s, te, y = _random_batch()
     for step in range(3):
         loss = distill_loss(s, te, y, divergence="taid", taid_t=sch.t)
         sch.update(loss.detach() / (y != -100).sum(), progress=step / 10)
     before = sch.state_dict()
-    with torch.no_grad():  # validation path: compute the loss, never call update
-        distill_loss(s, te, y, divergence="taid", taid_t=sch.t)
-        kl_teacher_student(s, te, y)
-    assert sch.state_dict() == before
+    # the loss only reads t (a float); the training step alone moves it (see
+    # test_distill.py::test_taid_moves_in_training_not_in_validation for the module)
     resumed = TAIDSchedule()
     resumed.load_state_dict(before)
     assert resumed.state_dict() == before

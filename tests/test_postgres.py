@@ -9,23 +9,20 @@ import uuid
 
 import pytest
 
-from kdlab.rundb import RunDBError, RunStore, fit_points
+from kdlab.rundb import RunStore, fit_points
 
 URL = os.environ.get("KDLAB_TEST_POSTGRES_URL")
 
 
-def _reachable() -> str | None:
-    if not URL:
-        return "KDLAB_TEST_POSTGRES_URL is not set (source scripts/postgres.sh to start a server)"
-    try:
-        RunStore(URL)
-    except RunDBError as err:
-        return f"no PostgreSQL server reachable: {err}"
-    return None
-
-
-reason = _reachable()
-pytestmark = [pytest.mark.postgres, pytest.mark.skipif(reason is not None, reason=reason or "")]
+# Without a server URL these tests are skipped; with one (as in CI) a server that cannot
+# be used fails them, so a PostgreSQL-only regression cannot pass as a skip.
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not URL,
+        reason="KDLAB_TEST_POSTGRES_URL is not set (source scripts/postgres.sh to start a server)",
+    ),
+]
 
 
 def _writer(url: str, prefix: str, worker: int, n: int) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdlab.models.ladder import LADDERS, flops_per_token, non_embedding_params
 from kdlab.rundb import RunStore
@@ -109,6 +110,9 @@ def test_two_joblib_workers_share_one_sqlite_file(tmp_path):
     ]
     out = multirun(tmp_path, "supervised", *grid)
     assert out.returncode == 0, out.stderr[-3000:]
+    [config] = (tmp_path / "runs" / "logs").rglob("multirun.yaml")
+    launcher = yaml.safe_load(config.read_text())["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
     rows = _db(tmp_path).find()
     assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
     assert all(len(_db(tmp_path).curve(r["key"])) >= 2 for r in rows)
@@ -185,6 +189,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
         "data.tokens_per_param=null",
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "MEMBER: 2/2" in out.stdout + out.stderr  # two ranks really ran
     rows = _db(tmp_path).find()
     assert len(rows) == 1 and rows[0]["status"] == "done" and rows[0]["tokens"] == 32768
     # one Hydra output directory, not one per rank
@@ -207,6 +212,7 @@ def test_ddp_run_diverging_on_one_rank_stops_every_rank(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "MEMBER: 2/2" in out.stdout + out.stderr  # the NaN was on rank 1 of 2
     [row] = _db(tmp_path).find()
     assert row["status"] == "failed" and row["failure"].startswith("diverged"), row["failure"]
     assert "at step 3" in row["failure"]
