@@ -44,8 +44,11 @@ def test_budget_is_spent_and_bounds_hold(scenario):
         N_S, p["student_tokens"], p["teacher_params"], p["teacher_tokens"], sc, PAPER["flops"]
     )
     assert float(parts["total"]) == pytest.approx(1e21, rel=1e-6)
-    # planning can only do better than (or as well as) a teacher it did not pick
-    assert p["student_loss"] <= plan(PAPER, N_S, 1e21, "best")["student_loss"] + 0.5
+    # paying for the teacher can never beat the free teacher of the best case, and in the
+    # teacher-inference scenario the paper's law still favours distillation at this budget
+    assert plan(PAPER, N_S, 1e21, "best")["student_loss"] <= p["student_loss"]
+    if scenario == "inference":
+        assert p["student_loss"] < p["supervised_loss"]
 
 
 def test_teacher_trained_for_one_student_loses_to_training_alone():
