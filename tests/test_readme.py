@@ -35,6 +35,12 @@ COVERED = {
     "kdlab-train -m -cd sweeps/paper": "cluster only (SLURM)",
 }
 RUN_HERE = ("kdlab predict", "kdlab plan", "kdlab sweep plan", "kdlab fit supervised --csv")
+# what the README's comments promise these commands print (the paper's numbers, PAPER.md)
+PROMISED = {
+    "kdlab sweep plan paper/students_fixed_m": "total 2.15e+23 FLOPs",
+    "kdlab predict --coefficients paper --n 198e6 --d 3.96e9": "2.7894",
+    "kdlab predict --coefficients paper --n 198e6 --d 3.96e9 --teacher-loss 2.004": "2.5439",
+}
 
 
 def readme_commands() -> list[str]:
@@ -91,6 +97,12 @@ def test_readme_command_runs(command, tmp_path):
     out = run_cli("kdlab.cli", *argv[1:], cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip()
+    if command in PROMISED:
+        assert PROMISED[command] in out.stdout, out.stdout[-2000:]
+
+
+def test_every_promise_is_a_readme_command():
+    assert set(PROMISED) <= set(COMMANDS)
 
 
 CLUSTER = [c for c in COMMANDS if c.startswith(("kdlab study paper", "kdlab-train -m -cd sweeps/"))]
