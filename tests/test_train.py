@@ -171,7 +171,7 @@ def test_wandb_offline_run_directory(train, tmp_path):
 def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
     args = [
         "model=nano_L1",
-        "data.tokens=409600",
+        "data.tokens=1638400",  # 800 steps, several seconds: the kill lands mid-run
         "data.tokens_per_param=null",
         "checkpoint.every_n_steps=10",
         *FAST,
@@ -198,6 +198,7 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
     # the wall time of the segment before the kill travels in the checkpoint: make it
     # unmistakable, and the resumed run's recorded wall time must include it
     state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    assert 0 < state["global_step"] < 800  # killed part-way
     assert state["callbacks"]["TrainClock"]["wall_s"] > 0
     state["callbacks"]["TrainClock"]["wall_s"] = 10_000.0
     torch.save(state, ckpts[0])
