@@ -214,7 +214,11 @@ def test_exact_budget_with_masked_tail(tmp_path, train_tokens):
             assert np.array_equal(window[:-1], x[row].numpy())
     assert dm.passes == pytest.approx(train_tokens / dm.split_tokens)
     if train_tokens > dm.split_tokens:  # repeats: every window appears, in a new order
-        assert dm.passes > 1
+        n = dm.schedule.n_windows
+        seen = np.concatenate([dm.schedule.windows(step) for step in range(len(batches))])
+        assert sorted(seen[:n]) == list(range(n))  # the first pass: each window once
+        assert sorted(seen[n : 2 * n]) == list(range(n))  # the second pass too
+        assert not np.array_equal(seen[:n], seen[n : 2 * n])  # shuffled anew
 
 
 def test_resume_and_ranks_reproduce_batches(tmp_path):
@@ -273,6 +277,9 @@ def test_byte_stdlib_datamodule(tmp_path):
     assert dm.fingerprint == info.fingerprint and dm.vocab_size == 256
     assert dm.cache.n_tokens == info.n_bytes + info.n_documents  # bytes + one separator each
     x, _ = dm.batch(0)
+    [first] = dm.schedule.windows(0, slice(0, 1))  # the batch holds the cache's bytes
+    split = dm.cache.tokens[dm.layout.teacher.start : dm.layout.teacher.stop]
+    assert np.array_equal(x[0].numpy(), split[first * 64 : first * 64 + 64])
     assert ByteTokenizer().decode(x[0].tolist())
     with pytest.raises(ValueError, match="identity"):
         _dm(tmp_path, tokenizer="byte")  # markov is already tokens: fails before any work
