@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdlab.errors import ConfigError
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
-from kdlab.rundb import RunDBError, RunStore, shown_url, sqlite_path
+from kdlab.rundb import RunDBError, RunStore, missing_sqlite_file, shown_url
 from kdlab.runner import run_tokens
 from kdlab.train import CONF_DIR
 
@@ -204,8 +204,7 @@ def _teacher_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
 
 def _done_runs(url: str | None) -> list[dict]:
     """Finished runs; none when the database is not set or not reachable from here."""
-    file = sqlite_path(url) if url else None
-    if not url or (file is not None and not file.exists()):
+    if not url or missing_sqlite_file(url):
         return []
     try:
         return RunStore(url).find(status="done")

@@ -23,6 +23,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # One token cache for every test (keyed by corpus and tokenizer content, so sharing is safe).
 CACHE_DIR = Path(tempfile.gettempdir()) / "kdlab-test-token-cache"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# every figure of a full report, named as kdlab report writes them
+ALL_FIGURES = (
+    "supervised_loss",
+    "isoflop",
+    "capacity_gap",
+    "student_tokens",
+    "parity",
+    "plan_shares",
+    "distillation_map",
+)
 # Small, fast settings shared by the training tests.
 FAST = [
     "trainer.enable_progress_bar=false",

@@ -8,18 +8,7 @@ import re
 import pytest
 
 from kdlab.rundb import RunStore
-from tests.conftest import CACHE_DIR, run_cli
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FIGURES = (
-    "supervised_loss",
-    "isoflop",
-    "capacity_gap",
-    "student_tokens",
-    "parity",
-    "plan_shares",
-    "distillation_map",
-)
+from tests.conftest import ALL_FIGURES, CACHE_DIR, PNG_MAGIC, run_cli
 
 
 def test_the_demo_report_goes_to_wandb_when_the_runs_do():
@@ -86,8 +75,8 @@ def test_demo_on_a_reduced_budget(tmp_path):
     report = runs / "report"
     html = (report / "index.html").read_text()
     index = json.loads((report / "report.json").read_text())
-    assert sorted(index["figures"]) == sorted(FIGURES) and not index["skipped"]
-    for name in FIGURES:
+    assert sorted(index["figures"]) == sorted(ALL_FIGURES) and not index["skipped"]
+    for name in ALL_FIGURES:
         data = (report / f"{name}.png").read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
         assert f"{name}.png" in html

@@ -23,19 +23,9 @@ from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_FLOPS, PAPER_SUPERVISED
 from kdlab.report.cli import main as report_main
 from kdlab.rundb import RunStore
-from tests.conftest import run_cli
+from tests.conftest import ALL_FIGURES, PNG_MAGIC, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL_FIGURES = (
-    "supervised_loss",
-    "isoflop",
-    "capacity_gap",
-    "student_tokens",
-    "parity",
-    "plan_shares",
-    "distillation_map",
-)
 STUDENT_FIGURES = ("capacity_gap", "student_tokens")
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 FAST_PLAN = ["--plan-budgets", "3", "--map-points", "3", "--jobs", "2"]

@@ -157,6 +157,10 @@ def _fit(
         )
     fit_time = time.perf_counter() - t0
     coef = spec.to_coefficients(result.x)
+    # the scale the fit was made at, for a report or plan that has no runs to look at
+    data_range = {
+        c: [float(frame[c].min()), float(frame[c].max())] for c in SCALE_COLUMNS if c in frame
+    }
     doc: dict[str, Any] = {
         "law": spec.law,
         "form": spec.form,
@@ -181,13 +185,8 @@ def _fit(
         else None,
         "n_heldout": int(len(heldout)),
         "fit_seconds": round(fit_time, 3),
-        "plan_bounds": plan_bounds_for(*(frame[c] for c in frame.columns if c in SCALE_COLUMNS)),
-        # the scale the fit was made at, for a report or plan that has no runs to look at
-        "data_range": {
-            c: [float(frame[c].min()), float(frame[c].max())]
-            for c in SCALE_COLUMNS
-            if c in frame.columns
-        },
+        "plan_bounds": plan_bounds_for(*data_range.values()),
+        "data_range": data_range,
     }
     if bootstrap:
         t1 = time.perf_counter()

@@ -84,24 +84,17 @@ class ReportData:
         return None
 
 
-def _sqlite_missing(url: str) -> Path | None:
-    """The file of a sqlite URL that does not exist (opening it would create it)."""
-    from kdlab.rundb import sqlite_path
-
-    path = sqlite_path(url)
-    return path if path is not None and not path.exists() else None
-
-
 def read_runs(url: str | None, notes: list[str]) -> pd.DataFrame:
     """Every run of the database, or an empty frame (with a note) when there is none."""
     if not url:
         notes.append("No run database was given.")
         return pd.DataFrame()
-    missing = _sqlite_missing(url)
+    from kdlab.rundb import missing_sqlite_file, runs_frame, shown_url
+
+    missing = missing_sqlite_file(url)
     if missing is not None:
         notes.append(f"No run database at {missing} (none is created).")
         return pd.DataFrame()
-    from kdlab.rundb import runs_frame, shown_url
 
     frame = runs_frame(url)
     if frame.empty:

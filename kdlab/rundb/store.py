@@ -49,6 +49,12 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database.removeprefix("file:").split("?")[0])
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL that does not exist yet (opening it would create it)."""
+    path = sqlite_path(url)
+    return path if path is not None and not path.exists() else None
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
