@@ -1,7 +1,7 @@
 """Shared helpers of the training benchmarks: runs built exactly as ``kdlab-train`` builds them.
 
 A benchmark run is composed from ``conf/train.yaml`` like any run (Hydra overrides), then
-planned and built by ``kdlab.runner.plan_run`` / ``build_module``, and trained by a
+planned and built by ``kdlab.run_plan.plan_run`` / ``build_module``, and trained by a
 ``lightning.Trainer`` instantiated from the same trainer config with the same callbacks as
 ``kdlab.runner.execute`` (which builds them inline, so :func:`kdlab_trainer` mirrors it).
 Only validation is switched off (``limit_val_batches=0``): it is not part of a training
@@ -33,8 +33,9 @@ from lightning.pytorch.callbacks.progress import rich_progress
 from omegaconf import DictConfig
 from rich.console import Console
 
-from kdlab.runner import RunPlan, build_module, build_trainer, run_callbacks
-from kdlab.train import CONF_DIR
+from kdlab.configs import CONF_DIR
+from kdlab.run_plan import RunPlan
+from kdlab.runner import build_module, build_trainer, run_callbacks
 
 MARKOV_TOKENS = 600_000  # teacher + student splits of ~270k tokens each, plus validation
 
@@ -148,7 +149,7 @@ def run_config(
         f"seed={seed}",
         *extra,
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
 
 

@@ -55,7 +55,7 @@ from kdlab.hardware import measure_matmul_flops
 from kdlab.losses import combined_student_loss
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import LADDERS, flops_per_token, non_embedding_params
-from kdlab.runner import RunPlan, plan_run
+from kdlab.run_plan import RunPlan, plan_run
 from kdlab.teacher import frozen, load_weights, save_weights
 
 DEFAULT_PAIRS = (

@@ -59,7 +59,7 @@ from kdlab.losses import combined_student_loss
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import flops_per_token, non_embedding_params
 from kdlab.modules.base import warmup_cosine
-from kdlab.runner import RunPlan, plan_run
+from kdlab.run_plan import RunPlan, plan_run
 
 DEFAULT_SIZES = "nano_L2,nano_L4,nano_L6,micro_L2,micro_L3,micro_L4"
 

@@ -18,7 +18,9 @@ SCENARIOS = ("best", "inference", "pretraining", "pretraining+inference")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="run the built-in nano study end to end")
+    demo = subparsers.add_parser(
+        "demo", description="Run the built-in nano study end to end: runs, fits, plans, report."
+    )
     demo.add_argument("--root", default=".", help="where runs/ (database, runs, report) goes")
     demo.add_argument(
         "--budget-scale", type=float, default=1.0, help="multiply every token budget (quick demo)"

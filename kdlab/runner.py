@@ -1,15 +1,14 @@
 """One run, end to end: plan before compute, skip or resume, fit, record.
 
-``plan_run`` does everything that can fail on bad input (shape, data, budget, database)
-so a mistake costs no compute and writes nothing; ``execute`` then trains and records.
+``kdlab.run_plan.plan_run`` does everything that can fail on bad input (shape, data,
+budget, database, teacher) so a mistake costs no compute and writes nothing; ``execute``
+then trains and records.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
-import math
 import os
 import shutil
 import subprocess
@@ -21,62 +20,21 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.callbacks import CurveRecorder, TrainClock
-from kdlab.data import TokenDataModule, resolve_tokens
-from kdlab.errors import ConfigError
 from kdlab.hardware import matmul_peak_flops
-from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params, total_params
+from kdlab.identity import ROLE_SPLIT
+from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
-from kdlab.rundb import RunStore
-from kdlab.runkey import run_key
-from kdlab.teacher import Teacher, resolve_teacher, save_weights, submodule_state
+from kdlab.run_plan import RunPlan, plan_run
+from kdlab.rundb import announce
+from kdlab.teacher import save_weights, submodule_state
 
-ROLE_SPLIT = {"teacher": "teacher", "supervised": "student", "student": "student"}
 LOCK_FILE = ".lock"
-
-
-@dataclasses.dataclass
-class RunPlan:
-    """What a run will do, fixed before any compute."""
-
-    key: str
-    role: str
-    shape: ModelShape
-    data: TokenDataModule
-    tokens: int
-    n_params: int
-    flops_per_token: float
-    science: dict[str, Any]
-    run_dir: Path
-    store: RunStore
-    teacher: Teacher | None = None
-    accumulate: int = 1
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps: the batches of the run in windows of ``accumulate``; the last
-        window may be short (Lightning steps at the end of the epoch)."""
-        return math.ceil(self.data.num_steps / self.accumulate)
-
-    @property
-    def tokens_per_param(self) -> float:
-        return self.tokens / self.n_params
-
-    @property
-    def train_flops(self) -> float:
-        """The run's own training compute, 3 F(N) D (a student's teacher not included)."""
-        return 3.0 * self.flops_per_token * self.tokens
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.ckpt"
 
 
 def git_revision() -> str | None:
@@ -93,18 +51,6 @@ def git_revision() -> str | None:
         return None
 
 
-def run_tokens(shape: ModelShape, budget: Any, scale: float = 1.0) -> int:
-    """D from a budget node (tokens, tokens_per_param or flops), times a study's scale."""
-    tokens = resolve_tokens(
-        tokens=budget.get("tokens"),
-        tokens_per_param=budget.get("tokens_per_param"),
-        flops=budget.get("flops"),
-        n_params=non_embedding_params(shape),
-        flops_per_token=flops_per_token(shape),
-    )
-    return max(1, round(tokens * scale))
-
-
 def jobs_threads() -> int | None:
     """Torch threads per job when a launcher runs several jobs at once on this machine."""
     try:
@@ -114,94 +60,6 @@ def jobs_threads() -> int | None:
     if not n_jobs or n_jobs < 2:
         return None
     return max(1, (os.cpu_count() or 1) // n_jobs)
-
-
-def plan_run(cfg: DictConfig) -> RunPlan:
-    """Resolve shape, data, budget and key; raise ConfigError on any bad input."""
-    try:
-        return _plan_run(cfg)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, ValueError):
-            raise ConfigError(str(cause)) from cause
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-
-
-def _check_launch(cfg: DictConfig) -> None:
-    """Lightning's DDP launcher re-runs the command line per rank; inside a local multirun
-    that would relaunch the whole sweep once per device."""
-    try:
-        mode = HydraConfig.get().mode
-    except ValueError:  # composed outside a Hydra app (tests, kdlab sweep plan)
-        return
-    devices = cfg.trainer.get("devices", 1)
-    launched = os.environ.get("SLURM_NTASKS") or os.environ.get("RANK")
-    if mode == RunMode.MULTIRUN and isinstance(devices, int) and devices > 1 and not launched:
-        raise ConfigError(
-            "trainer.devices > 1 inside a local multirun would relaunch the sweep per device: "
-            "use hydra/launcher=slurm (one task per device) or launch multi-device runs one by one"
-        )
-
-
-def _plan_run(cfg: DictConfig) -> RunPlan:
-    _check_launch(cfg)
-    role = cfg.role
-    if role not in ROLE_SPLIT:
-        raise ConfigError(f"role must be one of {sorted(ROLE_SPLIT)}, not '{role}'")
-    store = RunStore(cfg.db.url)
-
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
-    if not isinstance(accumulate, int) or accumulate < 1:
-        raise ConfigError(
-            f"trainer.accumulate_grad_batches must be a whole number of batches, not {accumulate}"
-        )
-    shape = instantiate(cfg.model)
-    data = instantiate(cfg.data.module, split=ROLE_SPLIT[role], seq_len=shape.n_ctx, train_tokens=1)
-    shape = instantiate(cfg.model, vocab_size=data.vocab_size)
-    n_params = non_embedding_params(shape)
-    fpt = flops_per_token(shape)
-    tokens = run_tokens(shape, cfg.data, cfg.data.get("budget_scale", 1.0))
-    data.train_tokens = tokens
-    data.prepare_data()
-    data.setup("fit")
-
-    science = {
-        "role": role,
-        "shape": dataclasses.asdict(shape),
-        "corpus": data.fingerprint,
-        "tokenizer": data.tokenizer_name,
-        "split": ROLE_SPLIT[role],
-        "tokens": tokens,
-        "batch_size": data.batch_size,
-        "val_tokens": data.val_tokens,
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-        "clip": cfg.trainer.get("gradient_clip_val"),
-        "accumulate": accumulate,
-        "val_eval_tokens": data.val_eval_tokens,
-        "objective": OmegaConf.to_container(cfg.objective, resolve=True),
-        "seed": cfg.seed,
-    }
-    teacher = None
-    if role == "student":
-        teacher = resolve_teacher(cfg, store, data)
-        science["teacher"] = teacher.key
-    key = run_key(science)
-    return RunPlan(
-        key=key,
-        role=role,
-        shape=shape,
-        data=data,
-        tokens=tokens,
-        n_params=n_params,
-        flops_per_token=fpt,
-        science=science,
-        run_dir=(Path(cfg.paths.runs_dir) / key).resolve(),
-        store=store,
-        teacher=teacher,
-        accumulate=accumulate,
-    )
 
 
 def _loggers(cfg: DictConfig, plan: RunPlan) -> list[Any]:
@@ -426,6 +284,8 @@ def _clear_run_dir(run_dir: Path) -> None:
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
     plan = plan_run(cfg)
+    if _rank_zero():
+        announce(plan.store.url, plan.db_source)
     row = plan.store.get(plan.key)
     if row and row["status"] == "done" and not cfg.force:
         return _skipped(plan, row)

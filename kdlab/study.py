@@ -34,7 +34,7 @@ from kdlab.sweeps import (
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    sweep = subparsers.add_parser("sweep", help="plan or launch a grid from sweeps/")
+    sweep = subparsers.add_parser("sweep", description="Plan or launch a grid from sweeps/.")
     sub = sweep.add_subparsers(dest="sweep_command", required=True)
     plan = sub.add_parser("plan", help="expand a grid: sizes, D, FLOPs, time, what is done")
     plan.add_argument("sweep", help="e.g. nano/teachers or sweeps/paper/supervised_isoflop.yaml")
@@ -44,7 +44,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("sweep")
     run.add_argument("overrides", nargs="*")
     run.set_defaults(func=_run)
-    study = subparsers.add_parser("study", help="run a study's stages in order, skipping done")
+    study = subparsers.add_parser(
+        "study", description="Run a study's stages in order, skipping what is done."
+    )
     study.add_argument("name", help="a folder of sweeps/ with a study.yaml, e.g. nano")
     study.add_argument("overrides", nargs="*", help="Hydra overrides applied to every stage")
     study.set_defaults(func=lambda a: run_study(a.name, a.overrides))
@@ -90,7 +92,9 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
 def _plan(args: argparse.Namespace) -> int:
     path = sweep_file(args.sweep)
     plan = plan_sweep(path, args.overrides)
-    print_plan(f"{path.relative_to(SWEEPS_DIR.parent)} ({shown_url(plan.url)})", plan.jobs)
+    where = path.relative_to(SWEEPS_DIR) if path.is_relative_to(SWEEPS_DIR) else path
+    database = shown_url(plan.url) or "no database set here, so no job counts as done"
+    print_plan(f"{where} ({database})", plan.jobs)
     return 0
 
 

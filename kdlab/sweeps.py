@@ -25,14 +25,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kdlab.configs import CONF_DIR, SWEEPS_DIR
 from kdlab.errors import ConfigError
+from kdlab.identity import objective_identity, run_tokens, teacher_config
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
-from kdlab.rundb import RunDBError, RunStore, missing_sqlite_file, shown_url
-from kdlab.runner import run_tokens
-from kdlab.train import CONF_DIR
-
-REPO = Path(CONF_DIR).parent
-SWEEPS_DIR = REPO / "sweeps"
+from kdlab.rundb import RunDBError, RunStore, configured_url, missing_sqlite_file, shown_url
 
 
 def sweep_file(name: str) -> Path:
@@ -112,7 +109,7 @@ def science_signature(config: dict) -> dict:
     return {
         "seed": config["seed"],
         "optim": config["optim"],
-        "objective": config["objective"],
+        "objective": objective_identity(config["objective"]),
         "corpus": module["corpus"],
         "tokenizer": module["tokenizer"],
         "batch_size": module["batch_size"],
@@ -149,8 +146,6 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         signature=_signature(cfg),
     )
     if cfg.role == "student" and cfg.teacher.get("model"):
-        from kdlab.teacher import teacher_config
-
         tcfg = teacher_config(cfg)
         tshape = _shape(tcfg.model, cfg)
         plan.teacher_tokens = run_tokens(tshape, cfg.teacher, scale)
@@ -207,7 +202,7 @@ def _done_runs(url: str | None) -> list[dict]:
     if not url or missing_sqlite_file(url):
         return []
     try:
-        return RunStore(url).find(status="done")
+        return RunStore(url, create=False).find(status="done")
     except RunDBError:
         return []
 
@@ -235,9 +230,18 @@ def plan_sweep(path: Path, overrides: Sequence[str] = ()) -> SweepPlan:
     expanded = expand(path, overrides)
     jobs = [plan_job(cfg, own) for own, cfg in expanded]
     first = expanded[0][1] if expanded else None
-    url = first.db.url if first else ""
+    url = _sweep_url(first) if first else ""
     refresh_status(jobs, url)
     return SweepPlan(jobs, url, Path(first.paths.log_dir if first else "runs/logs"), path)
+
+
+def _sweep_url(cfg: DictConfig) -> str:
+    """The database a sweep records in; '' when its config names none here (a cluster's
+    KDLAB_DB_URL unset on a laptop: the grid can still be planned)."""
+    try:
+        return configured_url(cfg.db)[0]
+    except ConfigError:
+        return ""
 
 
 def refresh_status(jobs: list[JobPlan], url: str) -> int:
@@ -285,7 +289,7 @@ class PreflightCallback(Callback):
         name = config.hydra.job.config_name
         expanded = _compose_jobs(name, params, overrides)
         jobs = [plan_job(cfg, own) for own, cfg in expanded]
-        url = expanded[0][1].db.url if expanded else ""
+        url = _sweep_url(expanded[0][1]) if expanded else ""
         missing = missing_teachers(jobs, url, _primary_config(config, name))
         if missing:
             print(

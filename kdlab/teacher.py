@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
 from kdlab.errors import ConfigError
@@ -24,7 +24,6 @@ from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
 from kdlab.rundb import RunStore, shown_url
 
-MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 WEIGHTS = "model.pt"
 
 
@@ -121,43 +120,17 @@ def submodule_state(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def teacher_config(cfg: DictConfig) -> DictConfig:
-    """The config of the teacher run named by science settings: same data, its own size
-    and budget, pretraining on the teacher split."""
-    spec = cfg.teacher
-    path = MODEL_CONF / f"{spec.model}.yaml"
-    if not path.exists():
-        choices = sorted(p.stem for p in MODEL_CONF.glob("*.yaml"))
-        raise ConfigError(f"unknown teacher.model '{spec.model}'; choose one of {choices}")
-    tcfg = cfg.copy()
-    with open_dict(tcfg):
-        tcfg.model = OmegaConf.load(path)
-        tcfg.role = "teacher"
-        tcfg.objective = OmegaConf.create(
-            {"_target_": "kdlab.modules.PretrainModule", "_partial_": True}
-        )
-        tcfg.data.tokens = spec.tokens
-        tcfg.data.tokens_per_param = spec.tokens_per_param
-        tcfg.data.flops = spec.flops
-        if spec.get("seed") is not None:
-            tcfg.seed = spec.seed
-    return tcfg
+def resolve_teacher(spec: DictConfig, store: RunStore, data: Any, key: str | None) -> Teacher:
+    """The student's teacher, checked against the student's data; raises ConfigError.
 
-
-def resolve_teacher(cfg: DictConfig, store: RunStore, data: Any) -> Teacher:
-    """The student's teacher, checked against the student's data; raises ConfigError."""
-    spec = cfg.teacher
+    ``key`` is the teacher run's key when ``spec`` names one (by key, or by the science
+    settings the caller turned into a key); oracle and checkpoint teachers need none.
+    """
     if spec.get("oracle"):
         return _oracle(data)
     if spec.get("checkpoint"):
         return _checked(_from_checkpoint(Path(spec.checkpoint), data), data)
-    if spec.get("key"):
-        key = spec.key
-    elif spec.get("model"):
-        from kdlab.runner import plan_run  # the teacher's key is computed like any run's
-
-        key = plan_run(teacher_config(cfg)).key
-    else:
+    if key is None:
         raise ConfigError(
             "objective=distill needs a teacher: teacher.key, teacher.model with its budget, "
             "teacher.checkpoint, or teacher=oracle"

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from kdlab.errors import ConfigError
-from kdlab.rundb import RunDBError
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from kdlab.configs import CONF_DIR
+from kdlab.errors import ConfigError, error_exit
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from kdlab.runner import execute
 
     try:
         row = execute(cfg)
-    except (ConfigError, RunDBError) as err:
-        print(f"kdlab-train: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except ConfigError as err:
+        sys.exit(error_exit("kdlab-train", err))
     return row.get("val_loss") if row else None
 
 

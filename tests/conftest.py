@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from kdlab.train import CONF_DIR
+from kdlab.configs import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -45,7 +45,7 @@ FAST = [
 
 
 def compose_run(root: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
             config_name="train",
             overrides=[f"paths.root_dir={root}", *FAST, *overrides],
@@ -75,3 +75,32 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int 
         text=True,
         timeout=timeout,
     )
+
+
+# -- the suite leaves no file in the repository ---------------------------------------
+# Caches Python and the tools make are allowed; anything else new (a database, runs/, a
+# fit JSON, a lock file) is a test writing into the tree, and fails the session.
+_TOOL_CACHES = ("__pycache__/", ".pytest_cache/", ".ruff_cache/", ".egg-info/", ".venv/")
+_BEFORE = pytest.StashKey[set]()
+
+
+def _tree_files() -> set[str]:
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--ignored"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    paths = {line[3:] for line in out.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(c in f"/{p}" for c in _TOOL_CACHES)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _tree_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = sorted(_tree_files() - session.config.stash.get(_BEFORE, set()))
+    if left:
+        print(f"\nthe tests left files in the repository: {', '.join(left[:20])}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -124,7 +124,8 @@ def test_oracle_teacher_beats_supervised_on_markov(train):
 def test_taid_moves_in_training_not_in_validation(tmp_path):
     import lightning as L
 
-    from kdlab.runner import build_module, plan_run
+    from kdlab.run_plan import plan_run
+    from kdlab.runner import build_module
     from tests.conftest import compose_run
 
     cfg = compose_run(

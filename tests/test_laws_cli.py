@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlab.laws import cli
+from kdlab import cli
+from kdlab.laws import cli as laws_cli
 from kdlab.laws.forms import distillation_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_SUPERVISED
 from kdlab.laws.synthetic import paper_like_distillation_runs, paper_like_supervised_runs
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "kdlab.laws.cli", *args],
+        [sys.executable, "-m", "kdlab.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -37,7 +38,7 @@ def assert_one_sentence_error(proc: subprocess.CompletedProcess, fragment: str) 
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert lines[0].startswith("kdlab: error: ") and fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_predict_and_plan_in_process(capsys):
             == 0
         )
         out = json.loads(capsys.readouterr().out)
-        assert set(out) == set(cli.PLAN_JSON_KEYS)
+        assert set(out) == set(laws_cli.PLAN_JSON_KEYS)
         assert set(out["compute_shares"]) == {"student", "teacher_logits", "teacher_pretraining"}
         assert out["teacher_loss"] == pytest.approx(lt, abs=1e-3)
         assert out["verdict"] == "distil"
@@ -355,9 +356,9 @@ def test_fit_from_database(monkeypatch, tmp_path, capsys):
         calls.append((url, law))
         return runs
 
-    import kdlab.rundb
+    import kdlab.rundb.query
 
-    monkeypatch.setattr(kdlab.rundb, "fit_points", fake_fit_points, raising=False)
+    monkeypatch.setattr(kdlab.rundb.query, "fit_points", fake_fit_points)
     out = tmp_path / "fit.json"
     grid = {"e": [0.0], "a": [8.0], "b": [10.0], "alpha": [0.4], "beta": [0.4], "gamma": [0.5]}
     (tmp_path / "g.json").write_text(json.dumps(grid))
@@ -380,8 +381,9 @@ def test_fit_from_database(monkeypatch, tmp_path, capsys):
 
     runs.loc[runs.index[:5], "corpus"] = "wikitext"
     assert cli.main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "corpus in {c4, wikitext}" in err
+    announced, err = capsys.readouterr().err.strip().splitlines()
+    assert announced == "kdlab: run database sqlite:///x.db (from --db)"
+    assert err.startswith("kdlab: error: ") and "corpus in {c4, wikitext}" in err
     assert cli.main(args + ["--corpus", "c4"]) == 0
 
 
@@ -390,16 +392,6 @@ def test_distillation_needs_supervised(tmp_path, capsys):
     runs.to_csv(tmp_path / "d.csv", index=False)
     assert cli.main(["fit", "distillation", "--csv", str(tmp_path / "d.csv")]) == 2
     assert "--supervised" in capsys.readouterr().err
-
-
-def test_add_commands_registers_on_a_parent_parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="kdlab")
-    sub = parser.add_subparsers(dest="command")
-    cli.add_commands(sub)
-    args = parser.parse_args(["plan", "--student", "1B", "--compute", "1e21"])
-    assert args.func is cli.run_plan and args.student == 1e9
 
 
 def test_holdout_is_the_complement_of_fit_where(tmp_path, capsys):

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from kdlab.rundb import RunStore, fit_points
+from kdlab.rundb import RunStore
+from kdlab.rundb.query import fit_points
 
 URL = os.environ.get("KDLAB_TEST_POSTGRES_URL")
 
@@ -87,7 +88,7 @@ def fresh_database():
 
 
 def test_report_from_postgresql_is_the_report_from_sqlite(fresh_database, tmp_path):
-    from kdlab.report.cli import main as report_main
+    from kdlab.cli import main as kdlab_main
     from tests.test_report import build_study
 
     pages = {}
@@ -95,7 +96,7 @@ def test_report_from_postgresql_is_the_report_from_sqlite(fresh_database, tmp_pa
     for kind, url in (("postgres", with_password), ("sqlite", f"sqlite:///{tmp_path}/runs.db")):
         build_study(url)
         out = tmp_path / kind
-        assert report_main(["--db", url, "--out", str(out), "--plan-budgets", "0"]) == 0
+        assert kdlab_main(["report", "--db", url, "--out", str(out), "--plan-budgets", "0"]) == 0
         pages[kind] = json.loads((out / "report.json").read_text())
     pg, lite = pages["postgres"], pages["sqlite"]
     for shown in ("report.json", "index.html"):  # a password never reaches the report

@@ -76,7 +76,7 @@ def test_readme_training_command_plans(command, tmp_path):
     """Each single-run example composes and plans as written (no compute); a student may
     only be missing its teacher, which the README trains in the line before."""
     from kdlab.errors import ConfigError
-    from kdlab.runner import plan_run
+    from kdlab.run_plan import plan_run
     from tests.conftest import compose_run
 
     overrides = shlex.split(command)[1:]

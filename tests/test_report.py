@@ -2,7 +2,7 @@
 
 The study is drawn from the published laws (PAPER.md §1-§2) plus 0.4% noise at paper
 sizes (the database only stores numbers), fitted with the real ``kdlab fit`` on a tiny
-start grid, and reported through ``python -m kdlab.report.cli`` as a user would.
+start grid, and reported through ``python -m kdlab.cli report`` as a user would.
 """
 
 from __future__ import annotations
@@ -18,14 +18,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kdlab.cli import main as kdlab_main
 from kdlab.laws.compute import flops_per_token
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_FLOPS, PAPER_SUPERVISED
-from kdlab.report.cli import main as report_main
 from kdlab.rundb import RunStore
 from tests.conftest import ALL_FIGURES, PNG_MAGIC, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def report_main(argv: list[str]) -> int:
+    """``kdlab report ARGS`` in this process."""
+    return kdlab_main(["report", *argv])
+
+
 STUDENT_FIGURES = ("capacity_gap", "student_tokens")
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 FAST_PLAN = ["--plan-budgets", "3", "--map-points", "3", "--jobs", "2"]
@@ -165,7 +172,6 @@ def _fit(tmp: Path, url: str) -> tuple[Path, Path]:
     """Fit both laws with the real ``kdlab fit`` (in this process: the subprocess start
     is most of the cost) on a tiny start grid, holding out the strongest runs (the
     paper's extrapolation test), with a small bootstrap."""
-    from kdlab.laws.cli import main as laws_main
 
     sup_grid = {"e": [0.2], "a": [8.0], "b": [9.8], "alpha": [0.4], "beta": [0.43], "gamma": [0.45]}
     dist_grid = {
@@ -184,7 +190,7 @@ def _fit(tmp: Path, url: str) -> tuple[Path, Path]:
     sup, dist = tmp / "supervised.json", tmp / "distillation.json"
     fast = ["--keep", "0", "--final-keep", "0", "--bootstrap", "16", "--json"]
     assert (
-        laws_main(
+        kdlab_main(
             [
                 "fit",
                 "supervised",
@@ -202,7 +208,7 @@ def _fit(tmp: Path, url: str) -> tuple[Path, Path]:
         == 0
     )
     assert (
-        laws_main(
+        kdlab_main(
             [
                 "fit",
                 "distillation",
@@ -235,7 +241,8 @@ def full_report(tmp_path_factory) -> Path:
     sup, dist = _fit(tmp, url)
     out = tmp / "out"
     r = run_cli(
-        "kdlab.report.cli",
+        "kdlab.cli",
+        "report",
         "--db",
         url,
         "--supervised-fit",
@@ -417,7 +424,6 @@ def test_report_from_an_old_fit_says_which_student_it_plans(tmp_path: Path, full
 
 def test_report_from_a_csv_fit(tmp_path: Path) -> None:
     """A fit made with ``kdlab fit --csv`` brings its runs along: no database needed."""
-    from kdlab.laws.cli import main as laws_main
     from kdlab.laws.synthetic import paper_like_supervised_runs
 
     paper_like_supervised_runs(noise=0.005).to_csv(tmp_path / "runs.csv", index=False)
@@ -425,7 +431,7 @@ def test_report_from_a_csv_fit(tmp_path: Path) -> None:
     (tmp_path / "grid.json").write_text(json.dumps(grid))
     fit = tmp_path / "fit.json"
     assert (
-        laws_main(
+        kdlab_main(
             [
                 "fit",
                 "supervised",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kdlab.rundb import RunDBError, RunStore, fit_points
+from kdlab.rundb import RunDBError, RunStore
+from kdlab.rundb.query import fit_points
 
 
 @pytest.fixture
@@ -69,9 +70,15 @@ def test_failure_reason_kept(url):
     assert store.get("x")["failure"].startswith("diverged")
 
 
-@pytest.mark.parametrize("bad", ["nodb://nowhere", "sqlite:////proc/no/such/dir/x.db"])
-def test_unreadable_url_is_one_sentence(bad):
-    with pytest.raises(RunDBError, match="cannot open the run database"):
+@pytest.mark.parametrize(
+    "bad, sentence",
+    [
+        ("nodb://nowhere", "cannot open the run database 'nodb://nowhere'"),
+        ("sqlite:////proc/no/such/dir/x.db", "the folder /proc/no/such/dir of the run database"),
+    ],
+)
+def test_unreadable_url_is_one_sentence(bad, sentence):
+    with pytest.raises(RunDBError, match=sentence):
         RunStore(bad)
 
 
@@ -80,11 +87,20 @@ def test_which_urls_are_sqlite_files(tmp_path):
 
     assert sqlite_path("sqlite:///runs/kdlab.db") == Path("runs/kdlab.db")
     assert sqlite_path(f"sqlite+pysqlite:///{tmp_path}/a.db") == tmp_path / "a.db"
-    for memory in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///file:x?mode=memory"):
+    # SQLite reads file: URIs (and their mode) only when the URL says uri=true; without
+    # it, file:x is the name of a file in the working directory
+    assert sqlite_path("sqlite:///file:x?mode=memory") == Path("file:x")
+    memories = (
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "sqlite:///file:x?mode=memory&uri=true",
+    )
+    for memory in memories:
         assert sqlite_path(memory) is None
         RunStore(memory).start("k", role="teacher")  # in memory: no file, no lock file
     assert sqlite_path("postgresql+psycopg://kd@host/runs") is None
-    assert not list(Path.cwd().glob("*.lock"))
+    assert not list(Path.cwd().glob("*.lock")) and not Path("file:x").exists()
 
 
 def test_a_password_never_appears_in_the_message():

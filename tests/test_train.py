@@ -233,7 +233,7 @@ def test_gradient_accumulation_counts_optimizer_steps(train):
 def test_a_run_another_process_holds_is_skipped(train, tmp_path, capsys):
     import fcntl
 
-    from kdlab.runner import plan_run
+    from kdlab.run_plan import plan_run
     from tests.conftest import compose_run
 
     plan = plan_run(compose_run(tmp_path, *TINY))

@@ -1,7 +1,8 @@
 """Data: corpora, tokenizers, token cache, splits, budgets and the LightningDataModule.
 
-``TokenDataModule`` is imported on first use, so that code which only needs corpora or
-budgets (``kdlab fit``, ``kdlab plan``) does not pay for importing Lightning.
+``TokenDataModule`` and the window schedules are imported on first use, so that code which
+only needs corpora or budgets (``kdlab sweep plan``, ``kdlab plan``) does not pay for
+importing torch and Lightning.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -28,17 +29,24 @@ from kdlab.data.tokenizers import (
     TokenizerConfig,
     build_tokenizer,
 )
-from kdlab.data.windows import IGNORE_INDEX, WindowSchedule, eval_windows
 
 if TYPE_CHECKING:
     from kdlab.data.datamodule import TokenDataModule
+    from kdlab.data.windows import IGNORE_INDEX, WindowSchedule, eval_windows
+
+_LAZY = {
+    "TokenDataModule": "kdlab.data.datamodule",
+    "IGNORE_INDEX": "kdlab.data.windows",
+    "WindowSchedule": "kdlab.data.windows",
+    "eval_windows": "kdlab.data.windows",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TokenDataModule":
-        from kdlab.data.datamodule import TokenDataModule
+    if name in _LAZY:
+        import importlib
 
-        return TokenDataModule
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'kdlab.data' has no attribute {name!r}")
 
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_BAD_INPUT = 2
 _SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
@@ -36,14 +33,15 @@ def number(text: str) -> float:
 def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit",
-        help="fit the supervised or distillation scaling law",
         description="Fit a scaling law (PAPER.md §1-§3) to runs from the run database "
         "or a CSV, with a multi-start Huber fit and optional bootstrap intervals.",
     )
     p.add_argument("law", choices=["supervised", "distillation"])
     src = p.add_argument_group("input")
     src.add_argument("--csv", help="CSV of runs (default: the run database)")
-    src.add_argument("--db", default="sqlite:///runs/kdlab.db", help="run database URL")
+    src.add_argument(
+        "--db", help="run database URL (default: KDLAB_DB_URL, else runs/kdlab.db under the root)"
+    )
     src.add_argument("--corpus", help="database: only runs of this corpus")
     src.add_argument("--tokenizer", help="database: only runs of this tokenizer")
     src.add_argument("--n-ctx", type=int, help="database: only runs of this context length")
@@ -158,8 +156,12 @@ def _run_fit(args: argparse.Namespace) -> int:
             "n_ctx": args.n_ctx,
             "kd_objective": args.kd_objective,
         }
-        df, comparable = read_db_points(args.db, args.law, filters)
-        data_info = {"source": args.db, **comparable}
+        from kdlab.rundb import announce, database_url, shown_url
+
+        url, source = database_url(args.db)
+        announce(url, source)
+        df, comparable = read_db_points(url, args.law, filters)
+        data_info = {"source": shown_url(url), **comparable}
         if "run_key" in df.columns:
             data_info["run_keys"] = [str(k) for k in df["run_key"]]
     try:
@@ -264,7 +266,6 @@ def _print_fit(doc: dict[str, Any], out: str | None) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="evaluate a fitted (or the published) law",
         description="Loss of N parameters trained on D tokens: the supervised law, or the "
         "distillation law when a teacher loss (or teacher size and tokens) is given.",
     )
@@ -371,7 +372,6 @@ def _input_error(msg: str) -> Exception:
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan",
-        help="compute-optimal distillation for a student size and budget",
         description="Choose teacher size, teacher tokens and student tokens for a student "
         "size and compute budget (PAPER.md §4), and compare with training the student alone.",
     )
@@ -501,14 +501,14 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 def _guard(fn, args: argparse.Namespace) -> int:
-    """Run a command; input errors become one sentence on stderr and exit code 2."""
-    from kdlab.laws.io import LawInputError
+    """Run a command; unreadable input files become one sentence on stderr and exit 2
+    (bad values raise ConfigError, which the kdlab command reports the same way)."""
+    from kdlab.errors import error_exit
 
     try:
         return fn(args)
-    except (LawInputError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (OSError, json.JSONDecodeError) as exc:
+        return error_exit("kdlab", exc)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -516,16 +516,3 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_fit(subparsers)
     _add_predict(subparsers)
     _add_plan(subparsers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m kdlab.laws.cli fit|predict|plan ...``, the kdlab
-    command with one-threaded BLAS (set here, before anything loads NumPy)."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from kdlab.cli import main as kdlab_main
-
-    return kdlab_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

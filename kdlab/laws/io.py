@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kdlab.errors import ConfigError
 from kdlab.laws.published import PAPER_FLOPS, paper_fit_document
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ SUPERVISED_KEYS = ("E", "A", "B", "alpha", "beta")
 DISTILLATION_KEYS = ("A", "B", "alpha", "beta", "gamma", "c0", "c1", "f1", "d1")
 
 
-class LawInputError(ValueError):
+class LawInputError(ConfigError):
     """Input that cannot be fitted, predicted or planned; the message is one sentence."""
 
 
@@ -104,7 +105,8 @@ def read_db_points(
     one kind when the database holds several.
     """
     try:
-        from kdlab.rundb import fit_points, shown_url  # imported late on purpose
+        from kdlab.rundb import shown_url  # imported late on purpose
+        from kdlab.rundb.query import fit_points
     except ImportError as exc:
         raise LawInputError(
             f"The run database reader kdlab.rundb.fit_points is not available ({exc}); "
@@ -112,7 +114,7 @@ def read_db_points(
         ) from None
     try:
         df = fit_points(url, law)
-    except LawInputError:
+    except ConfigError:  # a missing database, a bad filter: already one sentence
         raise
     except Exception as exc:  # database errors come in many types; report, do not trace
         raise LawInputError(

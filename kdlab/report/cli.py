@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 
 from kdlab.laws.cli import number
 
-EXIT_BAD_INPUT = 2
 EXIT_WANDB_FAILED = 1
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="HTML report with figures of the runs, fits and compute-optimal plans",
         description="Draw the study (supervised and distillation runs, the fitted laws, "
         "fit quality, compute-optimal plans) as PNG figures and an HTML page. Works with "
         "whatever exists: runs without fits, fits without runs, or both.",
@@ -29,8 +26,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     src = p.add_argument_group("input")
     src.add_argument(
         "--db",
-        default="sqlite:///runs/kdlab.db",
-        help="run database URL ('' for none: fits and plans only)",
+        help="run database URL (default: KDLAB_DB_URL, else runs/kdlab.db under the root; "
+        "'' for none: fits and plans only)",
     )
     src.add_argument(
         "--supervised-fit",
@@ -89,15 +86,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Build the report; input errors become one sentence and exit code 2."""
-    from kdlab.laws.io import LawInputError
-    from kdlab.rundb import RunDBError
+    """Build the report; unreadable files become one sentence and exit code 2 (bad values
+    raise ConfigError, which the kdlab command reports the same way)."""
+    from kdlab.errors import error_exit
 
     try:
         return _run_report(args)
-    except (LawInputError, RunDBError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except OSError as exc:
+        return error_exit("kdlab", exc)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -113,9 +109,15 @@ def _run_report(args: argparse.Namespace) -> int:
         map_points=args.map_points,
         jobs=args.jobs,
     )
+    url = None
+    if args.db != "":
+        from kdlab.rundb import announce, database_url
+
+        url, source = database_url(args.db)
+        announce(url, source)
     report = build_report(
         args.out,
-        args.db or None,
+        url,
         args.supervised_fit,
         args.distillation_fit,
         opts,
@@ -139,7 +141,7 @@ def _run_report(args: argparse.Namespace) -> int:
             )
         except Exception as exc:  # W&B fails in many ways (network, auth); the page stands
             print(
-                f"error: the report is written, but logging it to W&B failed: {exc}",
+                f"kdlab: error: the report is written, but logging it to W&B failed: {exc}",
                 file=sys.stderr,
             )
             return EXIT_WANDB_FAILED
@@ -150,18 +152,3 @@ def _run_report(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``report`` on the ``kdlab`` command."""
     _add_report(subparsers)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m kdlab.report.cli [report] --db ... --out ...``."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # effective only before NumPy loads
-    from kdlab.cli import main as kdlab_main
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "report":
-        argv = ["report", *argv]
-    return kdlab_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -89,12 +89,8 @@ def read_runs(url: str | None, notes: list[str]) -> pd.DataFrame:
     if not url:
         notes.append("No run database was given.")
         return pd.DataFrame()
-    from kdlab.rundb import missing_sqlite_file, runs_frame, shown_url
-
-    missing = missing_sqlite_file(url)
-    if missing is not None:
-        notes.append(f"No run database at {missing} (none is created).")
-        return pd.DataFrame()
+    from kdlab.rundb import shown_url
+    from kdlab.rundb.query import runs_frame
 
     frame = runs_frame(url)
     if frame.empty:
@@ -380,7 +376,7 @@ def _fit_points(data: ReportData, law: str, doc: Mapping[str, Any]) -> pd.DataFr
             data.notes.append(f"Cannot re-read the {law} fit's CSV {source}: {exc}")
             return None
     if data.db and not data.all_runs.empty:
-        from kdlab.rundb import fit_points
+        from kdlab.rundb.query import fit_points
 
         pts = pd.DataFrame(fit_points(data.db, law))
         if "run_key" in pts.columns:

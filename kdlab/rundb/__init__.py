@@ -1,22 +1,24 @@
 """Run database: every run kdlab trains, with what a scaling-law fit needs."""
 
-from kdlab.rundb.query import fit_points, runs_frame
-from kdlab.rundb.store import (
-    DEFAULT_URL,
-    RunDBError,
-    RunStore,
+from kdlab.rundb.store import RunDBError, RunStore
+from kdlab.rundb.url import (
+    announce,
+    configured_url,
+    database_url,
     missing_sqlite_file,
     shown_url,
     sqlite_path,
+    sqlite_url,
 )
 
 __all__ = [
-    "DEFAULT_URL",
     "RunDBError",
     "RunStore",
-    "fit_points",
+    "announce",
+    "configured_url",
+    "database_url",
     "missing_sqlite_file",
-    "runs_frame",
     "shown_url",
     "sqlite_path",
+    "sqlite_url",
 ]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from rich.table import Table
 
 from kdlab.console import console
+from kdlab.errors import ConfigError
 from kdlab.rundb.query import runs_frame
-from kdlab.rundb.store import DEFAULT_URL, RunStore
+from kdlab.rundb.store import RunStore
+from kdlab.rundb.url import announce, database_url, shown_url
 
 LIST_COLUMNS = [
     "key",
@@ -25,8 +26,10 @@ LIST_COLUMNS = [
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    runs = subparsers.add_parser("runs", help="list, show or export recorded runs")
-    runs.add_argument("--db", default=DEFAULT_URL, help="SQLAlchemy URL of the run database")
+    runs = subparsers.add_parser("runs", description="List, show or export recorded runs.")
+    runs.add_argument(
+        "--db", help="run database URL (default: KDLAB_DB_URL, else runs/kdlab.db under the root)"
+    )
     sub = runs.add_subparsers(dest="runs_command", required=True)
     listing = sub.add_parser("list", help="one line per run")
     listing.add_argument("--status", choices=["running", "done", "failed"])
@@ -41,13 +44,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_export)
 
 
+def _url(args: argparse.Namespace) -> str:
+    """The database by kdlab's one rule (--db, KDLAB_DB_URL, the run root), announced."""
+    url, source = database_url(args.db)
+    announce(url, source)
+    return url
+
+
 def _filters(args: argparse.Namespace) -> dict:
     return {k: v for k in ("status", "role") if (v := getattr(args, k, None))}
 
 
 def _list(args: argparse.Namespace) -> int:
-    frame = runs_frame(args.db, **_filters(args))
-    table = Table(title=f"{len(frame)} runs in {args.db}")
+    url = _url(args)
+    frame = runs_frame(url, **_filters(args))
+    table = Table(title=f"{len(frame)} runs in {shown_url(url)}")
     for column in LIST_COLUMNS:
         table.add_column(column)
     for _, row in frame.iterrows():
@@ -65,12 +76,12 @@ def _fmt(value: object) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    store = RunStore(args.db)
+    url = _url(args)
+    store = RunStore(url, create=False)
     matches = store.find_key_prefix(args.key)
     if len(matches) != 1:
         found = "no run" if not matches else f"{len(matches)} runs"
-        print(f"kdlab: error: {found} matches key '{args.key}' in {args.db}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{found} matches key '{args.key}' in {shown_url(url)}")
     row = matches[0]
     row["curve"] = store.curve(row["key"])
     print(json.dumps(row, indent=2, default=str))
@@ -78,7 +89,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    frame = runs_frame(args.db)
+    frame = runs_frame(_url(args))
     if args.format == "csv":
         frame.to_csv(args.out, index=False)
     else:

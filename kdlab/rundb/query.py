@@ -37,7 +37,7 @@ def kd_objective(objective: Mapping[str, Any] | None) -> str | None:
 
 def runs_frame(url: str, **equals: object) -> pd.DataFrame:
     """All runs matching ``equals`` as a DataFrame, config replaced by kd_objective."""
-    rows = RunStore(url).find(**equals)
+    rows = RunStore(url, create=False).find(**equals)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame

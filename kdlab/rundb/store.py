@@ -9,50 +9,43 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import re
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
+from kdlab.errors import ConfigError
 from kdlab.locking import file_lock
 from kdlab.rundb.schema import RUN_COLUMNS, curves, metadata, runs
+from kdlab.rundb.url import shown_url, sqlite_path
 
-DEFAULT_URL = "sqlite:///runs/kdlab.db"
 
-
-class RunDBError(RuntimeError):
+class RunDBError(ConfigError):
     """The database cannot be opened or read; the message names the URL."""
 
 
-def shown_url(url: str | None) -> str:
-    """The URL as messages and logs show it: any password replaced by ***."""
-    if not url:
-        return ""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # not a URL SQLAlchemy parses: hide user:pass@
-        return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+def _make_folder(folder: Path, create_under: Path | None) -> None:
+    """Create the folder of a new SQLite file, only inside kdlab's own run root."""
+    inside = create_under is not None and folder.resolve().is_relative_to(create_under.resolve())
+    if not inside:
+        raise RunDBError(
+            f"the folder {folder} of the run database does not exist; create it first "
+            "(or check the path for a typo)"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return None
-    memory = parsed.query.get("mode") == "memory" or parsed.database in (None, "", ":memory:")
-    if parsed.get_backend_name() != "sqlite" or memory:
-        return None
-    return Path(parsed.database.removeprefix("file:").split("?")[0])
-
-
-def missing_sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL that does not exist yet (opening it would create it)."""
-    path = sqlite_path(url)
-    return path if path is not None and not path.exists() else None
+def _engine_options(url: str, path: Path | None) -> dict[str, Any]:
+    """SQLite files wait up to a minute for a writer; in-memory SQLite keeps its one
+    connection (each new connection would open a new, empty database)."""
+    if path is not None:
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("sqlite"):
+        return {"poolclass": StaticPool}
+    return {}
 
 
 def _now() -> dt.datetime:
@@ -96,34 +89,51 @@ def _create_tables(engine: Engine) -> None:
 
 
 class RunStore:
-    """Reads and writes runs and their validation curves."""
+    """Reads and writes runs and their validation curves.
 
-    def __init__(self, url: str | None = DEFAULT_URL) -> None:
-        self.url = url
-        self.engine = self._connect(url)
+    ``create=False`` (read-only commands: listing, fitting, reporting) never creates a
+    database: a missing one is a RunDBError. A new SQLite file is created only in a folder
+    that exists or lies under ``create_under`` (kdlab's own run root), so a mistyped path
+    cannot quietly start a second database beside the study's.
+    """
 
-    @staticmethod
-    def _connect(url: str | None) -> Engine:
+    def __init__(
+        self, url: str | None, create: bool = True, create_under: Path | None = None
+    ) -> None:
         if not url:
-            raise RunDBError("no run database URL: set db.url (db=postgres reads KDLAB_DB_URL)")
+            raise RunDBError("no run database URL: set db.url, --db or KDLAB_DB_URL")
+        self.url = url
         try:
-            lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-            path = sqlite_path(url)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # SQLite's switch to WAL and its CREATE TABLEs do not wait for one another
-                # across processes, so the jobs of a sweep that open a new file take turns
-                lock = file_lock(path.with_name(path.name + ".lock"), optional=True)
-            with lock:
-                engine = create_engine(
-                    url, connect_args={"timeout": 60} if url.startswith("sqlite") else {}
-                )
-                if engine.dialect.name == "sqlite":
-                    event.listen(engine, "connect", _sqlite_pragmas)
-                _create_tables(engine)
+            self.engine = self._connect(url, create, create_under)
+        except RunDBError:
+            raise
         except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as err:
             reason = str(err).splitlines()[0]
             raise RunDBError(f"cannot open the run database '{shown_url(url)}': {reason}") from err
+
+    @staticmethod
+    def _connect(url: str, create: bool, create_under: Path | None) -> Engine:
+        path = sqlite_path(url)
+        lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if path is not None:
+            if not path.exists() and not create:
+                raise RunDBError(
+                    f"there is no run database at {path}: nothing was recorded there "
+                    "(name another with --db or KDLAB_DB_URL)"
+                )
+            if not path.parent.is_dir():
+                _make_folder(path.parent, create_under)
+            # SQLite's switch to WAL and its CREATE TABLEs do not wait for one another
+            # across processes, so the jobs of a sweep that open a new file take turns
+            lock = file_lock(path.with_name(path.name + ".lock"), optional=True)
+        with lock:
+            engine = create_engine(url, **_engine_options(url, path))
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+            if create:
+                _create_tables(engine)
+            elif not inspect(engine).has_table("runs"):
+                raise RunDBError(f"the database '{shown_url(url)}' holds no kdlab runs")
         return engine
 
     # -- writes ---------------------------------------------------------------------

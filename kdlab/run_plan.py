@@ -1,0 +1,154 @@
+"""A run's plan: everything that can fail on bad input, done before any compute.
+
+``plan_run`` resolves shape, data, budget, database, teacher and key, so that a mistake
+costs no compute and writes nothing; ``kdlab.runner`` then trains what it planned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from kdlab.errors import ConfigError
+from kdlab.identity import ROLE_SPLIT, run_key, run_tokens, science, teacher_config
+from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
+from kdlab.rundb import RunStore, configured_url
+from kdlab.teacher import Teacher, resolve_teacher
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a run will do, fixed before any compute."""
+
+    key: str
+    role: str
+    shape: ModelShape
+    data: object  # kdlab.data.TokenDataModule, set up
+    tokens: int
+    n_params: int
+    flops_per_token: float
+    science: dict
+    run_dir: Path
+    store: RunStore
+    db_source: str  # where the database URL came from (kdlab.rundb.url's rule)
+    teacher: Teacher | None = None
+    accumulate: int = 1
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps: the batches of the run in windows of ``accumulate``; the last
+        window may be short (Lightning steps at the end of the epoch)."""
+        return math.ceil(self.data.num_steps / self.accumulate)
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / self.n_params
+
+    @property
+    def train_flops(self) -> float:
+        """The run's own training compute, 3 F(N) D (a student's teacher not included)."""
+        return 3.0 * self.flops_per_token * self.tokens
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Resolve shape, data, budget and key; raise ConfigError on any bad input."""
+    try:
+        return _plan_run(cfg)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValueError):
+            raise ConfigError(str(cause)) from cause
+        raise
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(err)) from err
+
+
+def _check_launch(cfg: DictConfig) -> None:
+    """Lightning's DDP launcher re-runs the command line per rank; inside a local multirun
+    that would relaunch the whole sweep once per device."""
+    try:
+        mode = HydraConfig.get().mode
+    except ValueError:  # composed outside a Hydra app (tests, kdlab sweep plan)
+        return
+    devices = cfg.trainer.get("devices", 1)
+    launched = os.environ.get("SLURM_NTASKS") or os.environ.get("RANK")
+    if mode == RunMode.MULTIRUN and isinstance(devices, int) and devices > 1 and not launched:
+        raise ConfigError(
+            "trainer.devices > 1 inside a local multirun would relaunch the sweep per device: "
+            "use hydra/launcher=slurm (one task per device) or launch multi-device runs one by one"
+        )
+
+
+def open_store(cfg: DictConfig) -> tuple[RunStore, str]:
+    """The run database of a composed config, by kdlab's one rule, and where it came from.
+
+    A new SQLite file's folder is created only under the run root (paths.runs_dir)."""
+    url, source = configured_url(cfg.db)
+    return RunStore(url, create_under=Path(cfg.paths.runs_dir)), source
+
+
+def _plan_run(cfg: DictConfig) -> RunPlan:
+    _check_launch(cfg)
+    role = cfg.role
+    if role not in ROLE_SPLIT:
+        raise ConfigError(f"role must be one of {sorted(ROLE_SPLIT)}, not '{role}'")
+    store, db_source = open_store(cfg)
+
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches must be a whole number of batches, not {accumulate}"
+        )
+    shape = instantiate(cfg.model)
+    data = instantiate(cfg.data.module, split=ROLE_SPLIT[role], seq_len=shape.n_ctx, train_tokens=1)
+    shape = instantiate(cfg.model, vocab_size=data.vocab_size)
+    tokens = run_tokens(shape, cfg.data, cfg.data.get("budget_scale", 1.0))
+    data.train_tokens = tokens
+    data.prepare_data()
+    data.setup("fit")
+
+    facts = science(cfg, shape, data, tokens)
+    teacher = None
+    if role == "student":
+        teacher = resolve_teacher(cfg.teacher, store, data, _teacher_key(cfg))
+        facts["teacher"] = teacher.key
+    key = run_key(facts)
+    return RunPlan(
+        key=key,
+        role=role,
+        shape=shape,
+        data=data,
+        tokens=tokens,
+        n_params=non_embedding_params(shape),
+        flops_per_token=flops_per_token(shape),
+        science=facts,
+        run_dir=(Path(cfg.paths.runs_dir) / key).resolve(),
+        store=store,
+        db_source=db_source,
+        teacher=teacher,
+        accumulate=accumulate,
+    )
+
+
+def _teacher_key(cfg: DictConfig) -> str | None:
+    """The key of the teacher run a student names, by key or by science settings."""
+    spec = cfg.teacher
+    if spec.get("key"):
+        return spec.key
+    if spec.get("model"):
+        return plan_run(teacher_config(cfg)).key  # a teacher's key is computed like any run's
+    return None
