@@ -158,7 +158,7 @@ def test_taid_moves_in_training_not_in_validation(tmp_path):
 
 def test_students_of_another_objective_are_not_fitted_with_the_scaling_ones(train, tmp_path):
     from kdlab.laws.io import LawInputError, read_db_points
-    from kdlab.rundb import fit_points
+    from kdlab.rundb.query import fit_points
 
     train(*TEACHER)
     train(*STUDENT)

@@ -196,3 +196,58 @@ def test_cli_list_show_export(url, tmp_path):
         assert kdlab("export", "--format", fmt, "--out", str(target)).returncode == 0
         frame = pd.read_csv(target) if fmt == "csv" else pd.read_parquet(target)
         assert frame.loc[0, "val_loss"] == 3.0 and frame.loc[0, "n_params"] == 100
+
+
+def _revision(url: str) -> str | None:
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
+    from sqlalchemy import create_engine, text
+
+    from kdlab.cli import main
+    from kdlab.rundb import schema_version
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    RunStore(url).start("a", role="teacher")
+    assert _revision(url) == schema_version.head()
+
+    # a database from before migrations (no version table) reads as the baseline, and
+    # `kdlab runs migrate` records its revision without touching its rows
+    with create_engine(url).begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    assert RunStore(url, create=False).get("a")["status"] == "running"
+    assert main(["runs", "--db", url, "migrate"]) == 0
+    assert _revision(url) == schema_version.head()
+    assert RunStore(url, create=False).get("a")["role"] == "teacher"
+
+    # a database written by a newer kdlab is refused, in one sentence, and left alone
+    with create_engine(url).begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    capsys.readouterr()
+    assert main(["runs", "--db", url, "list"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (
+        f"kdlab: error: the run database '{url}' has schema revision 9999, written by a "
+        "newer kdlab than this one: upgrade kdlab"
+    )
+    assert _revision(url) == "9999"
+
+
+def test_read_only_commands_never_create_a_database(tmp_path, capsys):
+    from kdlab.cli import main
+
+    missing = tmp_path / "none.db"
+    for argv in (
+        ["runs", "--db", f"sqlite:///{missing}", "list"],
+        ["fit", "supervised", "--db", f"sqlite:///{missing}"],
+    ):
+        assert main(argv) == 2
+        assert f"there is no run database at {missing}" in capsys.readouterr().err
+    assert not missing.exists() and not list(tmp_path.iterdir())

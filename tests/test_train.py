@@ -134,7 +134,7 @@ def test_diverged_run_is_recorded_as_failed(train, tmp_path):
     row = train(*TINY, "optim.lr=1e12", "optim.warmup_fraction=0.0001")
     assert row["status"] == "failed"
     assert row["failure"].startswith("diverged")
-    from kdlab.rundb import fit_points
+    from kdlab.rundb.query import fit_points
 
     fitted = fit_points(f"sqlite:///{tmp_path}/runs/kdlab.db", "supervised")
     assert row["key"] not in set(fitted["run_key"])

@@ -42,6 +42,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=["csv", "parquet"], default="csv")
     export.add_argument("--out", required=True)
     export.set_defaults(func=_export)
+    migrate = sub.add_parser("migrate", help="bring the database's schema up to this kdlab's")
+    migrate.set_defaults(func=_migrate)
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -95,4 +97,15 @@ def _export(args: argparse.Namespace) -> int:
     else:
         frame.to_parquet(args.out, index=False)
     print(f"kdlab: wrote {len(frame)} runs to {args.out}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    url = _url(args)
+    store = RunStore(url, create=False, migrate=True)
+    before, after = store.migrated
+    if before == after:
+        print(f"kdlab: {shown_url(url)} is already at schema revision {after}")
+    else:
+        print(f"kdlab: migrated {shown_url(url)} from schema revision {before} to {after}")
     return 0

@@ -12,14 +12,15 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from kdlab.errors import ConfigError
 from kdlab.locking import file_lock
-from kdlab.rundb.schema import RUN_COLUMNS, curves, metadata, runs
+from kdlab.rundb import schema_version
+from kdlab.rundb.schema import RUN_COLUMNS, curves, runs
 from kdlab.rundb.url import shown_url, sqlite_path
 
 
@@ -36,6 +37,19 @@ def _make_folder(folder: Path, create_under: Path | None) -> None:
             "(or check the path for a typo)"
         )
     folder.mkdir(parents=True, exist_ok=True)
+
+
+def _revision_mismatch(url: str, revision: str) -> str:
+    shown = shown_url(url)
+    if revision in schema_version.known():
+        return (
+            f"the run database '{shown}' has schema revision {revision}, and this kdlab "
+            f"writes {schema_version.head()}: run `kdlab runs --db '{shown}' migrate`"
+        )
+    return (
+        f"the run database '{shown}' has schema revision {revision}, written by a newer "
+        "kdlab than this one: upgrade kdlab"
+    )
 
 
 def _engine_options(url: str, path: Path | None) -> dict[str, Any]:
@@ -70,24 +84,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _create_tables(engine: Engine) -> None:
-    """Create missing tables; jobs that open a new database together all get through.
-
-    Between one job's existence check and its CREATE, a job on another node may create
-    the table (PostgreSQL then says ProgrammingError or IntegrityError). The next pass
-    sees the table and skips it, so one pass per table is enough; an error that persists
-    is real. SQLite files are created under a lock instead (see ``_connect``).
-    """
-    attempts = len(metadata.tables) + 1
-    for attempt in range(attempts):
-        try:
-            metadata.create_all(engine, checkfirst=True)
-            return
-        except (ProgrammingError, IntegrityError):
-            if attempt == attempts - 1:
-                raise
-
-
 class RunStore:
     """Reads and writes runs and their validation curves.
 
@@ -98,21 +94,25 @@ class RunStore:
     """
 
     def __init__(
-        self, url: str | None, create: bool = True, create_under: Path | None = None
+        self,
+        url: str | None,
+        create: bool = True,
+        create_under: Path | None = None,
+        migrate: bool = False,
     ) -> None:
         if not url:
             raise RunDBError("no run database URL: set db.url, --db or KDLAB_DB_URL")
         self.url = url
+        self.migrated: tuple[str | None, str] | None = None  # (from, to) when migrate=True
         try:
-            self.engine = self._connect(url, create, create_under)
+            self.engine = self._connect(url, create, create_under, migrate)
         except RunDBError:
             raise
         except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as err:
             reason = str(err).splitlines()[0]
             raise RunDBError(f"cannot open the run database '{shown_url(url)}': {reason}") from err
 
-    @staticmethod
-    def _connect(url: str, create: bool, create_under: Path | None) -> Engine:
+    def _connect(self, url: str, create: bool, create_under: Path | None, migrate: bool) -> Engine:
         path = sqlite_path(url)
         lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if path is not None:
@@ -130,10 +130,14 @@ class RunStore:
             engine = create_engine(url, **_engine_options(url, path))
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
-            if create:
-                _create_tables(engine)
-            elif not inspect(engine).has_table("runs"):
-                raise RunDBError(f"the database '{shown_url(url)}' holds no kdlab runs")
+            with engine.begin() as conn:
+                revision = schema_version.current(conn)
+                if revision is None and not create:
+                    raise RunDBError(f"the database '{shown_url(url)}' holds no kdlab runs")
+                if revision is None or migrate:
+                    self.migrated = schema_version.upgrade(conn)
+                elif revision != schema_version.head():
+                    raise RunDBError(_revision_mismatch(url, revision))
         return engine
 
     # -- writes ---------------------------------------------------------------------

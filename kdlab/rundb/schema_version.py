@@ -1,0 +1,66 @@
+"""The run database's schema version: Alembic migrations, applied by ``kdlab runs
+migrate`` and checked whenever a database is opened.
+
+``create_all`` never alters an existing table, so a database written by an older kdlab
+would keep its old columns silently; instead every schema change is a migration under
+``migrations/versions`` and a database at another revision is refused with the command
+that brings it up to date. A new, empty database is created by running all migrations.
+Databases from before migrations existed hold revision 0001's schema without Alembic's
+version table and are read as revision 0001.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+BASELINE = "0001"
+_PG_LOCK = 0x6B646C6162  # "kdlab": one advisory lock for jobs migrating one server
+
+
+def _config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    """The revision this kdlab's code writes."""
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def known() -> set[str]:
+    """Every revision this kdlab has a migration for."""
+    return {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+
+
+def current(connection: Connection) -> str | None:
+    """The database's revision; None for an empty database."""
+    revision = MigrationContext.configure(connection).get_current_revision()
+    if revision is None and inspect(connection).has_table("runs"):
+        return BASELINE  # made before kdlab used migrations
+    return revision
+
+
+def upgrade(connection: Connection) -> tuple[str | None, str]:
+    """Bring the database to head (creating it when empty); returns (from, to).
+
+    Jobs of a sweep may open a new database at the same moment: on PostgreSQL they take
+    turns on an advisory lock (SQLite files are opened under a file lock by the store).
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_LOCK})"))
+    before, config = current(connection), _config(connection)
+    if before == BASELINE and MigrationContext.configure(connection).get_current_revision() is None:
+        command.stamp(config, BASELINE)  # a database from before migrations: say so
+    if before != head():
+        command.upgrade(config, "head")
+    return before, head()
