@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kdlab.composition import composition_error
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
 from kdlab.errors import ConfigError
 from kdlab.identity import objective_identity, run_tokens, teacher_config
@@ -74,7 +75,7 @@ def expand(path: Path, overrides: Sequence[str] = ()) -> list[Job]:
             params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
             return _compose_jobs(path.stem, params, [searchpath, *overrides])
     except (HydraException, OmegaConfBaseException) as err:  # a typo in an override, mostly
-        reason = str(err).splitlines()[0].rstrip(".")
+        reason = composition_error(err, [path.parent, CONF_DIR])
         where = f"{path.parent.name}/{path.stem}"
         raise ConfigError(f"the sweep {where} does not compose: {reason}") from err
 

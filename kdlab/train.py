@@ -12,7 +12,7 @@ from kdlab.errors import ConfigError, error_exit
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
     from kdlab.runner import execute
 
     try:
@@ -20,6 +20,18 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         sys.exit(error_exit("kdlab-train", err))
     return row.get("val_loss") if row else None
+
+
+def main() -> None:
+    """kdlab-train: a mistake in the command line (an unknown group, value or setting) is
+    one sentence and exit 2 before Hydra starts; then Hydra runs the job(s)."""
+    from kdlab.composition import check_command_line
+
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        sys.exit(error_exit("kdlab-train", err))
+    run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""Hydra composition errors as one sentence, with the closest valid names.
+
+A misspelt config group or value (``model=nano_L7``, ``data=stdlb``) or an unknown
+setting (``optim.lrr=1``) makes Hydra print a multi-line dump and exit 1. kdlab-train,
+kdlab sweep and kdlab study compose first and report such a mistake the way every other
+bad input is reported: one sentence naming it, the nearest valid names, exit 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdlab.configs import CONF_DIR
+from kdlab.errors import ConfigError
+
+_UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
+
+
+def _closest(word: str, choices: Sequence[str]) -> str:
+    near = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
+def _group_choices(group: str, config_dirs: Sequence[Path]) -> list[str]:
+    found = {p.stem for d in config_dirs for p in (Path(d) / group).glob("*.yaml")}
+    return sorted(found)
+
+
+def _known_keys(defaults: DictConfig | None, dotted: str) -> list[str]:
+    """The settings beside ``dotted`` in the composed defaults (full dotted names)."""
+    if defaults is None:
+        return []
+    parent, _, _ = dotted.rpartition(".")
+    node = OmegaConf.select(defaults, parent) if parent else defaults
+    if not isinstance(node, DictConfig):
+        return []
+    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+
+
+def composition_error(
+    err: BaseException, config_dirs: Sequence[Path], defaults: DictConfig | None = None
+) -> str:
+    """One sentence for a failed composition; ``defaults`` (the config composed without
+    the user's overrides) lets an unknown setting be matched to its nearest names."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, value = str(err.missing_cfg_file).rpartition("/")
+        if group:
+            options = list(err.options or _group_choices(group, config_dirs))
+            return (
+                f"unknown {group} '{value}'{_closest(value, options)} "
+                f"(choices: {', '.join(options)})"
+            )
+        return f"no config named '{value}' in {', '.join(map(str, config_dirs))}"
+    message = str(err).strip()
+    unknown = _UNKNOWN_KEY.search(message)
+    if unknown:
+        key = unknown.group(1)
+        near = _closest(key, _known_keys(defaults, key))
+        return f"unknown setting '{key}'{near} (prefix it with + to add a new one)"
+    return message.splitlines()[0].rstrip(".") if message else type(err).__name__
+
+
+def compose_or_explain(
+    config_name: str,
+    overrides: Sequence[str],
+    config_dir: Path = CONF_DIR,
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """Compose like kdlab-train; a mistake in the command line is a ConfigError."""
+    dirs = [Path(config_dir), CONF_DIR]
+    search = [] if Path(config_dir) == CONF_DIR else [f"hydra.searchpath=[file://{CONF_DIR}]"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        try:
+            return compose(
+                config_name=config_name,
+                overrides=[*search, *overrides],
+                return_hydra_config=return_hydra_config,
+            )
+        except (HydraException, OmegaConfBaseException) as err:
+            try:
+                defaults = compose(config_name=config_name, overrides=search)
+            except (HydraException, OmegaConfBaseException):
+                defaults = None
+            raise ConfigError(composition_error(err, dirs, defaults)) from err
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """Compose what ``kdlab-train ARGV`` asks for, every value of every swept override
+    included, before Hydra runs it; raises ConfigError on the first mistake."""
+    args = get_args_parser().parse_args(list(argv))
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    if args.experimental_rerun:
+        return
+    config_dir = Path(args.config_dir).resolve() if args.config_dir else CONF_DIR
+    name = args.config_name or "train"
+    if not args.multirun:
+        compose_or_explain(name, args.overrides, config_dir)
+        return
+    from kdlab.sweeps import job_overrides  # the sweeper's own expansion of a grid
+
+    head = compose_or_explain(name, [], config_dir, return_hydra_config=True)
+    params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
+    seen: set[str] = set()
+    for job in job_overrides(params, args.overrides):  # each value of each override once
+        if not set(job) <= seen:
+            compose_or_explain(name, job, config_dir)
+            seen.update(job)
