@@ -69,15 +69,16 @@ def expand(path: Path, overrides: Sequence[str] = ()) -> list[Job]:
     """Every job of the sweep at ``path``: its overrides and composed config."""
     GlobalHydra.instance().clear()
     searchpath = f"hydra.searchpath=[file://{CONF_DIR}]"
-    try:
-        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+        head = None
+        try:
             head = compose(config_name=path.stem, overrides=[searchpath], return_hydra_config=True)
             params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
             return _compose_jobs(path.stem, params, [searchpath, *overrides])
-    except (HydraException, OmegaConfBaseException) as err:  # a typo in an override, mostly
-        reason = composition_error(err, [path.parent, CONF_DIR])
-        where = f"{path.parent.name}/{path.stem}"
-        raise ConfigError(f"the sweep {where} does not compose: {reason}") from err
+        except (HydraException, OmegaConfBaseException) as err:  # a typo in an override
+            reason = composition_error(err, [path.parent, CONF_DIR], head)
+            where = f"{path.parent.name}/{path.stem}"
+            raise ConfigError(f"the sweep {where} does not compose: {reason}") from err
 
 
 @dataclasses.dataclass

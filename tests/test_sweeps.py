@@ -174,8 +174,9 @@ def test_a_misspelt_override_is_one_sentence():
     out = run_cli("kdlab.cli", "sweep", "plan", "paper/teachers_fixed_m", "logger.wandb.projec=kd")
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        "kdlab: error: the sweep paper/teachers_fixed_m does not compose: "
-        "Could not override 'logger.wandb.projec'"
+        "kdlab: error: the sweep paper/teachers_fixed_m does not compose: unknown setting "
+        "'logger.wandb.projec'; did you mean logger.wandb.project? "
+        "(prefix it with + to add a new one)"
     )
 
 
