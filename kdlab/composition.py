@@ -27,7 +27,7 @@ _UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
 
 
 def _closest(word: str, choices: Sequence[str]) -> str:
-    near = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    near = difflib.get_close_matches(word, choices, n=3, cutoff=0.75)
     return f"; did you mean {' or '.join(near)}?" if near else ""
 
 
@@ -36,15 +36,15 @@ def _group_choices(group: str, config_dirs: Sequence[Path]) -> list[str]:
     return sorted(found)
 
 
-def _known_keys(defaults: DictConfig | None, dotted: str) -> list[str]:
-    """The settings beside ``dotted`` in the composed defaults (full dotted names)."""
+def _sibling_settings(defaults: DictConfig | None, dotted: str) -> list[str]:
+    """The names of the settings beside ``dotted`` in the composed defaults."""
     if defaults is None:
         return []
-    parent, _, _ = dotted.rpartition(".")
+    parent = dotted.rpartition(".")[0]
     node = OmegaConf.select(defaults, parent) if parent else defaults
     if not isinstance(node, DictConfig):
         return []
-    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+    return [str(k) for k in node.keys() if not str(k).startswith("_")]
 
 
 def composition_error(
@@ -65,8 +65,11 @@ def composition_error(
     unknown = _UNKNOWN_KEY.search(message)
     if unknown:
         key = unknown.group(1)
-        near = _closest(key, _known_keys(defaults, key))
-        return f"unknown setting '{key}'{near} (prefix it with + to add a new one)"
+        parent, _, leaf = key.rpartition(".")
+        near = difflib.get_close_matches(leaf, _sibling_settings(defaults, key), n=3, cutoff=0.6)
+        names = [f"{parent}.{n}" if parent else n for n in near]
+        hint = f"; did you mean {' or '.join(names)}?" if names else ""
+        return f"unknown setting '{key}'{hint} (prefix it with + to add a new one)"
     return message.splitlines()[0].rstrip(".") if message else type(err).__name__
 
 
