@@ -8,7 +8,6 @@ then trains and records.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdlab.callbacks import CurveRecorder, TrainClock
 from kdlab.hardware import matmul_peak_flops
 from kdlab.identity import ROLE_SPLIT
+from kdlab.locking import claimed
 from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.run_plan import RunPlan, plan_run
@@ -252,22 +252,15 @@ def _claimed(cfg: DictConfig, plan: RunPlan) -> Iterator[bool]:
     Two launches of one sweep (two SLURM arrays, a relaunch while the first still runs)
     would otherwise train the same run twice into one directory. Multi-device runs are
     not locked: every rank runs this code, and one rank skipping would hang the others.
-    A file system without flock (some Lustre and NFS mounts) gets a warning and no lock.
+    A file system without flock gets a warning and no lock (kdlab.locking).
     """
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if devices not in (1, "1") or nodes != 1:
         yield True
         return
-    with (plan.run_dir / LOCK_FILE).open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError as err:
-            print(f"kdlab: cannot lock {plan.run_dir} ({err}); training without a lock")
-        yield True  # the lock goes with the handle
+    with claimed(plan.run_dir / LOCK_FILE) as ours:
+        yield ours
 
 
 def _clear_run_dir(run_dir: Path) -> None:
