@@ -32,7 +32,7 @@ from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.run_plan import RunPlan, plan_run
 from kdlab.rundb import announce
-from kdlab.teacher import save_weights, submodule_state
+from kdlab.teacher import load_tensors, save_weights, submodule_state
 
 LOCK_FILE = ".lock"
 
@@ -304,6 +304,8 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
         _clear_run_dir(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_checkpoint(plan)
+    if resume:  # read as data before anything changes: a pickle that runs code is refused
+        load_tensors(resume, "the run's checkpoint", mmap=True)
     threads = cfg.threads or jobs_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -318,7 +320,8 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
     trainer = build_trainer(cfg, plan, callbacks, logger=loggers or False)
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=plan.data, ckpt_path=str(resume) if resume else None)
+        checkpoint = str(resume) if resume else None
+        trainer.fit(module, datamodule=plan.data, ckpt_path=checkpoint, weights_only=True)
         final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
     except DivergedError as err:
         if record:

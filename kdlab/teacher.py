@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,30 @@ def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = 
     )
 
 
+def load_tensors(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
+    """A weights file or checkpoint read as data: ``torch.load`` with ``weights_only=True``
+    reads tensors and plain values and refuses anything that would run code; every
+    failure is one ConfigError sentence naming ``what`` and the file.
+
+    ``mmap``: map the tensors instead of reading them (a cheap check of a large file).
+    """
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"{what} {path} holds more than tensors and plain values, and kdlab never runs "
+            "code from a weights file, so it is refused"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{what} {path} cannot be read as PyTorch weights ({reason})") from None
+    if not isinstance(blob, dict):
+        raise ConfigError(f"{what} {path} holds a {type(blob).__name__}, not kdlab weights")
+    return blob
+
+
 def load_weights(path: Path) -> GPT:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = load_tensors(path, "teacher weights")
     if "state_dict" in blob and "shape" in blob:
         # files written before the base width was stored used GPT's default
         width = {"base_d_model": blob["base_d_model"]} if "base_d_model" in blob else {}

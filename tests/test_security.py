@@ -6,6 +6,7 @@ marker file. The marker never appears, and the command refuses in one sentence (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 from pathlib import Path
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from kdlab.cli import main as kdlab_main
+from kdlab.errors import ConfigError
 from kdlab.laws.published import paper_fit_document
+from kdlab.rundb import RunStore
+from tests.conftest import FAST, compose_run, run_cli
 from tests.test_report import build_study
 
 
@@ -27,17 +31,28 @@ class _WritesMarker:
         return (Path.touch, (self.marker,))
 
 
-def write_marker_pickle(path: Path, marker: Path) -> Path:
+def write_marker_pickle(path: Path, marker: Path, torch_format: bool = False) -> Path:
+    """A plain pickle, or (``torch_format``) a torch.save file that looks like weights."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(_WritesMarker(marker)))
+    if torch_format:
+        import torch
+
+        torch.save({"state_dict": {}, "shape": _WritesMarker(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps(_WritesMarker(marker)))
     return path
 
 
-def test_the_marker_pickle_runs_code_when_unpickled(tmp_path: Path) -> None:
-    """The attack's payload is real: plain pickle.load writes the marker."""
+@pytest.mark.parametrize("torch_format", [False, True])
+def test_the_payload_runs_code_when_unpickled(tmp_path: Path, torch_format: bool) -> None:
+    """The attack is real: loading the file as pickles load writes the marker."""
+    import torch
+
     marker = tmp_path / "marker"
-    pickle.loads(write_marker_pickle(tmp_path / "p.pkl", marker).read_bytes())
-    assert marker.exists()
+    path = write_marker_pickle(tmp_path / "p.pkl", marker, torch_format)
+    with contextlib.suppress(RuntimeError):  # a plain pickle has no magic number...
+        torch.load(path, weights_only=False)
+    assert marker.exists()  # ...but its code ran while torch looked for one
 
 
 def test_report_does_not_run_a_fit_jsons_filter(tmp_path: Path, capsys) -> None:
@@ -74,3 +89,107 @@ def test_fit_does_not_run_a_filter(tmp_path: Path, capsys, option: str) -> None:
     assert not marker.exists()
     assert code == 2 and option in err
     assert not (tmp_path / "f.json").exists()
+
+
+# ------------------------------------------------------------------ weights files
+
+TEACHER = ["model=nano_L2", "data.tokens=32768", "data.tokens_per_param=null"]
+STUDENT = ["objective=distill", "model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+BY_SETTINGS = ["teacher.model=nano_L2", "teacher.tokens=32768"]
+TINY = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+
+
+def rows(root: Path) -> list[dict]:
+    db = root / "runs" / "kdlab.db"
+    return RunStore(f"sqlite:///{db}", create=False).find() if db.exists() else []
+
+
+def refused(train, *overrides: str) -> str:
+    """The run's refusal: a ConfigError of one line (kdlab-train prints it and exits 2)."""
+    with pytest.raises(ConfigError) as caught:
+        train(*overrides)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.fixture
+def teacher(train, tmp_path: Path) -> dict:
+    return train(*TEACHER)
+
+
+@pytest.mark.parametrize("torch_format", [False, True])
+def test_a_teachers_weights_file_that_is_a_pickle_is_refused(
+    teacher, train, tmp_path: Path, torch_format: bool
+) -> None:
+    marker = tmp_path / "marker"
+    weights = Path(teacher["run_dir"]) / "model.pt"
+    write_marker_pickle(weights, marker, torch_format)
+    message = refused(train, *STUDENT, *BY_SETTINGS)
+    assert not marker.exists()
+    assert message.startswith(f"teacher weights {weights} ")
+    assert [r["key"] for r in rows(tmp_path)] == [teacher["key"]]  # no student row
+
+
+def test_a_teacher_checkpoint_that_is_a_pickle_is_refused(train, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    checkpoint = write_marker_pickle(tmp_path / "shared" / "teacher.ckpt", marker, True)
+    message = refused(train, *STUDENT, f"teacher.checkpoint={checkpoint}")
+    assert not marker.exists()
+    assert message == (
+        f"teacher weights {checkpoint} holds more than tensors and plain values, and kdlab "
+        "never runs code from a weights file, so it is refused"
+    )
+    assert rows(tmp_path) == []
+
+
+def test_a_last_checkpoint_that_is_a_pickle_is_not_resumed(train, tmp_path: Path) -> None:
+    from kdlab.run_plan import plan_run
+
+    plan = plan_run(compose_run(tmp_path, *TINY))
+    marker = tmp_path / "marker"
+    write_marker_pickle(plan.checkpoint, marker)
+    message = refused(train, *TINY)
+    assert not marker.exists()
+    assert message.startswith(f"the run's checkpoint {plan.checkpoint} cannot be read")
+    assert rows(tmp_path) == []  # refused before the run's row was started
+
+
+def test_a_last_checkpoint_in_torch_format_with_code_is_refused_by_the_command(
+    tmp_path: Path,
+) -> None:
+    """From the command line: exit 2, one sentence, and the marker never written."""
+    from kdlab.run_plan import plan_run
+
+    plan = plan_run(compose_run(tmp_path, *TINY))
+    marker = tmp_path / "marker"
+    write_marker_pickle(plan.checkpoint, marker, torch_format=True)
+    result = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *TINY)
+    assert not marker.exists()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"kdlab-train: error: the run's checkpoint {plan.checkpoint} holds more than tensors "
+        "and plain values, and kdlab never runs code from a weights file, so it is refused"
+    )
+    assert "Traceback" not in result.stderr
+    assert rows(tmp_path) == []
+
+
+def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
+    """Final weights and Lightning checkpoints (kdlab_shape, TAID state, callback state)
+    all load with weights_only=True, so nothing kdlab writes needs a pickle."""
+    import torch
+
+    student = train(
+        *STUDENT, "data=markov", "teacher=oracle", "objective.divergence=taid", "logger=csv"
+    )
+    for row in (teacher, student):
+        run_dir = Path(row["run_dir"])
+        weights = torch.load(run_dir / "model.pt", weights_only=True)
+        assert set(weights) == {"shape", "base_d_model", "state_dict"}
+        assert weights["shape"]["n_layer"] == row["n_layer"]
+        checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == row["steps"]
+        assert checkpoint["kdlab_shape"] == weights["shape"]
+        assert checkpoint["callbacks"]["TrainClock"]["wall_s"] > 0
+    assert 0 < checkpoint["taid"]["t"] <= 1  # the student's: TAID's interpolation state
