@@ -342,9 +342,10 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
     val_loss = float(final["val/loss"])
     flops_per_sec = clock.tokens_per_sec * module.train_flops_per_token()
     plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss)
-    save_weights(module.model, plan.run_dir, state_dict=submodule_state(state, "model."))
+    weights_sha256 = save_weights(module.model, plan.run_dir, submodule_state(state, "model."))
     plan.store.finish(
         plan.key,
+        weights_sha256=weights_sha256,
         val_loss=val_loss,
         val_ppl=float(final["val/ppl"]),
         val_kl=final.get("val/kl_teacher"),

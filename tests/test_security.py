@@ -7,8 +7,10 @@ marker file. The marker never appears, and the command refuses in one sentence (
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,47 @@ def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
         assert checkpoint["kdlab_shape"] == weights["shape"]
         assert checkpoint["callbacks"]["TrainClock"]["wall_s"] > 0
     assert 0 < checkpoint["taid"]["t"] <= 1  # the student's: TAID's interpolation state
+
+
+# ------------------------------------------------- a teacher's weights against its row
+
+L1_TEACHER = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+OF_L1 = [*STUDENT, "teacher.model=nano_L1", "teacher.tokens=16384"]
+
+
+def test_the_row_records_the_weights_hash(teacher) -> None:
+    weights = Path(teacher["run_dir"]) / "model.pt"
+    assert teacher["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_weights_of_another_size_in_a_teachers_directory_are_refused(
+    teacher, train, tmp_path: Path
+) -> None:
+    """An L2 model.pt in an L1 teacher's directory: by its hash, and for a row recorded
+    before hashes (none), by its shape; no student row either way."""
+    small = train(*L1_TEACHER)
+    weights = Path(small["run_dir"]) / "model.pt"
+    shutil.copyfile(Path(teacher["run_dir"]) / "model.pt", weights)
+    message = refused(train, *OF_L1)
+    assert message.startswith(f"teacher run {small['key']}'s weights {weights} are not the file")
+    assert f"recorded {small['weights_sha256'][:12]}..." in message
+    store = RunStore(f"sqlite:///{tmp_path / 'runs' / 'kdlab.db'}")
+    store.update(small["key"], weights_sha256=None)
+    assert refused(train, *OF_L1) == (
+        f"teacher run {small['key']}'s weights {weights} are not of the run's shape: "
+        "n_layer 2 (the run's: 1), d_model 32 (the run's: 16), n_head 2 (the run's: 1), "
+        "d_ff 96 (the run's: 48)"
+    )
+    assert sorted(r["key"] for r in rows(tmp_path)) == sorted([teacher["key"], small["key"]])
+
+
+def test_truncated_teacher_weights_are_refused(teacher, train, tmp_path: Path) -> None:
+    weights = Path(teacher["run_dir"]) / "model.pt"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    assert "are not the file the run saved" in refused(train, *STUDENT, *BY_SETTINGS)
+    store = RunStore(f"sqlite:///{tmp_path / 'runs' / 'kdlab.db'}")
+    store.update(teacher["key"], weights_sha256=None)  # as recorded before hashes
+    message = refused(train, *STUDENT, *BY_SETTINGS)
+    assert message.startswith(f"teacher weights {weights} cannot be read as PyTorch weights (")
+    assert [r["key"] for r in rows(tmp_path)] == [teacher["key"]]
