@@ -31,7 +31,7 @@ from kdlab.locking import claimed
 from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.run_plan import RunPlan, plan_run
-from kdlab.rundb import announce
+from kdlab.rundb import announce, shown_url
 from kdlab.teacher import load_tensors, save_weights, submodule_state
 
 LOCK_FILE = ".lock"
@@ -129,9 +129,16 @@ def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
         seed=cfg.seed,
         git_rev=git_revision(),
         run_dir=str(plan.run_dir),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=_recorded_config(cfg),
         **_teacher_fields(cfg, plan),
     )
+
+
+def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as the row keeps it: the database URL without its password."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["db"]["url"] = shown_url(config["db"]["url"]) or None
+    return config
 
 
 def _teacher_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:

@@ -239,3 +239,48 @@ def test_truncated_teacher_weights_are_refused(teacher, train, tmp_path: Path) -
     message = refused(train, *STUDENT, *BY_SETTINGS)
     assert message.startswith(f"teacher weights {weights} cannot be read as PyTorch weights (")
     assert [r["key"] for r in rows(tmp_path)] == [teacher["key"]]
+
+
+# ------------------------------------------------------------- database passwords
+# (tests/test_postgres.py greps every artefact of a run against a password-protected
+# server; these hold without one)
+
+SECRET_URL = "postgresql+psycopg://kd:hunter2@dbhost:5432/runs"
+
+
+def test_a_password_in_db_url_is_refused_and_one_in_the_environment_is_masked(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from kdlab.rundb import configured_url
+    from kdlab.runner import _recorded_config
+
+    monkeypatch.delenv("KDLAB_DB_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        configured_url({"url": SECRET_URL, "sqlite": None})
+    assert str(caught.value) == (
+        "db.url postgresql+psycopg://kd:***@dbhost:5432/runs holds a password, which Hydra "
+        "would save with the run's config: keep it in ~/.pgpass or PGPASSWORD, or give the "
+        "whole URL in KDLAB_DB_URL"
+    )
+    assert configured_url({"url": "postgresql+psycopg://kd@dbhost/runs"})[1] == "db.url"
+    monkeypatch.setenv("KDLAB_DB_URL", SECRET_URL)
+    assert configured_url({"url": SECRET_URL}) == (SECRET_URL, "KDLAB_DB_URL")
+    recorded = _recorded_config(compose_run(tmp_path, *TINY))
+    assert recorded["db"]["url"] == "postgresql+psycopg://kd:***@dbhost:5432/runs"
+    assert "hunter2" not in json.dumps(recorded)
+
+
+def test_kdlab_train_refuses_a_password_before_hydra_writes(tmp_path: Path) -> None:
+    result = run_cli(
+        "kdlab.train", f"paths.root_dir={tmp_path}", *TINY, f"db.url={SECRET_URL}", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "kdlab-train: error: db.url postgresql+psycopg://kd:***@dbhost:5432/runs holds a password"
+        )
+    )
+    assert "hunter2" not in result.stdout + result.stderr
+    assert list(tmp_path.rglob("*")) == []  # no log folder, no .hydra, no database
