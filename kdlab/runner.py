@@ -137,7 +137,9 @@ def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
 def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as the row keeps it: the database URL without its password."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["db"]["url"] = shown_url(config["db"]["url"]) or None
+    db = config.get("db") or {}
+    if db.get("url"):
+        db["url"] = shown_url(db["url"])
     return config
 
 
