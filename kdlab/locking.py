@@ -4,13 +4,20 @@ Every run of a sweep may ask for the same cached artefact (token array, tokenize
 fingerprint) or open the same new SQLite run database at the same moment; the first one
 builds it, the others wait on the lock and then find it finished. Readers never see a
 half-written file because the final path only ever appears through an atomic
-``os.replace``.
+``os.replace``. A run's directory is claimed without waiting (``claimed``) so that a second
+launch of a sweep moves on to the next run.
+
+Locks are the ``filelock`` package's (flock on Unix, the Windows API on Windows). Where the
+file system has no flock (Lustre or NFS mounted without it), every lock here warns once and
+goes on unlocked: each race it guards is survivable (caches are published atomically), and
+filelock's soft fallback, a marker file, would outlive a job pre-empted on another node and
+block its requeued run for good.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import json
 import os
 import sys
@@ -19,31 +26,75 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-_UNLOCKABLE: set[Path] = set()  # paths already warned about
+from filelock import FileLock, Timeout
+
+# what flock fails with where a file system does not support it
+NO_FLOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP})
+_WARNED: set[Path] = set()  # paths already warned about
+
+
+def _unlockable(path: Path, err: OSError | NotImplementedError, optional: bool) -> None:
+    """Warn once about a lock that cannot be had; re-raise unless flock is simply missing
+    or the caller can do without (``optional``)."""
+    missing = isinstance(err, NotImplementedError) or getattr(err, "errno", None) in NO_FLOCK
+    if not (missing or optional):
+        raise err
+    if path not in _WARNED:
+        _WARNED.add(path)
+        why = f"flock is not supported here: errno {err.errno}" if missing and err.errno else err
+        print(f"kdlab: cannot lock {path} ({why}); going on without the lock", file=sys.stderr)
+
+
+def _lock(path: Path) -> FileLock:
+    # no soft fallback: see the module's docstring
+    return FileLock(path, fallback_to_soft=False)
 
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str], optional: bool = False) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
+    """Hold an exclusive lock on ``path`` (created if missing) for the block, waiting for
+    another holder to let go.
 
-    ``optional``: where the lock cannot be had (a file system without flock, as on some
-    Lustre and NFS mounts, or a read-only directory) warn once and run the block
-    unlocked, for callers whose race is rare and survivable.
+    Without flock the block runs unlocked after a warning. ``optional``: so does any other
+    failure to lock (a read-only directory), for callers whose race is rare and survivable.
     """
     path = Path(path)
-    with contextlib.ExitStack() as stack:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(open(path, "a+"))
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            stack.callback(fcntl.flock, handle.fileno(), fcntl.LOCK_UN)
-        except OSError as err:
-            if not optional:
-                raise
-            if path not in _UNLOCKABLE:
-                _UNLOCKABLE.add(path)
-                print(f"kdlab: cannot lock {path} ({err}); going on without it", file=sys.stderr)
+    lock = _lock(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except (OSError, NotImplementedError) as err:
+        _unlockable(path, err, optional)
         yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def claimed(path: str | os.PathLike[str]) -> Iterator[bool]:
+    """Take the lock on ``path`` without waiting: yields False when another process (or
+    another opener in this one) holds it, True when it is ours for the block.
+
+    Without flock the block runs unlocked after a warning, and yields True.
+    """
+    path = Path(path)
+    lock = _lock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    except (OSError, NotImplementedError) as err:
+        _unlockable(path, err, optional=False)
+        yield True
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def temp_path_for(final: str | os.PathLike[str]) -> Path:

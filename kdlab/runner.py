@@ -8,7 +8,6 @@ then trains and records.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
@@ -28,11 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from kdlab.callbacks import CurveRecorder, TrainClock
 from kdlab.hardware import matmul_peak_flops
 from kdlab.identity import ROLE_SPLIT
+from kdlab.locking import claimed
 from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.run_plan import RunPlan, plan_run
-from kdlab.rundb import announce
-from kdlab.teacher import save_weights, submodule_state
+from kdlab.rundb import announce, shown_url
+from kdlab.teacher import load_tensors, save_weights, submodule_state
 
 LOCK_FILE = ".lock"
 
@@ -129,9 +129,18 @@ def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
         seed=cfg.seed,
         git_rev=git_revision(),
         run_dir=str(plan.run_dir),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=_recorded_config(cfg),
         **_teacher_fields(cfg, plan),
     )
+
+
+def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as the row keeps it: the database URL without its password."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    db = config.get("db") or {}
+    if db.get("url"):
+        db["url"] = shown_url(db["url"])
+    return config
 
 
 def _teacher_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
@@ -252,22 +261,15 @@ def _claimed(cfg: DictConfig, plan: RunPlan) -> Iterator[bool]:
     Two launches of one sweep (two SLURM arrays, a relaunch while the first still runs)
     would otherwise train the same run twice into one directory. Multi-device runs are
     not locked: every rank runs this code, and one rank skipping would hang the others.
-    A file system without flock (some Lustre and NFS mounts) gets a warning and no lock.
+    A file system without flock gets a warning and no lock (kdlab.locking).
     """
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if devices not in (1, "1") or nodes != 1:
         yield True
         return
-    with (plan.run_dir / LOCK_FILE).open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError as err:
-            print(f"kdlab: cannot lock {plan.run_dir} ({err}); training without a lock")
-        yield True  # the lock goes with the handle
+    with claimed(plan.run_dir / LOCK_FILE) as ours:
+        yield ours
 
 
 def _clear_run_dir(run_dir: Path) -> None:
@@ -311,6 +313,8 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
         _clear_run_dir(plan.run_dir)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_checkpoint(plan)
+    if resume:  # read as data before anything changes: a pickle that runs code is refused
+        load_tensors(resume, "the run's checkpoint", mmap=True)
     threads = cfg.threads or jobs_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -325,7 +329,8 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
     trainer = build_trainer(cfg, plan, callbacks, logger=loggers or False)
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=plan.data, ckpt_path=str(resume) if resume else None)
+        checkpoint = str(resume) if resume else None
+        trainer.fit(module, datamodule=plan.data, ckpt_path=checkpoint, weights_only=True)
         final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
     except DivergedError as err:
         if record:
@@ -346,9 +351,10 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
     val_loss = float(final["val/loss"])
     flops_per_sec = clock.tokens_per_sec * module.train_flops_per_token()
     plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss)
-    save_weights(module.model, plan.run_dir, state_dict=submodule_state(state, "model."))
+    weights_sha256 = save_weights(module.model, plan.run_dir, submodule_state(state, "model."))
     plan.store.finish(
         plan.key,
+        weights_sha256=weights_sha256,
         val_loss=val_loss,
         val_ppl=float(final["val/ppl"]),
         val_kl=final.get("val/kl_teacher"),

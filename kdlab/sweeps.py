@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdlab.composition import composition_error
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, error_exit
 from kdlab.identity import objective_identity, run_tokens, teacher_config
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
 from kdlab.rundb import RunDBError, RunStore, configured_url, missing_sqlite_file, shown_url
@@ -283,9 +283,15 @@ def missing_teachers(jobs: list[JobPlan], url: str, sweep: Path) -> list[str]:
 
 
 class PreflightCallback(Callback):
-    """Before a multirun starts: refuse a student sweep whose teachers are missing."""
+    """Before a run or multirun starts, while Hydra has written nothing yet: refuse a
+    database password in the config (Hydra would save it in its log folder), and a
+    student sweep whose teachers are missing."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_bad_database(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_bad_database(config)
         params = OmegaConf.to_container(config.hydra.sweeper.params or {}, resolve=False)
         overrides = list(config.hydra.overrides.task)
         name = config.hydra.job.config_name
@@ -300,6 +306,13 @@ class PreflightCallback(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def _refuse_bad_database(config: DictConfig) -> None:
+    try:
+        configured_url(config.db)
+    except ConfigError as err:
+        sys.exit(error_exit("kdlab-train", err))
 
 
 def _primary_config(config: DictConfig, name: str) -> Path:

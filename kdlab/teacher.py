@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_param
 from kdlab.rundb import RunStore, shown_url
 
 WEIGHTS = "model.pt"
+# the row's columns that fix a model's architecture, checked against a teacher's weights
+SHAPE_COLUMNS = ("n_layer", "d_model", "n_head", "d_ff", "vocab_size", "n_ctx")
 
 
 @dataclasses.dataclass
@@ -72,8 +75,9 @@ def frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
-    """The final weights of a finished run, apart from resumable checkpoints.
+def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = None) -> str:
+    """The final weights of a finished run, apart from resumable checkpoints; returns the
+    file's SHA-256, which the run's row records so that a student can check its teacher.
 
     ``state_dict`` is the model's full state when the caller had to gather it (FSDP);
     by default the model's own.
@@ -86,10 +90,33 @@ def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = 
         },
         run_dir / WEIGHTS,
     )
+    return file_sha256(run_dir / WEIGHTS)
+
+
+def load_tensors(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
+    """A weights file or checkpoint read as data: ``torch.load`` with ``weights_only=True``
+    reads tensors and plain values and refuses anything that would run code; every
+    failure is one ConfigError sentence naming ``what`` and the file.
+
+    ``mmap``: map the tensors instead of reading them (a cheap check of a large file).
+    """
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"{what} {path} holds more than tensors and plain values, and kdlab never runs "
+            "code from a weights file, so it is refused"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{what} {path} cannot be read as PyTorch weights ({reason})") from None
+    if not isinstance(blob, dict):
+        raise ConfigError(f"{what} {path} holds a {type(blob).__name__}, not kdlab weights")
+    return blob
 
 
 def load_weights(path: Path) -> GPT:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = load_tensors(path, "teacher weights")
     if "state_dict" in blob and "shape" in blob:
         # files written before the base width was stored used GPT's default
         width = {"base_d_model": blob["base_d_model"]} if "base_d_model" in blob else {}
@@ -161,7 +188,7 @@ def _from_run(store: RunStore, key: str, data: Any) -> Teacher:
     if not weights.exists():
         raise ConfigError(f"teacher run {key} is done but its weights {weights} are missing")
     return Teacher(
-        load=lambda: load_weights(weights),
+        load=lambda: _run_weights(weights, row),
         key=key,
         name=row["model"],
         n_params=row["n_params"],
@@ -175,12 +202,42 @@ def _from_run(store: RunStore, key: str, data: Any) -> Teacher:
     )
 
 
-def _file_hash(path: Path) -> str:
+def _run_weights(path: Path, row: dict[str, Any]) -> GPT:
+    """A teacher run's final weights, checked against its row before they teach: the
+    file's SHA-256 against the one recorded when it was saved (so swapped, truncated or
+    overwritten weights are refused before they are even read), then the shape.
+
+    Runs recorded before kdlab kept the hash are checked by shape only.
+    """
+    key, recorded = row["key"], row.get("weights_sha256")
+    if recorded:
+        actual = file_sha256(path)
+        if actual != recorded:
+            raise ConfigError(
+                f"teacher run {key}'s weights {path} are not the file the run saved (SHA-256 "
+                f"{actual[:12]}..., recorded {recorded[:12]}...); restore them, or retrain "
+                "the teacher with force=true"
+            )
+    model = load_weights(path)
+    wrong = [
+        f"{column} {getattr(model.shape, column)} (the run's: {row[column]})"
+        for column in SHAPE_COLUMNS
+        if getattr(model.shape, column) != row[column]
+    ]
+    if wrong:
+        raise ConfigError(
+            f"teacher run {key}'s weights {path} are not of the run's shape: {', '.join(wrong)}"
+        )
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 8 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 23), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def _from_checkpoint(path: Path, data: Any) -> Teacher:
@@ -190,7 +247,7 @@ def _from_checkpoint(path: Path, data: Any) -> Teacher:
     shape = model.shape
     return Teacher(
         load=lambda: model,
-        key=f"checkpoint:{_file_hash(path)}",  # content, not path: keys never hold paths
+        key=f"checkpoint:{file_sha256(path)[:16]}",  # content, not path: keys never hold paths
         name=shape.name,
         n_params=non_embedding_params(shape),
         tokens=0,

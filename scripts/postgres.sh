@@ -25,6 +25,10 @@ while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do  # taken (another ser
     port=$((port + 1))
 done
 as_pg "$bindir/initdb -D $KDLAB_PG_DATA -A trust -U kdlab >/dev/null"
+# Members of the role kdlab_password_users (made by the tests that need one) log in with a
+# password the server checks; every other role keeps trust, KDLAB_TEST_POSTGRES_URL's too.
+hba="$KDLAB_PG_DATA/pg_hba.conf"
+as_pg "printf 'host all +kdlab_password_users 127.0.0.1/32 scram-sha-256\n' | cat - $hba > $hba.new && mv $hba.new $hba"
 as_pg "$bindir/pg_ctl -D $KDLAB_PG_DATA -o '-k $KDLAB_PG_DATA -h 127.0.0.1 -p $port' -l $KDLAB_PG_DATA/log -w start >/dev/null"
 as_pg "$bindir/createdb -h 127.0.0.1 -p $port -U kdlab kdlab"
 export KDLAB_TEST_POSTGRES_URL="postgresql+psycopg://kdlab@127.0.0.1:$port/kdlab"

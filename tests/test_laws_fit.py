@@ -107,7 +107,7 @@ def test_select_points_drop_and_holdout():
     fit, held = select_points(df, drop_highest=1, fit_where="loss >= 2.5")
     assert sorted(fit["loss"]) == [3.0, 4.0]
     assert sorted(held["loss"]) == [1.0, 2.0]
-    with pytest.raises(LawInputError, match="fit-where"):
+    with pytest.raises(LawInputError, match="names the column.s. no_such_column"):
         select_points(df, 0, "no_such_column > 1")
     with pytest.raises(LawInputError, match="leaves none"):
         select_points(df, 5)

@@ -110,3 +110,152 @@ def test_report_from_postgresql_is_the_report_from_sqlite(fresh_database, tmp_pa
         assert (tmp_path / "postgres" / png).read_bytes() == (
             tmp_path / "sqlite" / png
         ).read_bytes()
+
+
+# -------------------------------------------------------------- a database password
+
+PASSWORD_GROUP = "kdlab_password_users"  # scripts/postgres.sh: its members log in by password
+
+
+@pytest.fixture
+def password_database():
+    """A role of its own with a password the server really checks (scram-sha-256, by the
+    pg_hba.conf line scripts/postgres.sh writes for members of PASSWORD_GROUP), owning a
+    fresh database; yields (URL with the password, the password)."""
+    import secrets
+
+    import psycopg
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    suffix = uuid.uuid4().hex[:8]
+    role, name, password = f"kdlab_pw_{suffix}", f"kdlab_pw_{suffix}", secrets.token_hex(12)
+    server = create_engine(URL, isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_roles WHERE rolname = :g"), {"g": PASSWORD_GROUP}
+        ).first()
+        if not exists:
+            conn.execute(text(f"CREATE ROLE {PASSWORD_GROUP} NOLOGIN"))
+        conn.execute(
+            text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE {PASSWORD_GROUP}")
+        )
+        conn.execute(text(f"CREATE DATABASE {name} OWNER {role}"))
+    base = make_url(URL).set(username=role, database=name)
+    url = base.set(password=password).render_as_string(hide_password=False)
+    # the server checks it: a wrong password and none are refused
+    for wrong in ("not-it", None):
+        attempt = base.set(password=wrong, drivername="postgresql")
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(attempt.render_as_string(hide_password=False), connect_timeout=10)
+    yield url, password
+    with server.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        conn.execute(text(f"DROP ROLE {role}"))
+    server.dispose()
+
+
+def _everything_under(root) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_no_password_is_stored_or_printed(password_database, tmp_path):
+    """A real run (W&B offline, Hydra's own files), a fit, a report and every runs
+    command against a password-protected server: the password is in no file they leave,
+    no row and no line they print."""
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import FAST, run_cli
+    from tests.test_report import build_study
+
+    url, password = password_database
+    env = {"KDLAB_DB_URL": url, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    tiny = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+    printed = []
+
+    def kdlab(module: str, *args: str) -> str:
+        result = run_cli(module, *args, cwd=tmp_path, env=env)
+        printed.append(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    kdlab("kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *tiny, "logger=wandb")
+    build_study(url, students=False)  # runs enough for a fit, in the same database
+    fit, grid = tmp_path / "fit.json", tmp_path / "grid.json"
+    grid.write_text(
+        json.dumps(
+            {"e": [0.2], "a": [8.0], "b": [9.8], "alpha": [0.4], "beta": [0.43], "gamma": [0.45]}
+        )
+    )
+    fit_args = ["--corpus", "c4-0123abcd", "--grid", str(grid), "--keep", "0", "--final-keep", "0"]
+    doc = json.loads(
+        kdlab("kdlab.cli", "fit", "supervised", *fit_args, "--out", str(fit), "--json")
+    )
+    shown = url.replace(password, "***")
+    assert doc["data"]["source"] == shown
+    kdlab(
+        "kdlab.cli",
+        "report",
+        "--supervised-fit",
+        str(fit),
+        "--out",
+        str(tmp_path / "report"),
+        "--plan-budgets",
+        "0",
+        "--map-points",
+        "0",
+        "--wandb",
+        "--wandb-project",
+        "kdlab-test",
+    )
+    assert "***" in kdlab("kdlab.cli", "runs", "list")  # its title names the database
+    runs = create_engine(url).connect()
+    trained = runs.execute(text("SELECT key FROM runs WHERE corpus = 'stdlib'")).scalar_one()
+    kdlab("kdlab.cli", "runs", "show", trained)
+    kdlab("kdlab.cli", "runs", "export", "--out", str(tmp_path / "runs.csv"))
+
+    files = _everything_under(tmp_path)
+    assert any("/wandb/" in f for f in files) and any("/.hydra/" in f for f in files)
+    assert any(f.endswith("model.pt") for f in files) and str(fit) in files
+    leaks = [f for f, data in files.items() if password.encode() in data]
+    assert leaks == []
+    assert [out for out in printed if password in out] == []
+    row_text = [
+        json.dumps(dict(r._mapping), default=str)
+        for table in ("runs", "curves")
+        for r in runs.execute(text(f"SELECT * FROM {table}"))
+    ]
+    assert row_text and [r for r in row_text if password in r] == []
+    config = runs.execute(text(f"SELECT config FROM runs WHERE key = '{trained}'")).scalar_one()
+    config = json.loads(config) if isinstance(config, str) else config
+    assert config["db"]["url"] == shown  # the row says which database, without the password
+    runs.close()
+
+
+def test_a_password_on_the_command_line_is_refused_before_hydra_saves_it(
+    password_database, tmp_path
+):
+    from tests.conftest import FAST, run_cli
+
+    url, password = password_database
+    tiny = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+    for mode in ([], ["-m"]):
+        result = run_cli(
+            "kdlab.train",
+            *mode,
+            f"paths.root_dir={tmp_path}",
+            *FAST,
+            *tiny,
+            f"db.url={url}",
+            cwd=tmp_path,
+            env={"KDLAB_DB_URL": ""},
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"kdlab-train: error: db.url {url.replace(password, '***')} holds a password, "
+            "which Hydra would save with the run's config: keep it in ~/.pgpass or "
+            "PGPASSWORD, or give the whole URL in KDLAB_DB_URL"
+        )
+        assert password not in result.stdout + result.stderr
+    leaks = [f for f, data in _everything_under(tmp_path).items() if password.encode() in data]
+    assert leaks == []

@@ -218,14 +218,21 @@ def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
     RunStore(url).start("a", role="teacher")
     assert _revision(url) == schema_version.head()
 
-    # a database from before migrations (no version table) reads as the baseline, and
-    # `kdlab runs migrate` records its revision without touching its rows
-    with create_engine(url).begin() as conn:
+    # a database from before migrations (the baseline's tables, no version table) reads
+    # as the baseline, and `kdlab runs migrate` brings it to head keeping its rows
+    from alembic import command
+
+    old = f"sqlite:///{tmp_path / 'old.db'}"
+    with create_engine(old).begin() as conn:
+        command.upgrade(schema_version._config(conn), schema_version.BASELINE)
+        conn.execute(text("INSERT INTO runs (key, status, role) VALUES ('a', 'done', 'teacher')"))
         conn.execute(text("DROP TABLE alembic_version"))
-    assert RunStore(url, create=False).get("a")["status"] == "running"
-    assert main(["runs", "--db", url, "migrate"]) == 0
-    assert _revision(url) == schema_version.head()
-    assert RunStore(url, create=False).get("a")["role"] == "teacher"
+    if schema_version.head() != schema_version.BASELINE:
+        with pytest.raises(RunDBError, match="has schema revision 0001, and this kdlab writes"):
+            RunStore(old, create=False)
+    assert main(["runs", "--db", old, "migrate"]) == 0
+    assert _revision(old) == schema_version.head()
+    assert RunStore(old, create=False).get("a")["role"] == "teacher"
 
     # a database written by a newer kdlab is refused, in one sentence, and left alone
     with create_engine(url).begin() as conn:

@@ -84,8 +84,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     )
     where.add_argument(
         "--fit-where",
-        help="fit only runs matching this pandas expression "
-        "(e.g. 'loss >= 2.3'); report the error on the rest",
+        help="fit only runs matching this filter (columns, numbers, comparisons, "
+        "and/or/not, parentheses: 'loss >= 2.3 and N < 1e9'); report the error on the rest",
     )
     unc = p.add_argument_group("uncertainty")
     unc.add_argument("--bootstrap", type=int, default=0, help="B bootstrap resamples")
@@ -136,6 +136,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         )
     if args.law == "distillation" and args.grid == "epoch":
         raise LawInputError("The epoch grid is for the supervised law; use --grid paper.")
+    fit_where = _row_filter(args)  # refused before the database is read
     data_info: dict[str, Any]
     if args.csv:
         cols = {
@@ -185,7 +186,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         grid=args.grid,
         search=search,
         drop_highest=args.drop_highest,
-        fit_where=args.fit_where if args.holdout is None else f"~({args.holdout})",
+        fit_where=fit_where,
         bootstrap=args.bootstrap,
         level=args.level,
         seed=args.seed,
@@ -216,6 +217,19 @@ def _run_fit(args: argparse.Namespace) -> int:
     else:
         _print_fit(doc, args.out)
     return 0
+
+
+def _row_filter(args: argparse.Namespace) -> str | None:
+    """The fit's row filter (--holdout as the complement of --fit-where), checked by its
+    grammar so a filter that does not parse is named with its option."""
+    from kdlab.laws.row_filter import negated, parse_filter
+
+    if args.holdout is not None:
+        parse_filter(args.holdout, "--holdout")
+        return negated(args.holdout)
+    if args.fit_where is not None:
+        parse_filter(args.fit_where, "--fit-where")
+    return args.fit_where
 
 
 def _print_fit(doc: dict[str, Any], out: str | None) -> None:

@@ -30,6 +30,7 @@ from kdlab.laws.io import LawInputError, plan_bounds_for, validate_points
 from kdlab.laws.objective import DistillationObjective, HuberObjective, SupervisedObjective
 from kdlab.laws.optim import multistart
 from kdlab.laws.published import PAPER_FLOPS
+from kdlab.laws.row_filter import parse_filter
 
 
 @dataclass
@@ -70,7 +71,8 @@ def torch_threads(n: int | None):
 def select_points(
     df: pd.DataFrame, drop_highest: int = 0, fit_where: str | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs to fit, held-out runs): drop the K highest losses, then split by an expression.
+    """(runs to fit, held-out runs): drop the K highest losses, then split by a row filter
+    (kdlab.laws.row_filter's grammar: read, never evaluated as code).
 
     Dropping the highest losses follows Epoch AI's replication (the first, unconverged
     points of a sweep); the split is the paper's extrapolation test (fit the weaker runs,
@@ -84,18 +86,9 @@ def select_points(
         )
     if drop_highest:
         df = df.loc[df["loss"].sort_values(kind="stable").index[: len(df) - drop_highest]]
-    if not fit_where:
+    if fit_where is None:
         return df, df.iloc[:0]
-    try:
-        mask = df.eval(fit_where)
-    except Exception as exc:  # pandas raises many types for a bad expression
-        raise LawInputError(f"Cannot evaluate --fit-where {fit_where!r}: {exc}.") from None
-    mask = pd.Series(mask, index=df.index) if np.ndim(mask) == 1 else None
-    if mask is None or mask.dtype != bool:
-        raise LawInputError(
-            f"--fit-where {fit_where!r} must be a true/false condition on the columns, "
-            "e.g. 'loss >= 2.3'."
-        )
+    mask = parse_filter(fit_where).mask(df)
     return df[mask], df[~mask]
 
 

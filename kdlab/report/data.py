@@ -108,6 +108,10 @@ def load_fit(path: str | None, law: str) -> Fit | None:
     if got != law:
         other = "--supervised-fit" if got == "supervised" else "--distillation-fit"
         raise LawInputError(f"{path} is a {got} fit, not a {law} one; pass it as {other}.")
+    if doc.get("fit_where") is not None:  # re-applied to the runs: read by its grammar first
+        from kdlab.laws.row_filter import parse_filter
+
+        parse_filter(doc["fit_where"], f"the fit_where of {path}")
     return Fit(str(path), doc, coefs)
 
 

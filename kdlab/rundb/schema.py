@@ -79,6 +79,7 @@ runs = Table(
     Column("git_rev", String(64)),
     Column("wandb_url", Text),
     Column("run_dir", Text),
+    Column("weights_sha256", String(64)),  # of run_dir/model.pt as saved: checked on loading
     Column("config", JSON),
     Column("created_at", DateTime),
     Column("updated_at", DateTime),

@@ -5,6 +5,11 @@ One rule for every command that reads or writes runs (``kdlab-train``, ``kdlab r
 ``db.url=`` for ``kdlab-train``), else ``KDLAB_DB_URL`` (one server shared by a cluster's
 nodes), else the SQLite file ``runs/kdlab.db`` under the run root (``KDLAB_ROOT``, or the
 working directory). Each command says which one it uses, without the password.
+
+No URL kdlab stores or prints carries a password: everything shown goes through
+``shown_url``, and ``db.url`` may not hold one (Hydra saves a run's config and command
+line in its log folder before kdlab runs): a password lives in ~/.pgpass, PGPASSWORD or
+KDLAB_DB_URL, which only the resolved config sees.
 """
 
 from __future__ import annotations
@@ -61,6 +66,16 @@ def shown_url(url: str | None) -> str:
         return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
+def has_password(url: str | None) -> bool:
+    """Whether a database URL carries a password (user:password@host)."""
+    if not url:
+        return False
+    try:
+        return make_url(url).password is not None
+    except (ArgumentError, ValueError):
+        return shown_url(url) != url
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL; None for other databases and in-memory SQLite.
 
@@ -89,8 +104,15 @@ def missing_sqlite_file(url: str) -> Path | None:
 def configured_url(db: Mapping[str, Any]) -> tuple[str, str]:
     """(URL, where it came from) of a composed ``db`` config node (conf/db/)."""
     url, sqlite = db.get("url"), db.get("sqlite")
+    if url and url == os.environ.get(ENV_URL):
+        return url, ENV_URL
+    if url and has_password(url):
+        raise ConfigError(
+            f"db.url {shown_url(url)} holds a password, which Hydra would save with the "
+            f"run's config: keep it in ~/.pgpass or PGPASSWORD, or give the whole URL in {ENV_URL}"
+        )
     if url:
-        return url, ENV_URL if url == os.environ.get(ENV_URL) else "db.url"
+        return url, "db.url"
     if sqlite:
         return sqlite_url(sqlite), "the run root"
     raise ConfigError(

@@ -1,0 +1,286 @@
+"""Nothing read as data runs code: fit JSONs, row filters and weights files are data.
+
+Each attack is the one a shared artefact makes possible: a pickle that, when run, writes a
+marker file. The marker never appears, and the command refuses in one sentence (exit 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kdlab.cli import main as kdlab_main
+from kdlab.errors import ConfigError
+from kdlab.laws.published import paper_fit_document
+from kdlab.rundb import RunStore
+from tests.conftest import FAST, compose_run, run_cli
+from tests.test_report import build_study
+
+
+class _WritesMarker:
+    """Unpickling this calls Path.touch(marker): code run by reading a data file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_marker_pickle(path: Path, marker: Path, torch_format: bool = False) -> Path:
+    """A plain pickle, or (``torch_format``) a torch.save file that looks like weights."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if torch_format:
+        import torch
+
+        torch.save({"state_dict": {}, "shape": _WritesMarker(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps(_WritesMarker(marker)))
+    return path
+
+
+@pytest.mark.parametrize("torch_format", [False, True])
+def test_the_payload_runs_code_when_unpickled(tmp_path: Path, torch_format: bool) -> None:
+    """The attack is real: loading the file as pickles load writes the marker."""
+    import torch
+
+    marker = tmp_path / "marker"
+    path = write_marker_pickle(tmp_path / "p.pkl", marker, torch_format)
+    with contextlib.suppress(RuntimeError):  # a plain pickle has no magic number...
+        torch.load(path, weights_only=False)
+    assert marker.exists()  # ...but its code ran while torch looked for one
+
+
+def test_report_does_not_run_a_fit_jsons_filter(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    build_study(url, students=False)
+    marker = tmp_path / "marker"
+    payload = write_marker_pickle(tmp_path / "payload.pkl", marker)
+    fit = tmp_path / "shared_fit.json"
+    doc = paper_fit_document()["supervised"]
+    fit.write_text(json.dumps({**doc, "fit_where": f"@pd.read_pickle('{payload}')"}))
+    code = kdlab_main(
+        ["report", "--db", url, "--supervised-fit", str(fit), "--out", str(tmp_path / "r")]
+        + ["--plan-budgets", "0", "--map-points", "0"]
+    )
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert code == 2
+    assert "fit_where" in err and str(fit) in err
+    assert len(err.strip().splitlines()[-1].split(". ")) == 1  # one sentence
+    assert not (tmp_path / "r" / "index.html").exists()
+
+
+@pytest.mark.parametrize("option", ["--fit-where", "--holdout"])
+def test_fit_does_not_run_a_filter(tmp_path: Path, capsys, option: str) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    build_study(url, students=False)
+    marker = tmp_path / "marker"
+    payload = write_marker_pickle(tmp_path / "payload.pkl", marker)
+    code = kdlab_main(
+        ["fit", "supervised", "--db", url, option, f"@pd.read_pickle('{payload}')"]
+        + ["--out", str(tmp_path / "f.json")]
+    )
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert code == 2 and option in err
+    assert not (tmp_path / "f.json").exists()
+
+
+# ------------------------------------------------------------------ weights files
+
+TEACHER = ["model=nano_L2", "data.tokens=32768", "data.tokens_per_param=null"]
+STUDENT = ["objective=distill", "model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+BY_SETTINGS = ["teacher.model=nano_L2", "teacher.tokens=32768"]
+TINY = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+
+
+def rows(root: Path) -> list[dict]:
+    db = root / "runs" / "kdlab.db"
+    return RunStore(f"sqlite:///{db}", create=False).find() if db.exists() else []
+
+
+def refused(train, *overrides: str) -> str:
+    """The run's refusal: a ConfigError of one line (kdlab-train prints it and exits 2)."""
+    with pytest.raises(ConfigError) as caught:
+        train(*overrides)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.fixture
+def teacher(train, tmp_path: Path) -> dict:
+    return train(*TEACHER)
+
+
+@pytest.mark.parametrize("torch_format", [False, True])
+def test_a_teachers_weights_file_that_is_a_pickle_is_refused(
+    teacher, train, tmp_path: Path, torch_format: bool
+) -> None:
+    """Refused by the row's hash, and where whoever swapped the file also rewrote the
+    row's hash (a shared database), by loading it as data."""
+    marker = tmp_path / "marker"
+    weights = Path(teacher["run_dir"]) / "model.pt"
+    write_marker_pickle(weights, marker, torch_format)
+    assert "are not the file the run saved" in refused(train, *STUDENT, *BY_SETTINGS)
+    store = RunStore(f"sqlite:///{tmp_path / 'runs' / 'kdlab.db'}")
+    store.update(teacher["key"], weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+    message = refused(train, *STUDENT, *BY_SETTINGS)
+    assert not marker.exists()
+    assert message.startswith(f"teacher weights {weights} ")
+    assert [r["key"] for r in rows(tmp_path)] == [teacher["key"]]  # no student row
+
+
+def test_a_teacher_checkpoint_that_is_a_pickle_is_refused(train, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    checkpoint = write_marker_pickle(tmp_path / "shared" / "teacher.ckpt", marker, True)
+    message = refused(train, *STUDENT, f"teacher.checkpoint={checkpoint}")
+    assert not marker.exists()
+    assert message == (
+        f"teacher weights {checkpoint} holds more than tensors and plain values, and kdlab "
+        "never runs code from a weights file, so it is refused"
+    )
+    assert rows(tmp_path) == []
+
+
+def test_a_last_checkpoint_that_is_a_pickle_is_not_resumed(train, tmp_path: Path) -> None:
+    from kdlab.run_plan import plan_run
+
+    plan = plan_run(compose_run(tmp_path, *TINY))
+    marker = tmp_path / "marker"
+    write_marker_pickle(plan.checkpoint, marker)
+    message = refused(train, *TINY)
+    assert not marker.exists()
+    assert message.startswith(f"the run's checkpoint {plan.checkpoint} cannot be read")
+    assert rows(tmp_path) == []  # refused before the run's row was started
+
+
+def test_a_last_checkpoint_in_torch_format_with_code_is_refused_by_the_command(
+    tmp_path: Path,
+) -> None:
+    """From the command line: exit 2, one sentence, and the marker never written."""
+    from kdlab.run_plan import plan_run
+
+    plan = plan_run(compose_run(tmp_path, *TINY))
+    marker = tmp_path / "marker"
+    write_marker_pickle(plan.checkpoint, marker, torch_format=True)
+    result = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *TINY)
+    assert not marker.exists()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"kdlab-train: error: the run's checkpoint {plan.checkpoint} holds more than tensors "
+        "and plain values, and kdlab never runs code from a weights file, so it is refused"
+    )
+    assert "Traceback" not in result.stderr
+    assert rows(tmp_path) == []
+
+
+def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
+    """Final weights and Lightning checkpoints (kdlab_shape, TAID state, callback state)
+    all load with weights_only=True, so nothing kdlab writes needs a pickle."""
+    import torch
+
+    student = train(
+        *STUDENT, "data=markov", "teacher=oracle", "objective.divergence=taid", "logger=csv"
+    )
+    for row in (teacher, student):
+        run_dir = Path(row["run_dir"])
+        weights = torch.load(run_dir / "model.pt", weights_only=True)
+        assert set(weights) == {"shape", "base_d_model", "state_dict"}
+        assert weights["shape"]["n_layer"] == row["n_layer"]
+        checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == row["steps"]
+        assert checkpoint["kdlab_shape"] == weights["shape"]
+        assert checkpoint["callbacks"]["TrainClock"]["wall_s"] > 0
+    assert 0 < checkpoint["taid"]["t"] <= 1  # the student's: TAID's interpolation state
+
+
+# ------------------------------------------------- a teacher's weights against its row
+
+L1_TEACHER = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+OF_L1 = [*STUDENT, "teacher.model=nano_L1", "teacher.tokens=16384"]
+
+
+def test_the_row_records_the_weights_hash(teacher) -> None:
+    weights = Path(teacher["run_dir"]) / "model.pt"
+    assert teacher["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_weights_of_another_size_in_a_teachers_directory_are_refused(
+    teacher, train, tmp_path: Path
+) -> None:
+    """An L2 model.pt in an L1 teacher's directory: by its hash, and for a row recorded
+    before hashes (none), by its shape; no student row either way."""
+    small = train(*L1_TEACHER)
+    weights = Path(small["run_dir"]) / "model.pt"
+    shutil.copyfile(Path(teacher["run_dir"]) / "model.pt", weights)
+    message = refused(train, *OF_L1)
+    assert message.startswith(f"teacher run {small['key']}'s weights {weights} are not the file")
+    assert f"recorded {small['weights_sha256'][:12]}..." in message
+    store = RunStore(f"sqlite:///{tmp_path / 'runs' / 'kdlab.db'}")
+    store.update(small["key"], weights_sha256=None)
+    assert refused(train, *OF_L1) == (
+        f"teacher run {small['key']}'s weights {weights} are not of the run's shape: "
+        "n_layer 2 (the run's: 1), d_model 32 (the run's: 16), n_head 2 (the run's: 1), "
+        "d_ff 96 (the run's: 48)"
+    )
+    assert sorted(r["key"] for r in rows(tmp_path)) == sorted([teacher["key"], small["key"]])
+
+
+def test_truncated_teacher_weights_are_refused(teacher, train, tmp_path: Path) -> None:
+    weights = Path(teacher["run_dir"]) / "model.pt"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    assert "are not the file the run saved" in refused(train, *STUDENT, *BY_SETTINGS)
+    store = RunStore(f"sqlite:///{tmp_path / 'runs' / 'kdlab.db'}")
+    store.update(teacher["key"], weights_sha256=None)  # as recorded before hashes
+    message = refused(train, *STUDENT, *BY_SETTINGS)
+    assert message.startswith(f"teacher weights {weights} cannot be read as PyTorch weights (")
+    assert [r["key"] for r in rows(tmp_path)] == [teacher["key"]]
+
+
+# ------------------------------------------------------------- database passwords
+# (tests/test_postgres.py greps every artefact of a run against a password-protected
+# server; these hold without one)
+
+SECRET_URL = "postgresql+psycopg://kd:hunter2@dbhost:5432/runs"
+
+
+def test_a_password_in_db_url_is_refused_and_one_in_the_environment_is_masked(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from kdlab.rundb import configured_url
+    from kdlab.runner import _recorded_config
+
+    monkeypatch.delenv("KDLAB_DB_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        configured_url({"url": SECRET_URL, "sqlite": None})
+    assert str(caught.value) == (
+        "db.url postgresql+psycopg://kd:***@dbhost:5432/runs holds a password, which Hydra "
+        "would save with the run's config: keep it in ~/.pgpass or PGPASSWORD, or give the "
+        "whole URL in KDLAB_DB_URL"
+    )
+    assert configured_url({"url": "postgresql+psycopg://kd@dbhost/runs"})[1] == "db.url"
+    monkeypatch.setenv("KDLAB_DB_URL", SECRET_URL)
+    assert configured_url({"url": SECRET_URL}) == (SECRET_URL, "KDLAB_DB_URL")
+    recorded = _recorded_config(compose_run(tmp_path, *TINY))
+    assert recorded["db"]["url"] == "postgresql+psycopg://kd:***@dbhost:5432/runs"
+    assert "hunter2" not in json.dumps(recorded)
+
+
+def test_kdlab_train_refuses_a_password_before_hydra_writes(tmp_path: Path) -> None:
+    result = run_cli(
+        "kdlab.train", f"paths.root_dir={tmp_path}", *TINY, f"db.url={SECRET_URL}", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"kdlab-train: error: db.url {SECRET_URL.replace('hunter2', '***')} ")
+    assert "hunter2" not in result.stdout + result.stderr
+    assert list(tmp_path.rglob("*")) == []  # no log folder, no .hydra, no database
