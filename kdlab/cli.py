@@ -12,6 +12,7 @@ from kdlab.rundb import RunDBError
 
 def build_parser() -> argparse.ArgumentParser:
     from kdlab import demo, study
+    from kdlab.dashboard import cli as dashboard_cli
     from kdlab.laws import cli as laws_cli
     from kdlab.report import cli as report_cli
     from kdlab.rundb import cli as runs_cli
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_commands(sub)
     demo.add_commands(sub)
     report_cli.add_commands(sub)
+    dashboard_cli.add_commands(sub)
     return parser
 
 

@@ -45,6 +45,7 @@ from kdlab.laws.search import FINAL_STEP, local_minima, newton_2d, pattern_searc
 Coefficients = Mapping[str, Any]  # what kdlab.laws.io.load_coefficients returns
 CANDIDATES = 3  # best grid points refined per problem
 BLOCK = 16  # problems per block of the coarse grid (bounds its memory)
+NEAR_STEP = 0.1  # first step of a search started near the answer (log space)
 
 
 @dataclass(frozen=True)
@@ -128,28 +129,49 @@ class _Batch:
         return np.where(np.isfinite(d_s) & np.isfinite(loss), loss, np.inf)
 
 
-def _constrained(b: _Batch, grid_points: int) -> tuple[np.ndarray, ...]:
-    """(N_T, D_T, D_S) of each problem; NaN rows where no teacher fits the budget."""
+def _grid_starts(b: _Batch, grid_points: int) -> tuple[np.ndarray, float]:
+    """The best few local minima of a grid over (log N_T, log D_T): (P, CANDIDATES, 2),
+    NaN where infeasible, and the grid's step."""
     u = np.linspace(b.lo, b.hi, grid_points)
     uu, vv = (g.ravel()[None, :] for g in np.meshgrid(u, u, indexing="ij"))
     p = len(b.n_s)
     starts = np.full((p, CANDIDATES, 2), np.nan)
     for first in range(0, p, BLOCK):  # the grid in blocks of problems: bounded memory
         rows = np.arange(first, min(first + BLOCK, p))
-        loss = b.rows(rows).loss_at(uu, vv)
-        # the best few of the grid's local minima: one search per basin
-        top = np.argsort(local_minima(loss, grid_points), axis=1)[:, :CANDIDATES]
-        feasible = np.isfinite(np.take_along_axis(local_minima(loss, grid_points), top, 1))
-        starts[rows] = np.where(feasible[..., None], np.stack([uu[0][top], vv[0][top]], -1), np.nan)
+        minima = local_minima(b.rows(rows).loss_at(uu, vv), grid_points)
+        top = np.argsort(minima, axis=1)[:, :CANDIDATES]  # one search per basin
+        feasible = np.isfinite(np.take_along_axis(minima, top, 1))[..., None]
+        starts[rows] = np.where(feasible, np.stack([uu[0][top], vv[0][top]], -1), np.nan)
+    return starts, float(u[1] - u[0])
+
+
+def _constrained(
+    b: _Batch, grid_points: int, near: tuple[float, float] | None = None
+) -> tuple[np.ndarray, ...]:
+    """(N_T, D_T, D_S) of each problem; NaN rows where no teacher fits the budget.
+
+    ``near``: a teacher (N_T, D_T) to search from instead of the grid's basins, for a
+    problem close to one already solved; problems where it does not fit use the grid.
+    """
+    p = len(b.n_s)
+    starts, step0 = np.full((p, CANDIDATES, 2), np.nan), NEAR_STEP
+    if near is not None:
+        starts[:, 0] = np.log(near)
+        fits = np.isfinite(b.loss_at(starts[:, :1, 0], starts[:, :1, 1])[:, 0])
+    else:
+        fits = np.zeros(p, dtype=bool)
+    if not fits.all():
+        rest = np.nonzero(~fits)[0]
+        starts[rest], step0 = _grid_starts(b.rows(rest), grid_points)
     # every candidate is its own search; problems without a feasible one stay NaN
     search = np.nonzero(np.isfinite(starts[..., 0]).ravel())[0]
     problem = search // CANDIDATES
+    step = np.where(fits[problem], NEAR_STEP, step0)
 
     def loss(pts: np.ndarray, i: np.ndarray) -> np.ndarray:
         return b.rows(problem[i]).loss_at(pts[..., 0], pts[..., 1])
 
     # into the basin, along its valley, then down to the final step
-    step = np.full(len(search), u[1] - u[0])
     x, _ = pattern_search(loss, starts.reshape(-1, 2)[search], step, b.lo, b.hi, 1e-5, 25)
     x = newton_2d(loss, x, b.lo, b.hi)
     x, val = pattern_search(loss, x, np.full(len(search), 1e-4), b.lo, b.hi, FINAL_STEP, 30)
@@ -274,13 +296,16 @@ def plan_batch(
     students: int = 1,
     grid_points: int = 81,
     teacher: Teacher | None = None,
+    near: tuple[float, float] | None = None,
 ) -> list[dict[str, Any]]:
     """``plan`` for many problems at once, solved together.
 
     ``coefs`` (one set, or one per problem: bootstrap resamples), ``student`` and
     ``compute`` (one value or one per problem) broadcast to P problems; F(N) and the
-    bounds are those of the first set. A problem the planner cannot solve gets a row
-    holding ``error`` (the sentence ``plan`` raises) instead of a plan.
+    bounds are those of the first set. ``near`` (N_T, D_T): the answer of a problem
+    close to these (the fit's own plan, for its resamples; a close budget's), searched
+    from instead of the grid. A problem the planner cannot solve gets a row holding
+    ``error`` (the sentence ``plan`` raises) instead of a plan.
     """
     coef_list = _as_list(coefs, "coefficients")
     for c in coef_list:
@@ -320,7 +345,7 @@ def plan_batch(
             d_t[solve] = np.nan if teacher.tokens is None else teacher.tokens
         else:
             best_case = sc.delta_lgt == 0 and sc.delta_pre == 0
-            found = _best_case(sub) if best_case else _constrained(sub, grid_points)
+            found = _best_case(sub) if best_case else _constrained(sub, grid_points, near)
             n_t[solve], d_t[solve], d_s[solve] = found
             with np.errstate(invalid="ignore"):
                 l_t = supervised_loss(n_t[:, None], d_t[:, None], b.sup)[:, 0]
@@ -439,10 +464,19 @@ def crossover(
     sc = get_scenario(scenario)
     f_s = float(flops_per_token(student, coefs["flops"]))
 
-    def gaps(budgets: Sequence[float]) -> np.ndarray:
-        """L_S - L_alone at each budget; NaN where no teacher fits."""
-        rows = plan_batch(coefs, student, list(budgets), sc.name, students, teacher=teacher)
-        return np.array([_gap(r) for r in rows])
+    def gap_at(log_compute: float, near: Mapping[str, Any]) -> float:
+        """L_S - L_alone at exp(log_compute), searched from the plan ``near`` it."""
+        teacher_near = None if near["teacher_given"] else _teacher_of(near)
+        (row,) = plan_batch(
+            coefs,
+            student,
+            float(np.exp(log_compute)),
+            sc.name,
+            students,
+            teacher=teacher,
+            near=teacher_near,
+        )
+        return _gap(row)
 
     log_c = np.log([r["compute"] for r in curve])
     gap = np.array([_gap(r) for r in curve])
@@ -457,9 +491,7 @@ def crossover(
     }
     sign = np.sign(gap)
     for i in np.nonzero((sign[:-1] * sign[1:]) < 0)[0]:
-        lc = scipy.optimize.brentq(
-            lambda x: float(gaps([np.exp(x)])[0]), log_c[i], log_c[i + 1], xtol=1e-6
-        )
+        lc = scipy.optimize.brentq(gap_at, log_c[i], log_c[i + 1], (curve[i],), xtol=1e-6)
         c = float(np.exp(lc))
         d = c / (3.0 * f_s)
         winner = "train alone" if gap[i + 1] >= 0 else "distil"
@@ -482,6 +514,10 @@ def crossover(
     else:
         result["note"] = "distillation only overtakes training alone as compute grows"
     return result
+
+
+def _teacher_of(row: Mapping[str, Any]) -> tuple[float, float]:
+    return row["teacher_params"], row["teacher_tokens"]
 
 
 def _gap(row: Mapping[str, Any]) -> float:
@@ -551,9 +587,9 @@ def robustness(
     """How a plan's verdict and losses vary over the bootstrap resamples of its laws.
 
     Each resample plans the same student, budget, scenario and K again (each is
-    optimal under its own coefficients). Returns the share of the resamples that reach
-    the same verdict, and the ``level`` percentile intervals of the distilled loss, the
-    alone loss and their difference.
+    optimal under its own coefficients, searched from the fit's own plan). Returns the
+    share of the resamples that reach the same verdict, and the ``level`` percentile
+    intervals of the distilled loss, the alone loss and their difference.
     """
     if not resamples:
         raise LawInputError("There are no bootstrap resamples to check the verdict with.")
@@ -564,6 +600,7 @@ def robustness(
         plan_row["scenario"],
         plan_row["students"],
         teacher=teacher,
+        near=None if plan_row["teacher_given"] else _teacher_of(plan_row),
     )
     solved = [r for r in rows if "error" not in r]
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]

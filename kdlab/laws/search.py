@@ -30,11 +30,11 @@ def pattern_search(
     """Refine S minima of ``f`` from the points ``x`` (S, d), each within [lo, hi] (S, d).
 
     Each round evaluates a 5^d grid of the current step around each point and moves to
-    its best point if that is better by more than rounding (so values never rise). The step
-    is halved when the best point is an inner one and doubled when it is on the grid's
+    its best point if that is better by more than rounding (so values never rise). The
+    step is quartered when the point stays (the minimum is within half a step of it),
+    halved when the best point is an inner one, and doubled when it is on the grid's
     edge: the minimum lies further on, perhaps along a valley the grid's axes cross at
-    an angle. A search ends when its step falls below ``final_step``. ``f(points, i)``
-    maps the (s, M, d) points of the searches ``i`` to (s, M) values (inf: infeasible).
+    an angle. A search ends when its step falls below ``final_step``.
     """
     d = x.shape[1]
     ticks = np.arange(-2, 3, dtype=float)
@@ -57,7 +57,7 @@ def pattern_search(
         best = np.where(vals[np.arange(len(i)), best] < here - 1e-14 * np.abs(here), best, centre)
         x[i] = pts[np.arange(len(i)), best]
         value[i] = vals[np.arange(len(i)), best]
-        step[i] = np.where(edge[best], step[i] * 2.0, step[i] / 2.0)
+        step[i] *= np.where(edge[best], 2.0, np.where(best == centre, 0.25, 0.5))
     return x, value
 
 
