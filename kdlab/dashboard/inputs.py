@@ -112,14 +112,15 @@ class Inputs:
 
 def _positive(fields: Mapping[str, str], name: str, what: str) -> float:
     text = fields[name].strip()
+    told = what[0].upper() + what[1:]
     if not text:
         raise FieldError(name, f"Enter {what}.")
     try:
         value = float(number(text))
     except argparse.ArgumentTypeError:
-        raise FieldError(name, f"{what.capitalize()} must be a number, not {text!r}.") from None
+        raise FieldError(name, f"{told} must be a number, not {text!r}.") from None
     if not value > 0 or value == float("inf"):
-        raise FieldError(name, f"{what.capitalize()} must be a positive number, not {text}.")
+        raise FieldError(name, f"{told} must be a positive number, not {text}.")
     return value
 
 

@@ -207,10 +207,10 @@ class LawsCatalog:
                 f"Bootstrap resamples must be a whole number from 0 to 4096, not "
                 f"{fields['bootstrap']!r}.",
             )
+        options = fit_options(fields["fit_options"])
         missing = _missing_file(db)
         if missing:
             raise FieldError("db", f"The run database file {missing} does not exist.")
-        options = fit_options(fields["fit_options"])
         key = (db, bootstrap, tuple(options))
         with self._lock:
             job = self._jobs.get(key)

@@ -82,8 +82,9 @@ class Dashboard:
 
     def plan(self, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) for the page's fields."""
+        fields = {**self.defaults, **fields}  # what the command preselected, unless set
         try:
-            measured = self.mfu(str(fields.get("db") or ""))
+            measured = self.mfu(str(fields["db"]))
             inputs = read_inputs(fields, measured[0] if measured else None)
             laws = self.catalog.get(inputs.fields)
             return HTTPStatus.OK, {"inputs": inputs.fields, **answer(inputs, laws)}

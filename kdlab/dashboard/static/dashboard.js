@@ -238,7 +238,7 @@ function niceTicks(lo, hi, n = 5) {
   return ticks;
 }
 
-function frame(svg, xs, ys, xLabel, yLabel, logX) {
+function frame(svg, xs, ys, xLabel, yLabel, logX, yTicks = true) {
   svg.replaceChildren();
   const W = +svg.getAttribute("width"), H = +svg.getAttribute("height");
   const m = {l: 52, r: 12, t: 12, b: 36};
@@ -254,10 +254,12 @@ function frame(svg, xs, ys, xLabel, yLabel, logX) {
     el(svg, "line", {x1: X(t), x2: X(t), y1: H - m.b, y2: H - m.b + 4, stroke: "#555"});
     el(svg, "text", {x: X(t), y: H - m.b + 15, "text-anchor": "middle"}, logX ? `1e${Math.round(Math.log10(t))}` : `${t}`);
   }
-  for (const t of niceTicks(y0, y1)) {
+  for (const t of yTicks ? niceTicks(y0, y1) : []) {
     el(svg, "line", {x1: m.l - 4, x2: W - m.r, y1: Y(t), y2: Y(t), stroke: "#eee"});
     el(svg, "text", {x: m.l - 6, y: Y(t) + 4, "text-anchor": "end"}, `${t}`);
   }
+  const clip = el(svg, "clipPath", {id: `${svg.id}-clip`});
+  el(clip, "rect", {x: m.l, y: m.t, width: W - m.l - m.r, height: H - m.t - m.b});
   el(svg, "text", {x: (W + m.l) / 2, y: H - 4, "text-anchor": "middle"}, xLabel);
   el(svg, "text", {x: 12, y: (H - m.b) / 2, transform: `rotate(-90 12 ${(H - m.b) / 2})`, "text-anchor": "middle"}, yLabel);
   return {X, Y, W, H, m};
@@ -270,32 +272,42 @@ function path(svg, X, Y, xs, ys, attrs) {
     d += `${pen ? "L" : "M"}${X(x).toFixed(1)},${Y(ys[i]).toFixed(1)}`;
     pen = true;
   });
-  el(svg, "path", {d, fill: "none", ...attrs});
+  el(svg, "path", {d, fill: "none", "clip-path": `url(#${svg.id}-clip)`, ...attrs});
 }
 
 function drawCurve(ans) {
   const svg = document.getElementById("curve");
   const c = ans.curve;
-  const values = [...c.distil, ...c.alone].filter(v => v !== null);
-  let lo = Math.min(...values), hi = Math.max(...values);
+  // the losses from a little below the budget and the crossovers on set the scale, not
+  // the steep start at tiny budgets
+  const from = Math.min(c.budget, ...c.crossovers.map(x => x.compute)) / 30;
+  const values = [...c.distil, ...c.alone].filter((v, i) => v !== null && c.compute[i % c.compute.length] >= from);
+  const lo = Math.min(...values), hi = Math.max(...values);
   const pad = (hi - lo) * 0.05 || 0.05;
-  const {X, Y, m, H} = frame(svg, [c.compute[0], c.compute[c.compute.length - 1]],
-                             [lo - pad, hi + pad], "budget per student (FLOPs)", "loss", true);
+  const {X, Y, W, m, H} = frame(svg, [c.compute[0], c.compute[c.compute.length - 1]],
+                                [lo - pad, hi + pad], "budget per student (FLOPs)", "loss", true);
   path(svg, X, Y, c.compute, c.alone, {stroke: "#e07000", "stroke-width": 2, class: "alone"});
   path(svg, X, Y, c.compute, c.distil, {stroke: "#2f6db5", "stroke-width": 2, class: "distil"});
+  const label = (x, y, text, attrs = {}) => {
+    const right = X(x) > W - m.r - 110;   // near the right edge: write to the left
+    el(svg, "text", {x: X(x) + (right ? -3 : 3), y, "text-anchor": right ? "end" : "start", ...attrs}, text);
+  };
   for (const x of c.crossovers) {
-    el(svg, "line", {x1: X(x.compute), x2: X(x.compute), y1: m.t, y2: H - m.b, stroke: "#7a2", "stroke-dasharray": "5 3", "stroke-width": 1.5, class: "crossover"});
-    el(svg, "text", {x: X(x.compute) + 3, y: m.t + 24, fill: "#5a1"}, `crossover ${sci(x.compute)}`);
+    el(svg, "line", {x1: X(x.compute), x2: X(x.compute), y1: m.t, y2: H - m.b, stroke: "#7a2",
+                     "stroke-dasharray": "5 3", "stroke-width": 1.5, class: "crossover"});
+    label(x.compute, m.t + 26, `crossover ${sci(x.compute)}`, {fill: "#5a1"});
   }
   el(svg, "line", {x1: X(c.budget), x2: X(c.budget), y1: m.t, y2: H - m.b, stroke: "#333", "stroke-width": 1});
-  el(svg, "text", {x: X(c.budget) + 3, y: m.t + 11}, "your budget");
-  el(svg, "text", {x: m.l + 150, y: H - m.b - 22, fill: "#2f6db5"}, "— distilled (planned per budget)");
-  el(svg, "text", {x: m.l + 150, y: H - m.b - 8, fill: "#e07000"}, "— trained alone");
+  label(c.budget, m.t + 12, "your budget");
+  el(svg, "text", {x: W - m.r - 8, y: m.t + 44, fill: "#2f6db5", "text-anchor": "end"}, "— distilled (planned per budget)");
+  el(svg, "text", {x: W - m.r - 8, y: m.t + 58, fill: "#e07000", "text-anchor": "end"}, "— trained alone");
+  const changes = c.crossovers.map(x => `above ${sci(x.compute)} FLOPs ${x.above === "distil" ? "distillation" : "training alone"} wins`);
   document.getElementById("curve-caption").textContent =
-    `Expected student loss against the budget in the scenario ${ans.scenario}` +
-    `${ans.teacher_given ? " with the given teacher" : ", each budget planned anew"}, and the same ` +
-    `student trained alone. ${c.crossovers.length ? "Dashed: where the winner changes." : ""} ` +
-    `${c.note.charAt(0).toUpperCase()}${c.note.slice(1)}.`;
+    `Expected loss of the ${count(ans.student.params)}-parameter student against the budget in ` +
+    `the scenario ${ans.scenario}${ans.teacher_given ? ", with the given teacher" : ", each budget planned anew"}, ` +
+    `and of the same student trained alone. ` +
+    (changes.length ? `Dashed, where the winner changes: ${changes.join("; ")}.`
+                    : `No crossover in this range: ${c.note}.`);
 }
 
 function drawRobustness(ans) {
@@ -316,7 +328,7 @@ function drawRobustness(ans) {
   const ends = rows.flatMap(([, iv, p]) => [...(iv || []), p]);
   let lo = Math.min(...ends), hi = Math.max(...ends);
   const pad = (hi - lo) * 0.15 || 0.01;
-  const {X, m} = frame(svg, [lo - pad, hi + pad], [0, 1], "loss", "", false);
+  const {X, m} = frame(svg, [lo - pad, hi + pad], [0, 1], "expected loss", "", false, false);
   rows.forEach(([name, iv, point, colour], i) => {
     const y = m.t + 40 + i * 50;
     if (iv) el(svg, "rect", {x: X(iv[0]), y: y - 8, width: Math.max(X(iv[1]) - X(iv[0]), 2), height: 16, fill: colour, opacity: 0.45, class: "interval"});
