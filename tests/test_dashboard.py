@@ -221,7 +221,7 @@ def test_curve_and_crossover_are_the_planners(base: str) -> None:
     at = plan(coefs, N_S, curve["compute"][i], "pretraining+inference")
     assert curve["distil"][i] == pytest.approx(at["student_loss"], rel=1e-12)
     assert curve["alone"][i] == pytest.approx(at["supervised_loss"], rel=1e-12)
-    from kdlab.laws.plan import crossover
+    from kdlab.laws.tradeoffs import crossover
 
     expected = crossover(coefs, N_S, "pretraining+inference")["crossovers"]
     assert [c["compute"] for c in curve["crossovers"]] == pytest.approx(

@@ -9,8 +9,9 @@ import scipy.optimize
 from kdlab.laws.compute import compute_parts, flops_per_token, get_scenario
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.io import LawInputError, load_coefficients
-from kdlab.laws.plan import Teacher, crossover, plan, plan_batch, robustness, smallest_student
+from kdlab.laws.plan import Teacher, plan, plan_batch
 from kdlab.laws.samples import decode_samples, encode_samples, resampled_coefficients
+from kdlab.laws.tradeoffs import crossover, robustness, smallest_student
 from kdlab.models.flops import paper_flops_per_token
 
 PAPER = load_coefficients("paper")

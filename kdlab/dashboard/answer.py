@@ -1,4 +1,4 @@
-"""What the page shows for one set of inputs, all of it computed by kdlab.laws.plan.
+"""What the page shows for one set of inputs, all of it computed by kdlab.laws' planner.
 
 For the situation the inputs describe (teacher to train or existing, logits computed or
 stored: one of the paper's four scenarios) the answer holds the plan, the same plan in
@@ -21,7 +21,8 @@ from kdlab.dashboard.laws import Laws
 from kdlab.laws.cli import PLAN_JSON_KEYS
 from kdlab.laws.compute import SCENARIOS
 from kdlab.laws.io import LawInputError
-from kdlab.laws.plan import Teacher, crossover, loss_curve, plan, robustness, smallest_student
+from kdlab.laws.plan import Teacher, plan
+from kdlab.laws.tradeoffs import crossover, loss_curve, robustness, smallest_student
 
 CURVE_TOKENS_PER_PARAM = (0.1, 1e5)  # kdlab plan --crossover's range, widened to the budget
 MEMO_SIZE = 64  # curves kept per set of laws
@@ -98,7 +99,7 @@ def _curve(
 
 def answer(inputs: Inputs, laws: Laws) -> dict[str, Any]:
     """Everything the page shows for ``inputs``; FieldError names the field at fault."""
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.thread_time()
     coefs, k, scenario = laws.coefs, inputs.students, inputs.scenario
     teacher = _teacher(inputs)
     compute = inputs.budget_flops()
@@ -154,4 +155,5 @@ def answer(inputs: Inputs, laws: Laws) -> dict[str, Any]:
         },
         "robustness": robust,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.thread_time() - start_cpu,  # this request's own work
     }

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.optimize
 
 from kdlab.laws.compute import (
     Scenario,
@@ -59,7 +58,7 @@ class Teacher:
     tokens: float | None = None
 
 
-def _require_distillation(coefs: Coefficients) -> None:
+def require_distillation(coefs: Coefficients) -> None:
     if coefs.get("distillation") is None:
         raise LawInputError(
             "Planning needs distillation coefficients: use --coefficients paper or a "
@@ -67,7 +66,7 @@ def _require_distillation(coefs: Coefficients) -> None:
         )
 
 
-def _check_positive(**values: float) -> None:
+def check_positive(**values: float) -> None:
     for name, v in values.items():
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
             raise LawInputError(f"{name} must be a positive number, not {v}.")
@@ -146,18 +145,21 @@ def _grid_starts(b: _Batch, grid_points: int) -> tuple[np.ndarray, float]:
 
 
 def _constrained(
-    b: _Batch, grid_points: int, near: tuple[float, float] | None = None
+    b: _Batch, grid_points: int, near: np.ndarray | None = None
 ) -> tuple[np.ndarray, ...]:
     """(N_T, D_T, D_S) of each problem; NaN rows where no teacher fits the budget.
 
-    ``near``: a teacher (N_T, D_T) to search from instead of the grid's basins, for a
-    problem close to one already solved; problems where it does not fit use the grid.
+    ``near``: teachers (N_T, D_T), one or one per problem, to search from instead of the
+    grid's basins, for problems close to ones already solved; problems where it does not
+    fit (or is NaN) use the grid.
     """
     p = len(b.n_s)
     starts, step0 = np.full((p, CANDIDATES, 2), np.nan), NEAR_STEP
     if near is not None:
-        starts[:, 0] = np.log(near)
-        fits = np.isfinite(b.loss_at(starts[:, :1, 0], starts[:, :1, 1])[:, 0])
+        starts[:, 0] = np.log(np.broadcast_to(near, (p, 2)))
+        with np.errstate(invalid="ignore"):
+            fits = np.isfinite(b.loss_at(starts[:, :1, 0], starts[:, :1, 1])[:, 0])
+        starts[~fits] = np.nan
     else:
         fits = np.zeros(p, dtype=bool)
     if not fits.all():
@@ -254,9 +256,9 @@ def _check_teacher(teacher: Teacher, sc: Scenario) -> None:
     if teacher.params is not None and teacher.loss is not None:
         raise LawInputError("Give either the teacher's loss or its size and tokens, not both.")
     if teacher.params is not None:
-        _check_positive(teacher_params=teacher.params, teacher_tokens=teacher.tokens)
+        check_positive(teacher_params=teacher.params, teacher_tokens=teacher.tokens)
     else:
-        _check_positive(teacher_loss=teacher.loss)
+        check_positive(teacher_loss=teacher.loss)
         if sc.delta_lgt:
             raise LawInputError(
                 "Counting the teacher's logits needs its size: give its size and tokens, "
@@ -296,26 +298,27 @@ def plan_batch(
     students: int = 1,
     grid_points: int = 81,
     teacher: Teacher | None = None,
-    near: tuple[float, float] | None = None,
+    near: Sequence[float] | np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """``plan`` for many problems at once, solved together.
 
     ``coefs`` (one set, or one per problem: bootstrap resamples), ``student`` and
     ``compute`` (one value or one per problem) broadcast to P problems; F(N) and the
-    bounds are those of the first set. ``near`` (N_T, D_T): the answer of a problem
-    close to these (the fit's own plan, for its resamples; a close budget's), searched
-    from instead of the grid. A problem the planner cannot solve gets a row holding
-    ``error`` (the sentence ``plan`` raises) instead of a plan.
+    bounds are those of the first set. ``near``: a teacher (N_T, D_T), or one per problem
+    (P, 2), that solves a problem close to these (the fit's own plan, for its
+    resamples; a close budget's), searched from instead of the grid. A problem the
+    planner cannot solve gets a row holding ``error`` (the sentence ``plan`` raises)
+    instead of a plan.
     """
     coef_list = _as_list(coefs, "coefficients")
     for c in coef_list:
-        _require_distillation(c)
+        require_distillation(c)
     sc = get_scenario(scenario)
     n_s, c_all = _as_list(student, "student sizes"), _as_list(compute, "budgets")
     for n in n_s:
-        _check_positive(student=n)
+        check_positive(student=n)
     for c in c_all:
-        _check_positive(compute=c)
+        check_positive(compute=c)
     if int(students) != students or students < 1:
         raise LawInputError(f"--students must be a whole number of at least 1, not {students}.")
     if teacher is not None:
@@ -345,7 +348,12 @@ def plan_batch(
             d_t[solve] = np.nan if teacher.tokens is None else teacher.tokens
         else:
             best_case = sc.delta_lgt == 0 and sc.delta_pre == 0
-            found = _best_case(sub) if best_case else _constrained(sub, grid_points, near)
+            start = None if near is None else np.broadcast_to(np.asarray(near, float), (p, 2))
+            found = (
+                _best_case(sub)
+                if best_case
+                else _constrained(sub, grid_points, None if start is None else start[solve])
+            )
             n_t[solve], d_t[solve], d_s[solve] = found
             with np.errstate(invalid="ignore"):
                 l_t = supervised_loss(n_t[:, None], d_t[:, None], b.sup)[:, 0]
@@ -403,220 +411,3 @@ def plan_batch(
             }
         )
     return rows
-
-
-def _budgets(
-    coefs: Coefficients, student: float, tokens_per_param: tuple[float, float], points: int
-) -> np.ndarray:
-    """Budgets that give the student alone M = D / N_S log-spaced over
-    ``tokens_per_param``, clipped to the planner's bounds on D."""
-    bounds = coefs.get("bounds", PLAN_BOUNDS)
-    d_lo = max(bounds[0], tokens_per_param[0] * student)
-    d_hi = min(bounds[1], tokens_per_param[1] * student)
-    if d_lo >= d_hi:
-        raise LawInputError(f"No budget within the planner's bounds for a {student:.3g} student.")
-    return 3 * float(flops_per_token(student, coefs["flops"])) * np.geomspace(d_lo, d_hi, points)
-
-
-def loss_curve(
-    coefs: Coefficients,
-    student: float,
-    scenario: str = "best",
-    students: int = 1,
-    teacher: Teacher | None = None,
-    tokens_per_param: tuple[float, float] = (0.1, 1e5),
-    points: int = 41,
-) -> list[dict[str, Any]]:
-    """Plans over budgets that give the student alone M = D / N_S from
-    ``tokens_per_param[0]`` to ``[1]`` (log-spaced, within the planner's bounds): the
-    distilled and the alone loss against compute. Rows as plan_batch's."""
-    _require_distillation(coefs)
-    _check_positive(student=student)
-    budgets = _budgets(coefs, student, tokens_per_param, points)
-    return plan_batch(coefs, student, list(budgets), scenario, students, teacher=teacher)
-
-
-def crossover(
-    coefs: Coefficients,
-    student: float,
-    scenario: str = "best",
-    students: int = 1,
-    teacher_loss: float | None = None,
-    tokens_per_param: tuple[float, float] = (0.1, 1e5),
-    points: int = 41,
-    teacher: Teacher | None = None,
-    curve: Sequence[Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The compute at which training the student alone overtakes distillation.
-
-    Scans the loss_curve of the same arguments (or ``curve``, when it is already at
-    hand) and bisects every change of the winner. With ``teacher_loss`` the teacher is
-    fixed and already paid for (the paper's fixed-teacher comparison: same student
-    tokens, teacher costs not counted); with ``teacher`` it is that existing teacher in
-    ``scenario`` (best or inference); otherwise each budget is planned compute-optimally
-    in ``scenario``. ``crossover_compute`` is the first budget above which training
-    alone wins; ``crossovers`` lists every change.
-    """
-    if teacher_loss is not None:
-        teacher, scenario = Teacher(loss=teacher_loss), "best"
-    if curve is None:
-        curve = loss_curve(coefs, student, scenario, students, teacher, tokens_per_param, points)
-    sc = get_scenario(scenario)
-    f_s = float(flops_per_token(student, coefs["flops"]))
-
-    def gap_at(log_compute: float, near: Mapping[str, Any]) -> float:
-        """L_S - L_alone at exp(log_compute), searched from the plan ``near`` it."""
-        teacher_near = None if near["teacher_given"] else _teacher_of(near)
-        (row,) = plan_batch(
-            coefs,
-            student,
-            float(np.exp(log_compute)),
-            sc.name,
-            students,
-            teacher=teacher,
-            near=teacher_near,
-        )
-        return _gap(row)
-
-    log_c = np.log([r["compute"] for r in curve])
-    gap = np.array([_gap(r) for r in curve])
-    result: dict[str, Any] = {
-        "scenario": "fixed teacher" if teacher is not None else sc.name,
-        "teacher_loss": None if teacher is None else teacher.loss,
-        "student_params": float(student),
-        "students": students,
-        "compute_range": [float(np.exp(log_c[0])), float(np.exp(log_c[-1]))],
-        "crossover_compute": None,
-        "crossovers": [],
-    }
-    sign = np.sign(gap)
-    for i in np.nonzero((sign[:-1] * sign[1:]) < 0)[0]:
-        lc = scipy.optimize.brentq(gap_at, log_c[i], log_c[i + 1], (curve[i],), xtol=1e-6)
-        c = float(np.exp(lc))
-        d = c / (3.0 * f_s)
-        winner = "train alone" if gap[i + 1] >= 0 else "distil"
-        result["crossovers"].append(
-            {
-                "compute": c,
-                "supervised_tokens": d,
-                "tokens_per_param": d / student,
-                "supervised_loss": float(supervised_loss(student, d, coefs["supervised"])),
-                "above": winner,
-            }
-        )
-        if winner == "train alone" and result["crossover_compute"] is None:
-            result["crossover_compute"] = c
-    if not result["crossovers"]:
-        better = "distillation" if np.all(gap[np.isfinite(gap)] < 0) else "training alone"
-        result["note"] = f"{better} is better over the whole range"
-    elif result["crossover_compute"] is not None:
-        result["note"] = "training alone wins above crossover_compute (see crossovers)"
-    else:
-        result["note"] = "distillation only overtakes training alone as compute grows"
-    return result
-
-
-def _teacher_of(row: Mapping[str, Any]) -> tuple[float, float]:
-    return row["teacher_params"], row["teacher_tokens"]
-
-
-def _gap(row: Mapping[str, Any]) -> float:
-    """L_S - L_alone of a plan row (NaN for a row the planner could not solve)."""
-    return row["student_loss"] - row["supervised_loss"] if "error" not in row else np.nan
-
-
-def _best_loss(row: Mapping[str, Any]) -> float:
-    """The loss of the better option of a plan row: distil or train alone."""
-    return min(row["student_loss"], row["supervised_loss"]) if "error" not in row else np.nan
-
-
-def smallest_student(
-    coefs: Coefficients,
-    target_loss: float,
-    compute: float,
-    scenario: str,
-    students: int = 1,
-    teacher: Teacher | None = None,
-    points: int = 33,
-    refinements: int = 3,
-) -> dict[str, Any]:
-    """The smallest student whose better option (distil in ``scenario``, or train alone)
-    reaches ``target_loss`` with ``compute`` FLOPs: the cheapest to serve.
-
-    The loss of the better option against N_S at a fixed budget is U-shaped (small
-    students lack capacity, large ones tokens), so the smallest size reaching the target
-    is where it first crosses it: scanned over the sizes the bounds allow, then the
-    bracket is narrowed ``refinements`` times (each by a factor ``points - 1``). Returns
-    that size's plan. A target below every size's loss is a one-sentence error.
-    """
-    _require_distillation(coefs)
-    _check_positive(target_loss=target_loss, compute=compute)
-    bounds = coefs.get("bounds", PLAN_BOUNDS)
-    sizes = np.geomspace(bounds[0], bounds[1], points)
-    rows = plan_batch(coefs, list(sizes), compute, scenario, students, teacher=teacher)
-    best = np.array([_best_loss(r) for r in rows])
-    if not np.isfinite(best).any():
-        raise LawInputError(rows[0]["error"])
-    reached = np.nonzero(best <= target_loss)[0]
-    if not len(reached):
-        i = int(np.nanargmin(best))
-        raise LawInputError(
-            f"No student reaches a loss of {target_loss:g} with {compute:.3g} FLOPs: the "
-            f"lowest is {best[i]:.4f}, at N_S = {sizes[i]:.3g}."
-        )
-    hit = rows[reached[0]]
-    lo, hi = (sizes[reached[0] - 1], sizes[reached[0]]) if reached[0] else (None, None)
-    for _ in range(refinements if lo is not None else 0):
-        sizes = np.geomspace(lo, hi, points)[1:-1]
-        rows = plan_batch(coefs, list(sizes), compute, scenario, students, teacher=teacher)
-        ok = np.nonzero(np.array([_best_loss(r) for r in rows]) <= target_loss)[0]
-        if len(ok):
-            hit, hi = rows[ok[0]], sizes[ok[0]]
-            lo = sizes[ok[0] - 1] if ok[0] else lo
-        else:
-            lo = sizes[-1]
-    return hit
-
-
-def robustness(
-    resamples: Sequence[Coefficients],
-    plan_row: Mapping[str, Any],
-    teacher: Teacher | None = None,
-    level: float = 0.9,
-) -> dict[str, Any]:
-    """How a plan's verdict and losses vary over the bootstrap resamples of its laws.
-
-    Each resample plans the same student, budget, scenario and K again (each is
-    optimal under its own coefficients, searched from the fit's own plan). Returns the
-    share of the resamples that reach the same verdict, and the ``level`` percentile
-    intervals of the distilled loss, the alone loss and their difference.
-    """
-    if not resamples:
-        raise LawInputError("There are no bootstrap resamples to check the verdict with.")
-    rows = plan_batch(
-        list(resamples),
-        plan_row["student_params"],
-        plan_row["compute"],
-        plan_row["scenario"],
-        plan_row["students"],
-        teacher=teacher,
-        near=None if plan_row["teacher_given"] else _teacher_of(plan_row),
-    )
-    solved = [r for r in rows if "error" not in r]
-    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-
-    def interval(values: Sequence[float]) -> list[float] | None:
-        return [float(v) for v in np.percentile(values, q)] if len(values) else None
-
-    same = sum(r["verdict"] == plan_row["verdict"] for r in solved)
-    return {
-        "resamples": len(rows),
-        "unsolved": len(rows) - len(solved),
-        "same_verdict": same,
-        "share_same_verdict": same / len(solved) if solved else None,
-        "interval_level": level,
-        "student_loss_interval": interval([r["student_loss"] for r in solved]),
-        "supervised_loss_interval": interval([r["supervised_loss"] for r in solved]),
-        # what distillation gains over training alone (negative: it loses)
-        "advantage_interval": interval([-_gap(r) for r in solved]),
-    }

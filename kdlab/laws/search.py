@@ -53,8 +53,10 @@ def pattern_search(
         vals = np.where(np.isnan(vals), np.inf, vals)
         best = np.argmin(vals, axis=1)
         # stay unless clearly better: ties at rounding level would walk the point away
-        here = vals[:, centre]
-        best = np.where(vals[np.arange(len(i)), best] < here - 1e-14 * np.abs(here), best, centre)
+        here, there = vals[:, centre], vals[np.arange(len(i)), best]
+        with np.errstate(invalid="ignore"):  # inf - inf where the point is infeasible
+            better = (there < here - 1e-14 * np.abs(here)) | (np.isinf(here) & np.isfinite(there))
+        best = np.where(better, best, centre)
         x[i] = pts[np.arange(len(i)), best]
         value[i] = vals[np.arange(len(i)), best]
         step[i] *= np.where(edge[best], 2.0, np.where(best == centre, 0.25, 0.5))
