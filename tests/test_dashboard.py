@@ -510,6 +510,11 @@ def test_browser_changes_inputs_and_reads_kdlab_plans(base: str, fits, capsys, t
         assert shown_plan() == shown
         assert page.locator(".err[data-for=budget]").inner_text() == ""
 
+        # the plan downloads as the JSON it shows: kdlab plan --json's keys and values
+        with page.expect_download() as download:
+            page.click("#download")
+        assert json.loads(Path(download.value.path()).read_text()) == shown
+
         # the link reopens the same plan with the same inputs
         link = page.locator("#link").input_value()
         other = browser.new_page(viewport={"width": 1400, "height": 1100})

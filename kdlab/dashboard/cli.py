@@ -19,7 +19,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "compute-optimal plan in every scenario, curves against the budget, and the "
         "verdict's robustness over the fit's bootstrap resamples. Works offline.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (whoever reaches it can read fit JSONs by path and "
+        "start fits: keep the default unless the network is yours)",
+    )
     p.add_argument(
         "--port", type=int, default=8050, help="port to listen on (0: a free one, printed)"
     )
