@@ -12,6 +12,7 @@ the functions ``kdlab plan`` uses.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -125,7 +126,13 @@ def answer(inputs: Inputs, laws: Laws) -> dict[str, Any]:
             continue
         rows.append({"label": label, "selected": False, **_shown_plan(other, inputs)})
     m = chosen["supervised_tokens"] / student
-    span = (min(CURVE_TOKENS_PER_PARAM[0], m / 3), max(CURVE_TOKENS_PER_PARAM[1], m * 3))
+    # widened to whole decades around a budget outside it, so that nearby budgets share
+    # one curve
+    lo, hi = CURVE_TOKENS_PER_PARAM
+    span = (
+        min(lo, 10 ** math.floor(math.log10(m / 3))),
+        max(hi, 10 ** math.ceil(math.log10(m * 3))),
+    )
     curve, cross = _curve(laws, student, scenario, k, teacher, span)
     level = (laws.intervals or {}).get("level") or 0.9
     if laws.resamples:
