@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -57,10 +58,10 @@ def _shown_plan(p: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
     }
 
 
-def _command(laws: Laws, inputs: Inputs, p: dict[str, Any]) -> str:
+def _command(laws: Laws, p: dict[str, Any]) -> str:
     """The command line that prints the same plan (or, for a given teacher, the same
     student loss)."""
-    head = f"kdlab {{}} --coefficients {laws.spec}"
+    head = f"kdlab {{}} --coefficients {shlex.quote(laws.spec)}"
     if p["teacher_given"]:
         teacher = (
             f"--teacher-params {p['teacher_params']!r} --teacher-tokens {p['teacher_tokens']!r}"
@@ -151,7 +152,7 @@ def answer(inputs: Inputs, laws: Laws) -> dict[str, Any]:
         "student": {"params": student, "how": student_note},
         "rows": rows,
         "plan_json": {key: chosen[key] for key in PLAN_JSON_KEYS},
-        "command": _command(laws, inputs, chosen),
+        "command": _command(laws, chosen),
         "curve": {
             "compute": [r["compute"] for r in curve],
             "distil": [r.get("student_loss") for r in curve],
