@@ -3,6 +3,7 @@ bootstrap and refusals."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from kdlab.laws.fit import SearchSettings, fit_distillation, fit_supervised, sel
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.io import LawInputError, read_csv_points
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_SUPERVISED
+from kdlab.laws.samples import decode_samples
 from kdlab.laws.synthetic import paper_like_distillation_runs, paper_like_supervised_runs
 
 EPOCH_CSV = (
@@ -132,6 +134,11 @@ def test_bootstrap_intervals_cover_truth():
     )
     assert set(doc["intervals"]) == {"E", "A", "B", "alpha", "beta", "gamma"}
     assert doc["bootstrap"]["resamples"] == 64
+    # every resample is kept, and its coefficients give back the intervals
+    samples = decode_samples(json.loads(json.dumps(doc)))
+    assert len(samples) == 64 - doc["bootstrap"]["failed"]
+    for name, (lo, hi) in doc["intervals"].items():
+        assert np.percentile([s[name] for s in samples], [5, 95]) == pytest.approx([lo, hi])
     for name, (lo, hi) in doc["intervals"].items():  # runs made from the paper's law
         assert lo <= PAPER_SUPERVISED[name] <= hi, (name, lo, hi)
         if name in ("alpha", "beta", "gamma"):

@@ -26,6 +26,7 @@ COVERED = {
     "kdlab fit supervised --form paper": "tests/test_laws_cli.py (database input)",
     "kdlab fit distillation --supervised": "tests/test_laws_cli.py",
     "kdlab report": "tests/test_report.py",
+    "kdlab dashboard": "tests/test_dashboard.py (serves until stopped)",
     "kdlab runs": "tests/test_rundb.py::test_cli_list_show_export",
     # cluster-only: need SLURM, a PostgreSQL URL and a W&B account; the overrides are
     # composed here by test_readme_cluster_command_composes

@@ -296,6 +296,7 @@ def test_page_has_summary_coefficients_and_plan(full_report: Path) -> None:
         "bpe-32768",
         "c4-0123abcd",
         "Compute-optimal plans",
+        "kdlab dashboard --fit ",
         "teacher inference",
         "pretraining + inference",
         "paper 90% CI",

@@ -22,6 +22,7 @@ import torch
 from kdlab.laws.forms import LawSpec
 from kdlab.laws.objective import HuberObjective
 from kdlab.laws.optim import lbfgs_batched
+from kdlab.laws.samples import encode_samples
 
 
 def bootstrap_intervals(
@@ -40,7 +41,8 @@ def bootstrap_intervals(
 
     Returns {"intervals": {name: [lo, hi]}, "interval_level", "bootstrap": {...}} ready
     to merge into a fit document; the per-resample coefficients are summarised by their
-    median and standard deviation. ``bounds`` is the main fit's box (spec.bounds()).
+    median and standard deviation, and kept (``samples``, see kdlab.laws.samples) for
+    intervals on what is computed from the law. ``bounds`` is the main fit's box.
     """
     if not 0 < level < 1:
         raise ValueError(f"The interval level must lie between 0 and 1, not {level}.")
@@ -84,5 +86,6 @@ def bootstrap_intervals(
             "starts_per_resample": k,
             "median": median,
             "std": std,
+            "samples": encode_samples(names, np.array([[c[n] for n in names] for c in coefs])),
         },
     }

@@ -448,7 +448,8 @@ def run_plan(args: argparse.Namespace) -> int:
 def _run_plan(args: argparse.Namespace) -> int:
     from kdlab.laws.compute import flops_per_token, get_scenario
     from kdlab.laws.io import LawInputError, load_coefficients
-    from kdlab.laws.plan import crossover, plan
+    from kdlab.laws.plan import plan
+    from kdlab.laws.tradeoffs import crossover
 
     get_scenario(args.scenario)  # an unknown scenario fails before any file is read
     coefs = load_coefficients(args.coefficients)

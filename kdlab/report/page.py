@@ -282,6 +282,12 @@ def render_page(report: Report) -> str:
         out.append(_table(objectives, left=("model", "teacher")))
     out.append('<h2 id="plan-table">Compute-optimal plans</h2>')
     out.append(plan_html(report))
+    fit = report.plans.source if report.plans and report.plans.source != "paper" else None
+    out.append(
+        '<p class="meta">Other budgets (FLOPs, GPU-hours or money), teachers and numbers of '
+        "students, with the verdict's robustness, interactively: <code>kdlab dashboard"
+        f"{' --fit ' + _e(fit) if fit else ''}</code>.</p>"
+    )
     out.append('<h2 id="coefficients">Coefficients</h2>')
     out.append("<h3>Supervised law L(N, D) = E + (A/N^α + B/D^β)^γ</h3>")
     out.append(coefficient_html(data.supervised_doc, "supervised"))
