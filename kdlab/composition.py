@@ -114,7 +114,8 @@ def check_command_line(argv: Sequence[str]) -> None:
     from kdlab.sweeps import job_overrides  # the sweeper's own expansion of a grid
 
     head = compose_or_explain(name, [], config_dir, return_hydra_config=True)
-    params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
+    swept = head.hydra.sweeper.params  # None or an empty config when the file sweeps nothing
+    params = OmegaConf.to_container(swept, resolve=False) if swept else {}
     seen: set[str] = set()
     for job in job_overrides(params, args.overrides):  # each value of each override once
         if not set(job) <= seen:
