@@ -23,4 +23,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from kdlab.processes import die_with_parent
+
+    die_with_parent()  # started by kdlab study / sweep run: stop when that command dies
     main()
