@@ -24,7 +24,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
@@ -106,17 +106,46 @@ def temp_path_for(final: str | os.PathLike[str]) -> Path:
     return Path(name)
 
 
-def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``final`` so that readers see either nothing or all of it."""
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """A handle whose content appears at ``final`` whole or not at all.
+
+    It writes a temporary file beside ``final`` (same file system: never a copy across
+    file systems, which a full disk can leave truncated), syncs it to disk, then renames
+    it over ``final``; the old ``final`` stays intact until that rename. On any error
+    the temporary file is removed and ``final`` is untouched.
+    """
+    final = Path(final)
     tmp = temp_path_for(final)
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
+        _sync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``final`` so that readers see either nothing or all of it."""
+    with atomic_file(final, "w") as handle:
+        handle.write(text)
 
 
 def atomic_write_json(final: str | os.PathLike[str], obj: Any) -> None:

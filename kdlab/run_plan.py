@@ -57,10 +57,6 @@ class RunPlan:
         """The run's own training compute, 3 F(N) D (a student's teacher not included)."""
         return 3.0 * self.flops_per_token * self.tokens
 
-    @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.ckpt"
-
 
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Resolve shape, data, budget and key; raise ConfigError on any bad input."""

@@ -8,8 +8,10 @@ then trains and records.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,21 +22,26 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from kdlab.callbacks import CurveRecorder, TrainClock
+from kdlab.callbacks import CurveRecorder, Heartbeat, TrainClock
+from kdlab.checkpoints import AtomicCheckpointIO, resume_point
 from kdlab.hardware import matmul_peak_flops
 from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
 from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
+from kdlab.processes import stop_signals
 from kdlab.run_plan import RunPlan, plan_run
 from kdlab.rundb import announce, shown_url
-from kdlab.teacher import load_tensors, save_weights, submodule_state
+from kdlab.teacher import WEIGHTS, save_weights, submodule_state
 
 LOCK_FILE = ".lock"
+ATTEMPT_DIR = "attempt-"  # run_dir/attempt-<n>: a forced re-run, until it replaces the run
 
 
 def git_revision() -> str | None:
@@ -62,8 +69,11 @@ def jobs_threads() -> int | None:
     return max(1, (os.cpu_count() or 1) // n_jobs)
 
 
-def _loggers(cfg: DictConfig, plan: RunPlan) -> list[Any]:
+def _loggers(cfg: DictConfig, plan: RunPlan, attempt: Attempt) -> list[Any]:
+    """The run's loggers, writing into the attempt's directory; a re-run's W&B run is a
+    new one (its own id), not more points on the run it re-runs."""
     loggers = []
+    wandb_id = plan.key if attempt.number == 1 else f"{plan.key}-{attempt.number}"
     for name, node in (cfg.logger or {}).items():
         if name == "wandb":
             sweep = [v for v in (cfg.study, cfg.family) if v]
@@ -73,14 +83,14 @@ def _loggers(cfg: DictConfig, plan: RunPlan) -> list[Any]:
                     group=node.group or "/".join(sweep) or None,
                     tags=[*node.tags, *sweep],
                     name=f"{plan.role}-{plan.shape.ladder}-{plan.shape.name}-{plan.key}",
-                    id=plan.key,
-                    save_dir=str(plan.run_dir),
+                    id=wandb_id,
+                    save_dir=str(attempt.dir),
                     job_type=plan.role,
                 )
             )
             loggers[-1].log_hyperparams(_wandb_config(plan))
         else:
-            loggers.append(instantiate(node, save_dir=str(plan.run_dir)))
+            loggers.append(instantiate(node, save_dir=str(attempt.dir)))
     return loggers
 
 
@@ -196,14 +206,17 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
     )
 
 
-def run_callbacks(cfg: DictConfig, plan: RunPlan) -> list[L.Callback]:
+def run_callbacks(
+    cfg: DictConfig, plan: RunPlan, attempt: Attempt | None = None
+) -> list[L.Callback]:
     """The callbacks every run trains with; the first is its TrainClock."""
+    attempt = attempt or Attempt(1, plan.run_dir)
     tokens_per_step = plan.data.batch_size * plan.shape.n_ctx * plan.accumulate
     return [
         TrainClock(),
-        CurveRecorder(plan.store, plan.key, tokens_per_step),
+        CurveRecorder(plan.store, plan.key, tokens_per_step, attempt.number),
         ModelCheckpoint(
-            dirpath=plan.run_dir / "checkpoints",
+            dirpath=attempt.dir / "checkpoints",
             save_last=True,
             save_top_k=0,
             every_n_train_steps=cfg.checkpoint.every_n_steps,
@@ -232,7 +245,10 @@ def build_trainer(
         default_root_dir=str(plan.run_dir),
     )
     settings.update(overrides)
-    return instantiate(cfg.trainer, **settings)
+    trainer = instantiate(cfg.trainer, **settings)
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
 
 
 def _device_peak(trainer: L.Trainer, module: L.LightningModule) -> float:
@@ -246,11 +262,62 @@ def _rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
-def _resume_checkpoint(plan: RunPlan) -> Path | None:
-    """The newest of kdlab's last.ckpt and a SLURM pre-emption checkpoint, if any."""
-    found = [*plan.run_dir.glob("hpc_ckpt_*.ckpt"), plan.checkpoint]
-    found = [p for p in found if p.exists()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """Which attempt at a run a launch trains, and where its checkpoints and logs go."""
+
+    number: int
+    dir: Path
+    staged: bool = False  # a forced re-run of a finished run, beside it until it finishes
+
+
+def _attempt(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> Attempt:
+    """force=true on a finished run trains attempt n + 1 in run_dir/attempt-<n+1>; the
+    finished attempt n stays the run (row, weights, curve, a student's teacher) until the
+    new one finishes, and a killed re-run resumes there at the next forced launch. Any
+    other launch trains, or resumes, the row's own attempt in the run directory."""
+    if row is None:
+        return Attempt(1, plan.run_dir)
+    number = row["attempt"] or 1
+    if cfg.force and row["status"] == "done":
+        return Attempt(number + 1, plan.run_dir / f"{ATTEMPT_DIR}{number + 1}", staged=True)
+    return Attempt(number, plan.run_dir)
+
+
+def _resume_checkpoint(attempt: Attempt) -> Path | None:
+    """The newest checkpoint of the attempt that loads: kdlab's last.ckpt or a SLURM
+    pre-emption checkpoint; any that does not load is set aside."""
+    return resume_point(
+        [*attempt.dir.glob("hpc_ckpt_*.ckpt"), attempt.dir / "checkpoints" / "last.ckpt"]
+    )
+
+
+def _promote(plan: RunPlan, attempt: Attempt) -> None:
+    """Move a finished re-run's files over the run's and remove its directory.
+
+    The row already names the new attempt; the weights arrive by one atomic rename, and a
+    crash part-way is finished by the next launch (``_finish_promotion``)."""
+    for entry in sorted(attempt.dir.iterdir(), key=lambda p: p.name != WEIGHTS):
+        if entry.name == LOCK_FILE:
+            continue
+        target = plan.run_dir / entry.name
+        if entry.is_dir() and target.is_dir():
+            old = plan.run_dir / f".superseded-{entry.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            entry.rename(target)
+            shutil.rmtree(old)
+        else:
+            os.replace(entry, target)
+    shutil.rmtree(attempt.dir)
+
+
+def _finish_promotion(plan: RunPlan, row: dict[str, Any] | None) -> None:
+    """A re-run recorded as the run but whose files were not all moved in yet."""
+    if row and row["status"] == "done" and (row["attempt"] or 1) > 1:
+        pending = plan.run_dir / f"{ATTEMPT_DIR}{row['attempt']}"
+        if pending.is_dir():
+            _promote(plan, Attempt(row["attempt"], pending, staged=True))
 
 
 @contextlib.contextmanager
@@ -272,17 +339,6 @@ def _claimed(cfg: DictConfig, plan: RunPlan) -> Iterator[bool]:
         yield ours
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    """Everything of a finished run but its lock file, for a forced re-run."""
-    for path in run_dir.iterdir():
-        if path.name == LOCK_FILE:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
     plan = plan_run(cfg)
@@ -296,6 +352,8 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
             print(f"kdlab: run {plan.key} is being trained by another process; skipped")
             return row or {}
         row = plan.store.get(plan.key)  # it may have finished while we waited
+        if _rank_zero():
+            _finish_promotion(plan, row)
         if row and row["status"] == "done" and not cfg.force:
             return _skipped(plan, row)
         return _train(cfg, plan, row)
@@ -308,53 +366,88 @@ def _skipped(plan: RunPlan, row: dict[str, Any]) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[str, Any]:
     record = _rank_zero()
-    # force re-runs a finished run; an unfinished one (perhaps training elsewhere) resumes
-    if record and cfg.force and row and row["status"] == "done":
-        _clear_run_dir(plan.run_dir)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    resume = _resume_checkpoint(plan)
-    if resume:  # read as data before anything changes: a pickle that runs code is refused
-        load_tensors(resume, "the run's checkpoint", mmap=True)
+    attempt = _attempt(cfg, plan, row)
+    attempt.dir.mkdir(parents=True, exist_ok=True)
+    resume = _resume_checkpoint(attempt)
     threads = cfg.threads or jobs_threads()
     if threads:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, plan)
-    if record:
-        plan.store.start(plan.key, **_row_fields(cfg, plan))
-
-    callbacks = run_callbacks(cfg, plan)
+    callbacks = run_callbacks(cfg, plan, attempt)
     clock = callbacks[0]
-    loggers = _loggers(cfg, plan)
-    trainer = build_trainer(cfg, plan, callbacks, logger=loggers or False)
+    loggers: list[Any] = []
     start = time.perf_counter()
-    try:
-        checkpoint = str(resume) if resume else None
-        trainer.fit(module, datamodule=plan.data, ckpt_path=checkpoint, weights_only=True)
-        final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
-    except DivergedError as err:
-        if record:
+    with stop_signals() as stop:  # from the row's start on, every way out records a status
+        try:
+            if record and attempt.staged:
+                print(
+                    f"kdlab: re-running finished run {plan.key} as attempt {attempt.number} "
+                    f"in {attempt.dir}; the finished run stays until it is done"
+                )
+            elif record:
+                plan.store.start(plan.key, attempt=attempt.number, **_row_fields(cfg, plan))
+            loggers = _loggers(cfg, plan, attempt)
+            trainer = build_trainer(
+                cfg, plan, callbacks, logger=loggers or False, default_root_dir=str(attempt.dir)
+            )
+            # a re-run leaves the finished run's row as it is until it replaces it
+            alive = record and not attempt.staged
+            with Heartbeat(plan.store, plan.key) if alive else contextlib.nullcontext():
+                ckpt = str(resume) if resume else None
+                trainer.fit(module, datamodule=plan.data, ckpt_path=ckpt, weights_only=True)
+                final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
+                # every rank takes part: under FSDP this gathers the sharded weights
+                state = trainer.strategy.lightning_module_state_dict()
+            if not trainer.is_global_zero:
+                return {}
             wall = clock.earlier_wall_s + time.perf_counter() - start
-            plan.store.fail(plan.key, f"diverged: {err}", wall_time_s=wall)
-        _finish_loggers(loggers, "failed")
-        print(f"kdlab: run {plan.key} diverged ({err}); recorded as failed")
-        return plan.store.get(plan.key)
-    except BaseException as err:
-        if record:
-            plan.store.fail(plan.key, f"{type(err).__name__}: {err}".strip())
-        _finish_loggers(loggers, "failed")
-        raise
-    # every rank takes part: under FSDP this gathers the sharded weights into one state
-    state = trainer.strategy.lightning_module_state_dict()
-    if not trainer.is_global_zero:
-        return {}
+            return _record(cfg, plan, attempt, trainer, module, final, state, clock, wall, loggers)
+        except DivergedError as err:
+            wall = clock.earlier_wall_s + time.perf_counter() - start
+            _stopped(plan, attempt, "failed", f"diverged: {err}", loggers, wall_time_s=wall)
+            return plan.store.get(plan.key)
+        except BaseException as err:
+            interrupted = _interruption(err, stop.signum)
+            if interrupted is None:
+                reason = f"{type(err).__name__}: {err}".strip()
+                _stopped(plan, attempt, "failed", reason, loggers)
+                raise
+            reason, code = interrupted
+            _stopped(plan, attempt, "interrupted", reason, loggers)
+            if code is None:
+                raise
+            raise SystemExit(code) from err
+
+
+def _record(
+    cfg: DictConfig,
+    plan: RunPlan,
+    attempt: Attempt,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    final: dict[str, float],
+    state: dict[str, Any],
+    clock: TrainClock,
+    wall: float,
+    loggers: list[Any],
+) -> dict[str, Any]:
+    """A run that trained to its end: failed if it learned nothing, else its weights and
+    results recorded (a re-run's replacing the run it re-ran)."""
     val_loss = float(final["val/loss"])
+    plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss, attempt.number)
+    floor = plan.data.unigram_loss
+    if not val_loss < floor:  # NaN included
+        reason = f"did not learn: loss {val_loss:.4f} >= unigram loss {floor:.4f}"
+        _stopped(plan, attempt, "failed", reason, loggers, val_loss=val_loss, wall_time_s=wall)
+        return plan.store.get(plan.key)
+    weights_sha256 = save_weights(module.model, attempt.dir, submodule_state(state, "model."))
     flops_per_sec = clock.tokens_per_sec * module.train_flops_per_token()
-    plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss)
-    weights_sha256 = save_weights(module.model, plan.run_dir, submodule_state(state, "model."))
     plan.store.finish(
         plan.key,
         weights_sha256=weights_sha256,
+        attempt=attempt.number,
+        **(_row_fields(cfg, plan) if attempt.staged else {}),
         val_loss=val_loss,
         val_ppl=float(final["val/ppl"]),
         val_kl=final.get("val/kl_teacher"),
@@ -363,12 +456,56 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
         **_measured_teacher_loss(plan, final),
         tokens_per_sec=clock.tokens_per_sec,
         mfu=flops_per_sec / (trainer.world_size * _device_peak(trainer, module)),
-        wall_time_s=clock.earlier_wall_s + time.perf_counter() - start,
+        wall_time_s=wall,
         wandb_url=_wandb_url(loggers),
     )
+    if attempt.staged:
+        _promote(plan, attempt)
     _finish_loggers(loggers)
     print(f"kdlab: run {plan.key} done: val_loss {val_loss:.4f}")
     return plan.store.get(plan.key)
+
+
+def _interruption(err: BaseException, signum: int | None) -> tuple[str, int | None] | None:
+    """Why a run was stopped from outside and the exit code to leave with (None: keep the
+    exception's own), or None when it failed by itself.
+
+    A stop signal our handler took (whatever the exception it raised turned into on its
+    way up); Lightning's SIGTERMException where another handler owns SIGTERM (submitit's,
+    under SLURM); Lightning's exit(1) after a KeyboardInterrupt; any other exit (submitit's,
+    once it has requeued the job) keeps its code."""
+    if signum is not None:
+        return f"interrupted by {signal.Signals(signum).name}", 128 + signum
+    if isinstance(err, SIGTERMException):
+        return "interrupted by SIGTERM", 128 + signal.SIGTERM
+    if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
+        return "interrupted by SIGINT", 128 + signal.SIGINT
+    if isinstance(err, SystemExit):
+        return f"interrupted: exit({err.code})", None
+    return None
+
+
+def _stopped(
+    plan: RunPlan,
+    attempt: Attempt,
+    status: str,
+    reason: str,
+    loggers: list[Any],
+    **fields: Any,
+) -> None:
+    """Record a run that ended without a result; a re-run leaves the finished run as it is."""
+    if _rank_zero():
+        if attempt.staged:
+            print(
+                f"kdlab: re-run (attempt {attempt.number}) of run {plan.key} {status}: "
+                f"{reason}; the finished run (attempt {attempt.number - 1}) is kept"
+            )
+        else:
+            print(f"kdlab: run {plan.key} {status}: {reason}")
+            mark = plan.store.interrupt if status == "interrupted" else plan.store.fail
+            with contextlib.suppress(KeyError):  # stopped before its row was written
+                mark(plan.key, reason, **fields)
+    _finish_loggers(loggers, "failed")
 
 
 def _wandb_url(loggers: list[Any]) -> str | None:

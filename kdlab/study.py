@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rich.table import Table
 
 from kdlab.console import console
 from kdlab.errors import ConfigError
+from kdlab.processes import run_child
 from kdlab.rundb import shown_url
 from kdlab.sweeps import (
     SWEEPS_DIR,
@@ -107,7 +107,8 @@ def sweep_command(path: Path, overrides: Sequence[str] = ()) -> list[str]:
 
 
 def launch(path: Path, overrides: Sequence[str]) -> int:
-    return subprocess.call(sweep_command(path, overrides))
+    """The sweep as a child that a stop signal to this command reaches (kdlab.processes)."""
+    return run_child(sweep_command(path, overrides))
 
 
 def _check_teachers(plan: SweepPlan) -> None:
@@ -160,11 +161,12 @@ def _launch_with_progress(path: Path, overrides: Sequence[str], plan: SweepPlan)
     )
     with log.open("w") as out, Progress(*columns, console=console) as progress:
         task = progress.add_task(path.stem, total=len(plan.jobs))
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        while child.poll() is None:
-            time.sleep(2)
+
+        def tick() -> None:
             progress.update(task, completed=refresh_status(plan.jobs, plan.url))
-        progress.update(task, completed=refresh_status(plan.jobs, plan.url))
-    if child.returncode:
+
+        code = run_child(command, tick, stdout=out, stderr=subprocess.STDOUT)
+        tick()
+    if code:
         console.print(f"see {log}")
-    return child.returncode
+    return code

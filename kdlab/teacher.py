@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdlab.errors import ConfigError
+from kdlab.locking import atomic_file
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
 from kdlab.rundb import RunStore, shown_url
@@ -80,16 +81,17 @@ def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = 
     file's SHA-256, which the run's row records so that a student can check its teacher.
 
     ``state_dict`` is the model's full state when the caller had to gather it (FSDP);
-    by default the model's own.
+    by default the model's own. Written atomically: a student never reads half a file.
     """
-    torch.save(
-        {
-            "shape": dataclasses.asdict(model.shape),
-            "base_d_model": model.base_d_model,  # the output multiplier depends on it
-            "state_dict": model.state_dict() if state_dict is None else state_dict,
-        },
-        run_dir / WEIGHTS,
-    )
+    with atomic_file(run_dir / WEIGHTS) as handle:
+        torch.save(
+            {
+                "shape": dataclasses.asdict(model.shape),
+                "base_d_model": model.base_d_model,  # the output multiplier depends on it
+                "state_dict": model.state_dict() if state_dict is None else state_dict,
+            },
+            handle,
+        )
     return file_sha256(run_dir / WEIGHTS)
 
 

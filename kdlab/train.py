@@ -35,4 +35,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from kdlab.processes import die_with_parent
+
+    die_with_parent()  # started by kdlab study / sweep run: stop when that command dies
     main()

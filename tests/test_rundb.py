@@ -209,6 +209,7 @@ def _revision(url: str) -> str | None:
 
 
 def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
+    from alembic import command
     from sqlalchemy import create_engine, text
 
     from kdlab.cli import main
@@ -218,21 +219,23 @@ def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
     RunStore(url).start("a", role="teacher")
     assert _revision(url) == schema_version.head()
 
-    # a database from before migrations (the baseline's tables, no version table) reads
-    # as the baseline, and `kdlab runs migrate` brings it to head keeping its rows
-    from alembic import command
-
+    # a database from before migrations (the baseline's tables, no version table) is
+    # refused until `kdlab runs migrate` brings it up, its rows and curves kept
     old = f"sqlite:///{tmp_path / 'old.db'}"
     with create_engine(old).begin() as conn:
-        command.upgrade(schema_version._config(conn), schema_version.BASELINE)
-        conn.execute(text("INSERT INTO runs (key, status, role) VALUES ('a', 'done', 'teacher')"))
+        config = schema_version._config(conn)
+        command.upgrade(config, schema_version.BASELINE)
         conn.execute(text("DROP TABLE alembic_version"))
-    if schema_version.head() != schema_version.BASELINE:
-        with pytest.raises(RunDBError, match="has schema revision 0001, and this kdlab writes"):
-            RunStore(old, create=False)
+        conn.execute(text("INSERT INTO runs (key, status, role) VALUES ('a', 'done', 'teacher')"))
+        conn.execute(text("INSERT INTO curves VALUES ('a', 10, 640, 3.5)"))
+    capsys.readouterr()
+    assert main(["runs", "--db", old, "list"]) == 2
+    assert "has schema revision 0001" in capsys.readouterr().err
     assert main(["runs", "--db", old, "migrate"]) == 0
     assert _revision(old) == schema_version.head()
-    assert RunStore(old, create=False).get("a")["role"] == "teacher"
+    migrated = RunStore(old, create=False)
+    assert (migrated.get("a")["role"], migrated.get("a")["attempt"]) == ("teacher", 1)
+    assert [(p["step"], p["attempt"], p["val_loss"]) for p in migrated.curve("a")] == [(10, 1, 3.5)]
 
     # a database written by a newer kdlab is refused, in one sentence, and left alone
     with create_engine(url).begin() as conn:

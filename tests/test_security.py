@@ -150,16 +150,22 @@ def test_a_teacher_checkpoint_that_is_a_pickle_is_refused(train, tmp_path: Path)
     assert rows(tmp_path) == []
 
 
-def test_a_last_checkpoint_that_is_a_pickle_is_not_resumed(train, tmp_path: Path) -> None:
+def test_a_last_checkpoint_that_is_a_plain_pickle_is_set_aside_unread(
+    train, tmp_path: Path, capsys
+) -> None:
+    """A plain pickle is not a torch archive: it reads as a damaged checkpoint, is set
+    aside without being unpickled, and the run trains from the start."""
     from kdlab.run_plan import plan_run
 
     plan = plan_run(compose_run(tmp_path, *TINY))
     marker = tmp_path / "marker"
-    write_marker_pickle(plan.checkpoint, marker)
-    message = refused(train, *TINY)
+    write_marker_pickle((plan.run_dir / "checkpoints" / "last.ckpt"), marker)
+    row = train(*TINY)
     assert not marker.exists()
-    assert message.startswith(f"the run's checkpoint {plan.checkpoint} cannot be read")
-    assert rows(tmp_path) == []  # refused before the run's row was started
+    assert row["status"] == "done"
+    assert "does not load" in capsys.readouterr().err
+    [aside] = (plan.run_dir / "checkpoints" / "last.ckpt").parent.glob("last.ckpt.corrupt-*")
+    assert aside.read_bytes()[:2] == b"\x80\x04"  # the pickle, kept as it was
 
 
 def test_a_last_checkpoint_in_torch_format_with_code_is_refused_by_the_command(
@@ -170,12 +176,12 @@ def test_a_last_checkpoint_in_torch_format_with_code_is_refused_by_the_command(
 
     plan = plan_run(compose_run(tmp_path, *TINY))
     marker = tmp_path / "marker"
-    write_marker_pickle(plan.checkpoint, marker, torch_format=True)
+    write_marker_pickle((plan.run_dir / "checkpoints" / "last.ckpt"), marker, torch_format=True)
     result = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *TINY)
     assert not marker.exists()
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (
-        f"kdlab-train: error: the run's checkpoint {plan.checkpoint} holds more than tensors "
+        f"kdlab-train: error: the run's checkpoint {(plan.run_dir / 'checkpoints' / 'last.ckpt')} holds more than tensors "
         "and plain values, and kdlab never runs code from a weights file, so it is refused"
     )
     assert "Traceback" not in result.stderr
@@ -196,7 +202,7 @@ def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
         assert set(weights) == {"shape", "base_d_model", "state_dict"}
         assert weights["shape"]["n_layer"] == row["n_layer"]
         checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-        assert checkpoint["global_step"] == row["steps"]
+        assert 0 < checkpoint["global_step"] <= row["steps"]  # every 50 steps
         assert checkpoint["kdlab_shape"] == weights["shape"]
         assert checkpoint["callbacks"]["TrainClock"]["wall_s"] > 0
     assert 0 < checkpoint["taid"]["t"] <= 1  # the student's: TAID's interpolation state

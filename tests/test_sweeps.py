@@ -18,8 +18,8 @@ from kdlab.rundb import RunStore
 from kdlab.sweeps import plan_sweep, sweep_file
 from tests.conftest import FAST, REPO, run_cli
 
-# two tiny jobs of the nano supervised grid
-GRID = ["model=nano_L1", "data.tokens_per_param=10,20", "data.budget_scale=0.25"]
+# two small jobs of the nano supervised grid (33 and 66 steps: both learn)
+GRID = ["model=nano_L1", "data.tokens_per_param=10,20", "data.budget_scale=0.5"]
 
 
 def multirun(root: Path, name: str, *overrides: str, **kw):
@@ -45,7 +45,7 @@ def test_multirun_records_every_job_and_relaunch_trains_nothing(tmp_path):
     first = multirun(tmp_path, "supervised", *GRID)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = _db(tmp_path).find(status="done")
-    assert sorted(r["tokens_per_param"] for r in rows) == pytest.approx([2.5, 5.0])
+    assert sorted(r["tokens_per_param"] for r in rows) == pytest.approx([5.0, 10.0])
     assert {r["family"] for r in rows} == {"supervised"} and {r["study"] for r in rows} == {"nano"}
     stamps = {r["key"]: r["updated_at"] for r in rows}
 
@@ -107,7 +107,7 @@ def test_killed_multirun_relaunched_ends_with_every_job_done_once(tmp_path):
 def test_two_joblib_workers_share_one_sqlite_file(tmp_path):
     grid = [
         "model=nano_L1",
-        "data.tokens_per_param=2,4,6,8",  # 3 to 14 steps: every curve has two points
+        "data.tokens_per_param=5,6,7,8",  # 33 to 53 steps: every curve has two points
         "hydra/launcher=parallel",
     ]
     out = multirun(tmp_path, "supervised", *grid)
@@ -134,17 +134,17 @@ def test_the_printed_teacher_command_trains_the_teacher_the_sweep_needs(tmp_path
     """The command keeps the sweep's own settings (here a scaled budget and the root), so
     running it as printed lets the student sweep start."""
     grid = ["model=nano_L1", "teacher.model=nano_L2", "data.tokens_per_param=10"]
-    grid.append("data.budget_scale=0.02")
+    grid.append("data.budget_scale=0.5")
     refused = multirun(tmp_path, "students", *grid)
     assert refused.returncode == 2
     [command] = [ln.strip() for ln in refused.stderr.splitlines() if "kdlab-train -cd" in ln]
-    assert "data.budget_scale=0.02" in command and f"paths.root_dir={tmp_path}" in command
+    assert "data.budget_scale=0.5" in command and f"paths.root_dir={tmp_path}" in command
     args = shlex.split(command)
     assert args[0] == "kdlab-train"
     teacher = run_cli("kdlab.train", *args[1:])
     assert teacher.returncode == 0, teacher.stderr[-3000:]
     [row] = _db(tmp_path).find(role="teacher")
-    assert row["model"] == "L2" and row["tokens"] == round(20 * row["n_params"] * 0.02)
+    assert row["model"] == "L2" and row["tokens"] == round(20 * row["n_params"] * 0.5)
     started = multirun(tmp_path, "students", *grid)
     assert started.returncode == 0, started.stderr[-3000:]
     [student] = _db(tmp_path).find(role="student")

@@ -19,6 +19,7 @@ from kdlab.rundb import RunStore
 from tests.conftest import FAST, REPO, run_cli
 
 TINY = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]
+FULL_BATCH = ["data.module.batch_size=16"]  # the corpus' own batch, for the learning tests
 
 
 def _db(root: Path) -> RunStore:
@@ -141,7 +142,7 @@ def test_diverged_run_is_recorded_as_failed(train, tmp_path):
 
 
 def test_teacher_beats_unigram_entropy_of_builtin_corpus(train):
-    row = train("model=nano_L2", "data.tokens=300000", "data.tokens_per_param=null")
+    row = train("model=nano_L2", "data.tokens=300000", "data.tokens_per_param=null", *FULL_BATCH)
     corpus = build_corpus({"name": "stdlib"})
     counts = Counter()
     for doc in corpus.documents():
@@ -152,7 +153,13 @@ def test_teacher_beats_unigram_entropy_of_builtin_corpus(train):
 
 
 def test_markov_model_approaches_entropy_rate(train):
-    row = train("data=markov", "model=nano_L2", "data.tokens=600000", "data.tokens_per_param=null")
+    row = train(
+        "data=markov",
+        "model=nano_L2",
+        "data.tokens=600000",
+        "data.tokens_per_param=null",
+        *FULL_BATCH,
+    )
     corpus = build_corpus(row["config"]["data"]["module"]["corpus"])
     h, uniform = corpus.entropy_rate, math.log(corpus.vocab_size)
     assert h < uniform - 1.0  # the test can tell learning from guessing
@@ -171,7 +178,7 @@ def test_wandb_offline_run_directory(train, tmp_path):
 def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
     args = [
         "model=nano_L1",
-        "data.tokens=1638400",  # 800 steps, several seconds: the kill lands mid-run
+        "data.tokens=409600",  # 800 steps, several seconds: the kill lands mid-run
         "data.tokens_per_param=null",
         "checkpoint.every_n_steps=10",
         *FAST,

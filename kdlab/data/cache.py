@@ -147,6 +147,31 @@ def _build(
         tmp.unlink(missing_ok=True)
 
 
+def unigram_entropy(cache: TokenCache, start: int, stop: int, vocab_size: int) -> float:
+    """Entropy in nats of the token frequencies of ``cache.tokens[start:stop]``.
+
+    The loss of a model that ignores context, so a run that does not beat it on its own
+    split learned nothing. Counted once (in chunks, one pass over the memmap) and kept in
+    a JSON beside the token array.
+    """
+    path = cache.path.with_name(f"{cache.path.stem}.unigram-{start}-{stop}.json")
+
+    def build() -> None:
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for lo in range(start, stop, _COUNT_CHUNK):
+            chunk = np.asarray(cache.tokens[lo : min(stop, lo + _COUNT_CHUNK)])
+            counts += np.bincount(chunk, minlength=vocab_size)[:vocab_size]
+        p = counts[counts > 0] / counts.sum()
+        entropy = float(-(p * np.log(p)).sum())
+        atomic_write_json(path, {"start": start, "stop": stop, "unigram_entropy": entropy})
+
+    build_once(path, build)
+    return float(json.loads(path.read_text())["unigram_entropy"])
+
+
+_COUNT_CHUNK = 1 << 24  # tokens per bincount: bounded memory on a paper-scale split
+
+
 def _hashed(docs: Iterator[str], hasher: DocumentHasher) -> Iterator[str]:
     for doc in docs:
         hasher.update(doc)
@@ -174,4 +199,5 @@ __all__ = [
     "corpus_info",
     "open_token_cache",
     "token_cache_path",
+    "unigram_entropy",
 ]

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from kdlab.data.cache import DEFAULT_CACHE_DIR, TokenCache, corpus_info, open_token_cache
+from kdlab.data.cache import (
+    DEFAULT_CACHE_DIR,
+    TokenCache,
+    corpus_info,
+    open_token_cache,
+    unigram_entropy,
+)
 from kdlab.data.corpora import Corpus, CorpusConfig, CorpusInfo, build_corpus
 from kdlab.data.splits import TRAIN_SPLITS, SplitLayout, split_layout
 from kdlab.data.tokenizers import Tokenizer, TokenizerConfig, build_tokenizer, resolve_kind
@@ -186,6 +192,13 @@ class TokenDataModule(pl.LightningDataModule):
     def split_tokens(self) -> int:
         """Training targets one pass over the split offers (its whole windows)."""
         return self.schedule.tokens_per_pass
+
+    @property
+    def unigram_loss(self) -> float:
+        """Entropy of the training split's token frequencies: the loss of a model that
+        ignores context, which any run that learned anything beats."""
+        r = self.layout[self.split]
+        return unigram_entropy(self.cache, r.start, r.stop, self.vocab_size)
 
     @property
     def passes(self) -> float:

@@ -46,6 +46,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--tokenizer", help="database: only runs of this tokenizer")
     src.add_argument("--n-ctx", type=int, help="database: only runs of this context length")
     src.add_argument(
+        "--recipe",
+        metavar="LABEL",
+        help="database: only runs of this training recipe, as kdlab names it when the "
+        "database holds several, e.g. 'lr=0.01 wd=0.0001 warmup=0.05 min_lr=0.001 "
+        "z_loss=0.0001 batch=16 clip=1'",
+    )
+    src.add_argument(
         "--kd-objective",
         metavar="LABEL",
         help="database, distillation: only students of this objective, "
@@ -155,6 +162,7 @@ def _run_fit(args: argparse.Namespace) -> int:
             "corpus": args.corpus,
             "tokenizer": args.tokenizer,
             "n_ctx": args.n_ctx,
+            "recipe": args.recipe,
             "kd_objective": args.kd_objective,
         }
         from kdlab.rundb import announce, database_url, shown_url

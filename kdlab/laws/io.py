@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 
 SUPERVISED_COLUMNS = ("N", "D", "loss")
 DISTILLATION_COLUMNS = ("N_S", "D_S", "L_T", "loss")
-COMPARABILITY_COLUMNS = ("corpus", "tokenizer", "n_ctx", "kd_objective")
+COMPARABILITY_COLUMNS = ("corpus", "tokenizer", "n_ctx", "recipe", "kd_objective")
 # the fit's option that selects one value of each
 SELECT_OPTION = {
     "corpus": "--corpus",
     "tokenizer": "--tokenizer",
     "n_ctx": "--n-ctx",
+    "recipe": "--recipe",
     "kd_objective": "--kd-objective",
 }
 SUPERVISED_KEYS = ("E", "A", "B", "alpha", "beta")
@@ -100,9 +101,10 @@ def read_db_points(
     """Finished runs of the right role from the run database, all of one kind of data.
 
     Refuses to mix corpora, tokenizers or context lengths: losses measured on different
-    validation data are not comparable (DESIGN.md principle 2), nor students distilled
-    with different objectives. ``filters`` (corpus, tokenizer, n_ctx, kd_objective) select
-    one kind when the database holds several.
+    validation data are not comparable (DESIGN.md principle 2), nor runs of different
+    training recipes, nor students distilled with different objectives. ``filters``
+    (corpus, tokenizer, n_ctx, recipe, kd_objective) select one kind when the database
+    holds several.
     """
     try:
         from kdlab.rundb import shown_url  # imported late on purpose
@@ -136,7 +138,8 @@ def matching_rows(df: Any, equals: Mapping[str, Any]) -> Any:
 
 
 def check_comparable(df: pd.DataFrame, source: str) -> dict[str, Any]:
-    """The single (corpus, tokenizer, n_ctx, kd_objective) of the runs, or a LawInputError."""
+    """The single (corpus, tokenizer, n_ctx, recipe, kd_objective) of the runs, or a
+    LawInputError."""
     info: dict[str, Any] = {}
     mixed = []
     for col in COMPARABILITY_COLUMNS:

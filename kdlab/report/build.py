@@ -110,13 +110,16 @@ def build_report(
     corpus: str | None = None,
     tokenizer: str | None = None,
     n_ctx: int | None = None,
+    recipe: str | None = None,
 ) -> Report:
     """Read, plan, draw and write the report into ``out_dir``; returns what was made."""
     from kdlab.report.page import write_page
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_report_data(db, supervised_fit, distillation_fit, study, corpus, tokenizer, n_ctx)
+    data = load_report_data(
+        db, supervised_fit, distillation_fit, study, corpus, tokenizer, n_ctx, recipe
+    )
     notes = data.notes  # one list: reading the fits' points may still add to it
     parity = figs.parity_frames(data)
     plans = make_plans(data, plan or PlanOptions(), notes)

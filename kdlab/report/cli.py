@@ -43,6 +43,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--corpus", help="only runs of this corpus fingerprint")
     src.add_argument("--tokenizer", help="only runs of this tokenizer")
     src.add_argument("--n-ctx", type=int, help="only runs of this context length")
+    src.add_argument("--recipe", metavar="LABEL", help="only runs of this training recipe")
     plan = p.add_argument_group("compute-optimal plans")
     plan.add_argument(
         "--plan-coefficients",
@@ -125,6 +126,7 @@ def _run_report(args: argparse.Namespace) -> int:
         corpus=args.corpus,
         tokenizer=args.tokenizer,
         n_ctx=args.n_ctx,
+        recipe=args.recipe,
     )
     for fig in report.figures:
         if fig.path is not None:

@@ -20,7 +20,12 @@ from kdlab.laws.published import PAPER_FLOPS
 
 # Columns that decide whether two losses are comparable (DESIGN.md principle 2), as
 # named in the run table and as named in a fit JSON's "data" block.
-COMPARABLE = (("corpus_fingerprint", "corpus"), ("tokenizer", "tokenizer"), ("n_ctx", "n_ctx"))
+COMPARABLE = (
+    ("corpus_fingerprint", "corpus"),
+    ("tokenizer", "tokenizer"),
+    ("n_ctx", "n_ctx"),
+    ("recipe", "recipe"),
+)
 SUPERVISED_ROLES = ("teacher", "supervised")
 
 
@@ -118,7 +123,8 @@ def load_fit(path: str | None, law: str) -> Fit | None:
 def _choose_selection(
     runs: pd.DataFrame, fits: list[Fit], wanted: Mapping[str, Any], notes: list[str]
 ) -> dict[str, Any]:
-    """One (corpus, tokenizer, n_ctx): as asked, else as the fits used, else the most runs."""
+    """One (corpus, tokenizer, n_ctx, recipe): as asked, else as the fits used, else the
+    most runs."""
     selection: dict[str, Any] = {}
     done = runs[runs["status"] == "done"] if "status" in runs.columns else runs
     for col, fit_key in COMPARABLE:
@@ -212,6 +218,7 @@ def load_report_data(
     corpus: str | None = None,
     tokenizer: str | None = None,
     n_ctx: int | None = None,
+    recipe: str | None = None,
 ) -> ReportData:
     """Read the runs and fits once; see the module doc for what may be missing."""
     notes: list[str] = []
@@ -225,7 +232,7 @@ def load_report_data(
     selection: dict[str, Any] = {}
     chosen = runs
     if not runs.empty:
-        wanted = {"corpus": corpus, "tokenizer": tokenizer, "n_ctx": n_ctx}
+        wanted = {"corpus": corpus, "tokenizer": tokenizer, "n_ctx": n_ctx, "recipe": recipe}
         selection = _choose_selection(runs, [f for f in (sup, dist) if f], wanted, notes)
         chosen = matching_rows(runs, selection)
         left_out = len(runs) - len(chosen)

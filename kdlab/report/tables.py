@@ -147,6 +147,7 @@ def study_facts(data: ReportData) -> list[tuple[str, str]]:
         ("tokenizer", "tokenizer"),
         ("vocab_size", "vocabulary"),
         ("n_ctx", "context length"),
+        ("recipe", "training recipe"),
         ("family", "experiment families"),
     ):
         if col in runs.columns:

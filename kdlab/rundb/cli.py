@@ -10,7 +10,7 @@ from rich.table import Table
 from kdlab.console import console
 from kdlab.errors import ConfigError
 from kdlab.rundb.query import runs_frame
-from kdlab.rundb.store import RunStore
+from kdlab.rundb.store import RunStore, live_status
 from kdlab.rundb.url import announce, database_url, shown_url
 
 LIST_COLUMNS = [
@@ -32,7 +32,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = runs.add_subparsers(dest="runs_command", required=True)
     listing = sub.add_parser("list", help="one line per run")
-    listing.add_argument("--status", choices=["running", "done", "failed"])
+    listing.add_argument(
+        "--status",
+        choices=["running", "done", "failed", "interrupted"],
+        help="interrupted: stopped by a signal, or running with no live process",
+    )
     listing.add_argument("--role", choices=["teacher", "supervised", "student"])
     listing.set_defaults(func=_list)
     show = sub.add_parser("show", help="every field of one run and its curve")
@@ -85,6 +89,7 @@ def _show(args: argparse.Namespace) -> int:
         found = "no run" if not matches else f"{len(matches)} runs"
         raise ConfigError(f"{found} matches key '{args.key}' in {shown_url(url)}")
     row = matches[0]
+    row["status"] = live_status(row)
     row["curve"] = store.curve(row["key"])
     print(json.dumps(row, indent=2, default=str))
     return 0

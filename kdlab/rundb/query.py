@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdlab.rundb.store import RunStore
+from kdlab.rundb.store import RunStore, live_status
 
 _SUPERVISED_ROLES = ("teacher", "supervised")
 
@@ -35,13 +35,58 @@ def kd_objective(objective: Mapping[str, Any] | None) -> str | None:
     return " ".join(parts)
 
 
+def recipe(config: Mapping[str, Any] | None) -> str | None:
+    """A run's training recipe in one short label: optimiser, schedule, batch and clipping.
+
+    Runs of one size and budget trained with another learning rate, warm-up or batch end
+    at other losses, so a law fitted across recipes is fitted to noise of the choice
+    (two rows at another learning rate moved A from 0.66 to 35,477); fits and figures
+    keep one recipe, as they keep one distillation objective.
+    """
+    if not config or not config.get("optim"):
+        return None
+    optim = config["optim"]
+    module = (config.get("data") or {}).get("module") or {}
+    trainer = config.get("trainer") or {}
+    if optim.get("warmup_steps") is not None:
+        warmup = f"warmup={optim['warmup_steps']}steps"
+    else:
+        warmup = f"warmup={_g(optim.get('warmup_fraction'))}"
+    batch = f"batch={module.get('batch_size', '?')}"
+    if trainer.get("accumulate_grad_batches", 1) not in (1, None):
+        batch += f"x{trainer['accumulate_grad_batches']}"
+    return " ".join(
+        [
+            f"lr={_g(optim.get('lr'))}",
+            f"wd={_g(optim.get('weight_decay'))}",
+            warmup,
+            f"min_lr={_g(optim.get('min_lr_ratio'))}",
+            f"z_loss={_g(optim.get('z_loss'))}",
+            batch,
+            f"clip={_g(trainer.get('gradient_clip_val'))}",
+        ]
+    )
+
+
+def _g(value: Any) -> str:
+    return "none" if value is None else f"{float(value):g}"
+
+
 def runs_frame(url: str, **equals: object) -> pd.DataFrame:
-    """All runs matching ``equals`` as a DataFrame, config replaced by kd_objective."""
+    """All runs matching ``equals`` as a DataFrame, config replaced by its kd_objective
+    and recipe labels; a running run whose process is gone shows as interrupted
+    (``status`` filters on that shown status)."""
+    status = equals.pop("status", None)
     rows = RunStore(url, create=False).find(**equals)
+    for row in rows:
+        row["status"] = live_status(row)
+    rows = [row for row in rows if status is None or row["status"] == status]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame["kd_objective"] = [kd_objective((c or {}).get("objective")) for c in frame["config"]]
+    configs = [c or {} for c in frame["config"]]
+    frame["kd_objective"] = [kd_objective(c.get("objective")) for c in configs]
+    frame["recipe"] = [recipe(c) for c in configs]
     return frame.drop(columns=["config"])
 
 
@@ -50,11 +95,12 @@ def fit_points(url: str, law: str) -> pd.DataFrame:
 
     supervised: teachers and supervised baselines, columns N, D, loss.
     distillation: students, columns N_S, D_S, L_T, loss, kd_objective.
-    Both carry corpus, tokenizer, n_ctx and run_key so the caller can refuse to mix them,
+    Both carry corpus, tokenizer, n_ctx, recipe and run_key so the caller can refuse to
+    mix them,
     and vocab_size and rho (d_model / n_layer) for the fit's F(N).
     """
     frame = runs_frame(url, status="done")
-    keep = ["corpus_fingerprint", "tokenizer", "n_ctx", "vocab_size", "rho", "key"]
+    keep = ["corpus_fingerprint", "tokenizer", "n_ctx", "recipe", "vocab_size", "rho", "key"]
     if frame.empty:
         return pd.DataFrame(columns=["N", "D", "loss", "corpus", "tokenizer", "n_ctx", "run_key"])
     frame = frame.assign(rho=frame["d_model"] / frame["n_layer"])  # for the fit's F(N)

@@ -27,8 +27,16 @@ runs = Table(
     "runs",
     metadata,
     Column("key", String(64), primary_key=True),
-    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("status", String(16), nullable=False),  # running | done | failed | interrupted
     Column("failure", Text),
+    # the attempt the row's results come from: force=true trains attempt n + 1 beside the
+    # finished attempt n, which it replaces only when it finishes
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    # the process training the run and when it last said it was alive (a killed run
+    # stops beating, so readers can tell it from a live one)
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("heartbeat_at", DateTime),
     Column("role", String(16), nullable=False),  # teacher | supervised | student
     Column("study", String(128)),
     Column("family", String(128)),
@@ -89,6 +97,7 @@ curves = Table(
     "curves",
     metadata,
     Column("run_key", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True, server_default="1"),
     Column("step", Integer, primary_key=True),
     Column("tokens", BigInteger),
     Column("val_loss", Float),

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,43 @@ from kdlab.rundb import schema_version
 from kdlab.rundb.schema import RUN_COLUMNS, curves, runs
 from kdlab.rundb.url import shown_url, sqlite_path
 
+HEARTBEAT_S = 30.0  # a training process marks its run alive this often
+STALE_S = 600.0  # a running run silent this long is taken to be interrupted
+
 
 class RunDBError(ConfigError):
     """The database cannot be opened or read; the message names the URL."""
+
+
+def live_status(row: Mapping[str, Any], now: dt.datetime | None = None) -> str:
+    """The row's status as a reader should see it: a ``running`` run whose process is gone
+    (no heartbeat for STALE_S, or its pid dead on this host) is ``interrupted``.
+
+    A run killed outright (SIGKILL, a lost node) cannot record that itself.
+    """
+    if row["status"] != "running":
+        return row["status"]
+    beat = row.get("heartbeat_at") or row.get("updated_at")
+    if beat is not None and ((now or _now()) - beat).total_seconds() > STALE_S:
+        return "interrupted"
+    if row.get("host") == socket.gethostname() and row.get("pid") and not _alive(row["pid"]):
+        return "interrupted"
+    return "running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def this_process() -> dict[str, Any]:
+    """The heartbeat columns for the calling process, beating now."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": _now()}
 
 
 def _make_folder(folder: Path, create_under: Path | None) -> None:
@@ -157,28 +194,56 @@ class RunStore:
             conn.execute(statement)
 
     def start(self, key: str, **fields: Any) -> None:
-        self.upsert(key, status="running", failure=None, **fields)
+        """The run is being trained, by this process."""
+        self.upsert(key, status="running", failure=None, **this_process(), **fields)
+
+    def beat(self, key: str) -> None:
+        """This process is still training the run (``updated_at`` stays: nothing changed)."""
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.key == key).values(**this_process()))
 
     def update(self, key: str, **fields: Any) -> None:
         """Change fields of a run that was started; a missing run is a bug, so it raises."""
         with self.engine.begin() as conn:
-            done = conn.execute(
-                runs.update().where(runs.c.key == key).values(updated_at=_now(), **fields)
-            )
+            self._update(conn, key, fields)
+
+    def _update(self, conn: Any, key: str, fields: dict[str, Any]) -> None:
+        done = conn.execute(
+            runs.update().where(runs.c.key == key).values(updated_at=_now(), **fields)
+        )
         if done.rowcount != 1:
             raise KeyError(f"run {key} is not in the database {shown_url(self.url)}")
 
-    def finish(self, key: str, **fields: Any) -> None:
-        self.update(key, status="done", failure=None, **fields)
+    def finish(self, key: str, attempt: int | None = None, **fields: Any) -> None:
+        """Record the run as done, its results those of ``attempt`` (default: the row's).
+
+        The curve points of every other attempt go in the same transaction, so the curve
+        shown is always the result's own."""
+        if attempt is not None:
+            fields["attempt"] = attempt
+        kept = select(runs.c.attempt).where(runs.c.key == key).scalar_subquery()
+        with self.engine.begin() as conn:
+            self._update(conn, key, {"status": "done", "failure": None, **fields})
+            conn.execute(
+                curves.delete().where((curves.c.run_key == key) & (curves.c.attempt != kept))
+            )
 
     def fail(self, key: str, reason: str, **fields: Any) -> None:
         self.update(key, status="failed", failure=reason, **fields)
 
-    def add_curve_point(self, key: str, step: int, tokens: int, val_loss: float) -> None:
+    def interrupt(self, key: str, reason: str, **fields: Any) -> None:
+        """Stopped from outside (a signal, a requeue): a relaunch resumes it."""
+        self.update(key, status="interrupted", failure=reason, **fields)
+
+    def add_curve_point(
+        self, key: str, step: int, tokens: int, val_loss: float, attempt: int = 1
+    ) -> None:
         insert = _dialect_insert(self.engine.dialect.name)
-        statement = insert(curves).values(run_key=key, step=step, tokens=tokens, val_loss=val_loss)
+        statement = insert(curves).values(
+            run_key=key, attempt=attempt, step=step, tokens=tokens, val_loss=val_loss
+        )
         statement = statement.on_conflict_do_update(
-            index_elements=[curves.c.run_key, curves.c.step],
+            index_elements=[curves.c.run_key, curves.c.attempt, curves.c.step],
             set_={"tokens": tokens, "val_loss": val_loss},
         )
         with self.engine.begin() as conn:
@@ -204,7 +269,14 @@ class RunStore:
             rows = conn.execute(select(runs).where(runs.c.key.startswith(prefix))).mappings()
             return [dict(r) for r in rows]
 
-    def curve(self, key: str) -> list[dict[str, Any]]:
-        query = select(curves).where(curves.c.run_key == key).order_by(curves.c.step)
+    def curve(self, key: str, attempt: int | None = None) -> list[dict[str, Any]]:
+        """The validation curve of one attempt: by default the one the row's results are of."""
+        if attempt is None:
+            attempt = select(runs.c.attempt).where(runs.c.key == key).scalar_subquery()
+        query = (
+            select(curves)
+            .where((curves.c.run_key == key) & (curves.c.attempt == attempt))
+            .order_by(curves.c.step)
+        )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]

@@ -1,0 +1,97 @@
+"""Resumable checkpoints: written whole or not at all, and checked before a resume.
+
+Lightning's own writer saves through an fsspec transaction whose temporary file lives in
+the system's temp directory, so the final step is a copy across file systems; a full disk
+then leaves a truncated ``last.ckpt`` in place of the good one, and every relaunch fails
+to resume from it. ``AtomicCheckpointIO`` writes beside the target instead (temporary
+name, fsync, rename), so the previous checkpoint stays until the new one is complete.
+
+A checkpoint that still does not load (written by an older kdlab, a damaged disk) is set
+aside under a ``.corrupt-<time>`` name with a warning, and the run resumes from the next
+good one, or from scratch: a resume that replays the same batches reaches the same loss.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from kdlab.errors import ConfigError
+from kdlab.locking import atomic_file
+
+CORRUPT = ".corrupt-"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but atomic within the checkpoint's own directory."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as handle:
+            torch.save(checkpoint, handle)
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from; None when it can.
+
+    The file is memory-mapped, not read: a truncated archive fails on its missing index
+    at the end, and no tensor is copied.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:  # whole, but it asks to run code: refuse, keep as evidence
+        raise ConfigError(
+            f"the run's checkpoint {path} holds more than tensors and plain values, and "
+            "kdlab never runs code from a weights file, so it is refused"
+        ) from None
+    except Exception as err:  # a damaged file fails in many ways (zip, OSError)
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+    if not isinstance(state, dict) or not {"state_dict", "global_step"} <= set(state):
+        return "not a Lightning checkpoint (no state_dict and global_step)"
+    return None
+
+
+def set_aside(path: Path, reason: str) -> None:
+    """Rename a checkpoint that does not load out of the way, and say so on stderr.
+
+    Every DDP rank checks the same files; the first to rename one wins, the others find
+    it gone, which is the same outcome."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    target = path.with_name(f"{path.name}{CORRUPT}{stamp}")
+    try:
+        path.rename(target)
+    except FileNotFoundError:
+        return
+    print(
+        f"kdlab: warning: checkpoint {path} does not load ({reason}); set aside as {target.name}",
+        file=sys.stderr,
+    )
+
+
+def resume_point(candidates: list[Path]) -> Path | None:
+    """The newest candidate checkpoint that loads; those that do not are set aside."""
+    found = sorted((p for p in candidates if p.is_file()), key=_mtime, reverse=True)
+    for path in found:
+        reason = unreadable(path)
+        if reason is None:
+            return path
+        set_aside(path, reason)
+    return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # set aside by another rank meanwhile
+        return 0.0

@@ -1,0 +1,152 @@
+"""Process lifetime: a stop signal ends a run cleanly and reaches every child process.
+
+kdlab-train turns SIGTERM, SIGINT and SIGHUP into ``RunInterrupted`` while a run trains,
+so the run records itself ``interrupted`` and the process exits with 128 + the signal's
+number, as a shell reports a killed command. A handler someone else installed (submitit's
+under SLURM, which owns requeueing; nohup's ignored SIGHUP) is left in place.
+
+``kdlab study`` and ``kdlab sweep run`` start each sweep as a child in a process group of
+its own and forward those signals to the whole group (the sweep's jobs, their workers),
+wait a bounded time for the runs to record themselves, then kill what is left; nothing
+outlives the command. On Linux the child is also told to stop when its parent dies
+outright (SIGKILL), which no handler can see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PARENT_ENV = "KDLAB_PARENT_PID"  # set for a child that must stop when its parent dies
+GRACE_S = 60.0  # how long a signalled sweep may take to record its runs before the kill
+_DEFAULTS = (signal.SIG_DFL, signal.default_int_handler)
+_PR_SET_PDEATHSIG = 1
+
+
+class RunInterrupted(BaseException):
+    """A stop signal arrived while a run trained (a BaseException, like KeyboardInterrupt,
+    so no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _handling(
+    handler: Callable[[int, FrameType | None], Any], only_defaults: bool
+) -> Iterator[None]:
+    """Install ``handler`` for the stop signals inside the block (main thread only);
+    with ``only_defaults``, only where no one else installed a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in STOP_SIGNALS:
+        current = signal.getsignal(signum)
+        if only_defaults and current not in _DEFAULTS:
+            continue
+        previous[signum] = current
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class Stop:
+    """The stop signal that arrived inside ``stop_signals``, if any."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[Stop]:
+    """Inside the block the first stop signal raises RunInterrupted (and is kept in the
+    yielded Stop, for code that sees only what that exception turned into on its way up);
+    later ones are ignored, so that recording the interruption is not itself interrupted."""
+    stop = Stop()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+            raise RunInterrupted(signum)
+
+    with _handling(handler, only_defaults=True):
+        yield stop
+
+
+def run_child(
+    command: Sequence[str],
+    tick: Callable[[], None] | None = None,
+    tick_s: float = 2.0,
+    grace_s: float = GRACE_S,
+    **popen: Any,
+) -> int:
+    """Run ``command`` to its end, calling ``tick`` every ``tick_s`` seconds; its exit code.
+
+    A stop signal to this process goes to the child's whole process group; after
+    ``grace_s`` the group is killed, and this returns 128 + the signal's number. Whatever
+    the child left running in its group when it ended is killed too.
+    """
+    env = {**(popen.pop("env", None) or os.environ), PARENT_ENV: str(os.getpid())}
+    child = subprocess.Popen(command, start_new_session=True, env=env, **popen)
+    stopped: list[tuple[int, float]] = []  # the first stop signal and when it came
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if not stopped:
+            stopped.append((signum, time.monotonic()))
+        _signal_group(child.pid, signum)
+
+    try:
+        with _handling(forward, only_defaults=False):
+            while True:
+                try:
+                    child.wait(timeout=tick_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if tick is not None:
+                    tick()
+                if stopped and time.monotonic() - stopped[0][1] > grace_s:
+                    _signal_group(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:  # this process is failing: take the child along
+            _signal_group(child.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=grace_s)
+        _signal_group(child.pid, signal.SIGKILL)  # anything the child left behind
+        child.wait()
+    return 128 + stopped[0][0] if stopped else child.returncode
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def die_with_parent() -> None:
+    """In a child started by run_child: stop (SIGTERM) when the parent dies, even by SIGKILL.
+
+    Linux only (prctl); elsewhere the parent's forwarding is all there is. The variable is
+    removed so this process's own children do not mistake it for theirs.
+    """
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
