@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 from kdlab.configs import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

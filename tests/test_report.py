@@ -1,6 +1,6 @@
 """kdlab report: from a synthetic study to an HTML page whose figures a browser shows.
 
-The study is drawn from the published laws (PAPER.md §1-§2) plus 0.4% noise at paper
+The study is drawn from the published laws (the paper's published fits) plus 0.4% noise at paper
 sizes (the database only stores numbers), fitted with the real ``kdlab fit`` on a tiny
 start grid, and reported through ``python -m kdlab.cli report`` as a user would.
 """
