@@ -13,11 +13,13 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from kdlab.errors import ConfigError
 
 _UNLOCKABLE: set[Path] = set()  # paths already warned about
 
@@ -47,12 +49,36 @@ def file_lock(path: str | os.PathLike[str], optional: bool = False) -> Iterator[
 
 
 def temp_path_for(final: str | os.PathLike[str]) -> Path:
-    """A fresh temporary file in the same directory as ``final`` (so rename is atomic)."""
+    """A fresh temporary file in the same directory as ``final`` (so rename is atomic).
+
+    It gets the mode the umask gives any new file, as ``final`` will: mkstemp's 0600
+    would leave a token cache shared by a group unreadable to the rest of the group.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(name)
+    while True:
+        path = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # another writer drew the same name
+            continue
+        return path
+
+
+def writable_folder(
+    folder: str | os.PathLike[str], choose: str = "another run root (paths.root_dir= or KDLAB_ROOT)"
+) -> Path:
+    """``folder``, made if missing, once a file could be created in it; otherwise a
+    ConfigError that says how to ``choose`` another. Runs check their folders before they
+    tokenize or train, not when their first checkpoint is due."""
+    folder = Path(folder)
+    try:
+        temp_path_for(folder / "write-test").unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"the folder {folder} is not writable ({err.strerror or err}): choose {choose}"
+        ) from err
+    return folder
 
 
 def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
