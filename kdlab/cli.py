@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("kdlab.study", "run a study's stages in order, skipping what is done"),
     "demo": ("kdlab.demo", "run the built-in nano study end to end"),
     "report": ("kdlab.report.cli", "HTML report of the runs, fits and plans"),
+    "data": ("kdlab.data.cli", "prepare a corpus's token cache (for runs without network)"),
 }
 
 

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.callbacks import CurveRecorder, TrainClock
+from kdlab.configs import build
 from kdlab.hardware import matmul_peak_flops
 from kdlab.identity import ROLE_SPLIT
 from kdlab.models.ladder import total_params
@@ -68,7 +69,7 @@ def _loggers(cfg: DictConfig, plan: RunPlan) -> list[Any]:
         if name == "wandb":
             sweep = [v for v in (cfg.study, cfg.family) if v]
             loggers.append(
-                instantiate(
+                build(
                     node,
                     group=node.group or "/".join(sweep) or None,
                     tags=[*node.tags, *sweep],
@@ -80,7 +81,7 @@ def _loggers(cfg: DictConfig, plan: RunPlan) -> list[Any]:
             )
             loggers[-1].log_hyperparams(_wandb_config(plan))
         else:
-            loggers.append(instantiate(node, save_dir=str(plan.run_dir)))
+            loggers.append(build(node, save_dir=str(plan.run_dir)))
     return loggers
 
 
@@ -223,7 +224,8 @@ def build_trainer(
         default_root_dir=str(plan.run_dir),
     )
     settings.update(overrides)
-    return instantiate(cfg.trainer, **settings)
+    # called, not merged into the config: OmegaConf would read a '${' in a path as a variable
+    return instantiate(cfg.trainer, _partial_=True)(**settings)
 
 
 def _device_peak(trainer: L.Trainer, module: L.LightningModule) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,19 @@ def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = 
 
 
 def load_weights(path: Path) -> GPT:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    """A teacher network from kdlab's weights file or a Lightning checkpoint of a kdlab run;
+    a file that is neither, or was cut short, is a ConfigError naming it."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        first = str(err).strip().split(". ")[0]
+        reason = first.splitlines()[0].rstrip(".") if first else type(err).__name__
+        raise ConfigError(
+            f"teacher weights {path} cannot be read ({reason}): not a kdlab weights file "
+            "or checkpoint, or cut short (a full disk, an interrupted copy)"
+        ) from err
+    if not isinstance(blob, dict):
+        raise ConfigError(f"teacher checkpoint {path} is not a kdlab checkpoint (no model shape)")
     if "state_dict" in blob and "shape" in blob:
         # files written before the base width was stored used GPT's default
         width = {"base_d_model": blob["base_d_model"]} if "base_d_model" in blob else {}

@@ -32,6 +32,7 @@ COVERED = {
     # composed here by test_readme_cluster_command_composes
     "export ": "cluster environment",
     "wandb login": "W&B's own command (an account)",
+    "kdlab data prepare data=c4": "tests/test_bad_input.py (data prepare; C4 needs the hub)",
     "kdlab study paper": "cluster only (SLURM)",
     "kdlab-train -m -cd sweeps/paper": "cluster only (SLURM)",
 }
@@ -145,7 +146,8 @@ def test_readme_command_runs(command, tmp_path):
         assert {k: rows.get(k) for k in PROMISED_ROWS[command]} == PROMISED_ROWS[command]
     if command in PROMISED_FIT:
         doc = json.loads((tmp_path / "chinchilla.json").read_text())
-        assert doc["n_points"] == 240 and doc["objective"] == pytest.approx(0.0010182740, rel=1e-5)
+        assert (doc["n_points"], doc["n_starts"], doc["coefficients"]["gamma"]) == (240, 4500, 1)
+        assert doc["objective"] == pytest.approx(0.0010182740, rel=1e-5)
         for name, value in PROMISED_FIT[command].items():
             assert doc["coefficients"][name] == pytest.approx(value, rel=1e-3), name
     if command.startswith("kdlab sweep plan nano/"):  # every job's D = M N

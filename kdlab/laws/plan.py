@@ -1,4 +1,4 @@
-"""Compute-optimal distillation (PAPER.md §4) and when to train alone instead.
+"""Compute-optimal distillation (as in the paper) and when to train alone instead.
 
 For a student size N_S and a budget C, minimise the distillation law's L_S over the
 teacher size N_T, teacher tokens D_T and student tokens D_S within the paper's bounds
@@ -89,10 +89,14 @@ def plan(
     students = int(students)
     prob = _Problem(coefs, float(student), float(compute), sc, students)
     d_sup = float(supervised_tokens(student, compute, coefs["flops"]))
-    if d_sup < prob.bounds[0]:
+    if not prob.bounds[0] <= d_sup <= prob.bounds[1]:
+        side = (
+            "below the planner's lower" if d_sup < prob.bounds[0] else "above the planner's upper"
+        )
+        bound = prob.bounds[0] if d_sup < prob.bounds[0] else prob.bounds[1]
         raise LawInputError(
-            f"A budget of {compute:.3g} FLOPs buys the {student:.3g}-parameter student only "
-            f"{d_sup:.3g} tokens, below the planner's lower bound of {prob.bounds[0]:.0e}."
+            f"A budget of {compute:.3g} FLOPs buys the {student:.3g}-parameter student alone "
+            f"{d_sup:.3g} tokens, {side} bound of {bound:.0e} tokens (--bounds LO HI)."
         )
     with single_threaded_blas():
         if sc.delta_lgt == 0 and sc.delta_pre == 0:
