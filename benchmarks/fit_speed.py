@@ -42,7 +42,7 @@ from kdlab.laws.published import PAPER_SUPERVISED  # noqa: E402
 from kdlab.laws.synthetic import paper_like_distillation_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCH_CSV = ROOT / ".." / "shared" / "data" / "chinchilla_epoch_svg_extracted.csv"
+EPOCH_CSV = ROOT / "data" / "chinchilla_epoch_svg_extracted.csv"
 EPOCH_PUBLISHED = {
     "objective": 0.0010182740,
     "E": 1.81724,

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kdlab.demo", "run the built-in nano study end to end"),
     "report": ("kdlab.report.cli", "HTML report of the runs, fits and plans"),
     "dashboard": ("kdlab.dashboard.cli", "interactive planner: a budget in, a strategy out"),
+    "data": ("kdlab.data.cli", "prepare a corpus's token cache (for runs without network)"),
 }
 
 

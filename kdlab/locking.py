@@ -20,13 +20,15 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from filelock import FileLock, Timeout
+
+from kdlab.errors import ConfigError
 
 # what flock fails with where a file system does not support it
 NO_FLOCK = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP})
@@ -98,12 +100,36 @@ def claimed(path: str | os.PathLike[str]) -> Iterator[bool]:
 
 
 def temp_path_for(final: str | os.PathLike[str]) -> Path:
-    """A fresh temporary file in the same directory as ``final`` (so rename is atomic)."""
+    """A fresh temporary file in the same directory as ``final`` (so rename is atomic).
+
+    It gets the mode the umask gives any new file, as ``final`` will: mkstemp's 0600
+    would leave a token cache shared by a group unreadable to the rest of the group.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(name)
+    while True:
+        path = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # another writer drew the same name
+            continue
+        return path
+
+
+def writable_folder(
+    folder: str | os.PathLike[str], choose: str = "another run root (paths.root_dir= or KDLAB_ROOT)"
+) -> Path:
+    """``folder``, made if missing, once a file could be created in it; otherwise a
+    ConfigError that says how to ``choose`` another. Runs check their folders before they
+    tokenize or train, not when their first checkpoint is due."""
+    folder = Path(folder)
+    try:
+        temp_path_for(folder / "write-test").unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"the folder {folder} is not writable ({err.strerror or err}): choose {choose}"
+        ) from err
+    return folder
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Student losses for distillation scaling-law runs (PAPER.md section 5).
+"""Student losses for distillation scaling-law runs (the paper's student loss and ablations).
 
 The student objective of Busbridge et al. (2025) is
 
@@ -257,6 +257,41 @@ def divergence_rows(
     raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
 
 
+def check_distill_options(
+    divergence: str,
+    tau: float,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    hard: bool = False,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> None:
+    """Raise ValueError for settings no distillation loss exists for.
+
+    ``distill_loss`` checks them at every call; a run checks them while it is planned, so
+    that a typo costs no compute and records no run.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    if not tau > 0 or not math.isfinite(tau):
+        raise ValueError(f"tau must be a positive number, got {tau}")
+    if divergence == "jsd" and not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd needs 0 < beta < 1 (it vanishes at the ends), got {beta}")
+    if divergence in ("skew_kl", "skew_reverse_kl") and not 0.0 <= alpha < 1.0:
+        raise ValueError(f"skew divergences need 0 <= alpha < 1, got {alpha}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    truncated = top_k is not None or (top_p is not None and top_p < 1.0)
+    if (
+        truncated
+        and not hard
+        and (divergence == "reverse_kl" or (divergence == "skew_reverse_kl" and alpha == 0.0))
+    ):
+        raise ValueError(f"{divergence} against a truncated teacher is infinite")
+
+
 def distill_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -283,23 +318,9 @@ def distill_loss(
     ``hard=True`` replaces the divergence by CE of the student on argmax z_T.
     ``teacher_logits`` never receives a gradient.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    if divergence == "jsd" and not 0.0 < beta < 1.0:
-        raise ValueError(f"jsd needs 0 < beta < 1 (it vanishes at the ends), got {beta}")
-    if divergence in ("skew_kl", "skew_reverse_kl") and not 0.0 <= alpha < 1.0:
-        raise ValueError(f"skew divergences need 0 <= alpha < 1, got {alpha}")
+    check_distill_options(divergence, tau, beta, alpha, hard, top_k, top_p)
     if divergence == "taid" and not hard and (taid_t is None or not 0.0 <= taid_t <= 1.0):
         raise ValueError(f"taid needs taid_t in [0, 1], got {taid_t}")
-    truncated = top_k is not None or (top_p is not None and top_p < 1.0)
-    if (
-        truncated
-        and not hard
-        and (divergence == "reverse_kl" or (divergence == "skew_reverse_kl" and alpha == 0.0))
-    ):
-        raise ValueError(f"{divergence} against a truncated teacher is infinite")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student {tuple(student_logits.shape)} vs teacher {tuple(teacher_logits.shape)}"

@@ -10,15 +10,19 @@ import dataclasses
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from kdlab.configs import build
 from kdlab.errors import ConfigError
 from kdlab.identity import ROLE_SPLIT, run_key, run_tokens, science, teacher_config
+from kdlab.locking import writable_folder
+from kdlab.losses import TAIDSchedule, check_distill_options
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
 from kdlab.rundb import RunStore, configured_url
 from kdlab.teacher import Teacher, resolve_teacher
@@ -89,6 +93,58 @@ def _check_launch(cfg: DictConfig) -> None:
         )
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """The settings a run would otherwise meet only once it has a row: unset values, the
+    seed, the optimiser's numbers and the distillation loss's options."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given (e.g. {missing[0]}=...)")
+    seed = cfg.seed
+    if not (_is_number(seed) and 0 <= seed < 2**32 and seed == int(seed)):
+        raise ConfigError(f"seed must be a whole number from 0 to 2**32 - 1, not {seed}")
+    optim = cfg.optim
+    if not (_is_number(optim.lr) and 0 < optim.lr < math.inf):
+        raise ConfigError(f"optim.lr must be a positive number, not {optim.lr}")
+    for name, upper in (("weight_decay", math.inf), ("z_loss", math.inf), ("min_lr_ratio", 1.0)):
+        value = optim[name]
+        if not (_is_number(value) and 0 <= value <= upper and math.isfinite(value)):
+            raise ConfigError(f"optim.{name} must be a number from 0 to {upper:g}, not {value}")
+    warmup = optim.warmup_steps
+    if warmup is not None and not (
+        _is_number(warmup) and 0 <= warmup < math.inf and warmup == int(warmup)
+    ):
+        raise ConfigError(f"optim.warmup_steps must be a whole number or null, not {warmup}")
+    if warmup is None and not (
+        _is_number(optim.warmup_fraction) and 0 <= optim.warmup_fraction <= 1
+    ):
+        raise ConfigError(
+            f"optim.warmup_fraction must be a number from 0 to 1, not {optim.warmup_fraction}"
+        )
+    if "divergence" in cfg.objective:
+        _check_objective(cfg.objective)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _check_objective(objective: DictConfig) -> None:
+    """A student's loss settings, by the same rules the loss applies at every step."""
+    lam = objective.kd_lambda
+    if not (_is_number(lam) and 0 <= lam <= 1):
+        raise ConfigError(f"objective.kd_lambda must be a number from 0 to 1, not {lam}")
+    numbers = {k: objective.get(k) for k in ("tau", "beta", "alpha", "top_k", "top_p")}
+    for name, value in numbers.items():
+        if value is not None and not _is_number(value):
+            raise ConfigError(f"objective.{name} must be a number, not {value}")
+    try:
+        check_distill_options(objective.divergence, hard=bool(objective.hard), **numbers)
+        if objective.divergence == "taid":
+            TAIDSchedule(**objective.taid)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"objective settings: {err}") from err
+
+
 def open_store(cfg: DictConfig) -> tuple[RunStore, str]:
     """The run database of a composed config, by kdlab's one rule, and where it came from.
 
@@ -102,6 +158,8 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
     role = cfg.role
     if role not in ROLE_SPLIT:
         raise ConfigError(f"role must be one of {sorted(ROLE_SPLIT)}, not '{role}'")
+    check_settings(cfg)
+    runs_dir = writable_folder(cfg.paths.runs_dir)
     store, db_source = open_store(cfg)
 
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
@@ -110,7 +168,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
             f"trainer.accumulate_grad_batches must be a whole number of batches, not {accumulate}"
         )
     shape = instantiate(cfg.model)
-    data = instantiate(cfg.data.module, split=ROLE_SPLIT[role], seq_len=shape.n_ctx, train_tokens=1)
+    data = build(cfg.data.module, split=ROLE_SPLIT[role], seq_len=shape.n_ctx, train_tokens=1)
     shape = instantiate(cfg.model, vocab_size=data.vocab_size)
     tokens = run_tokens(shape, cfg.data, cfg.data.get("budget_scale", 1.0))
     data.train_tokens = tokens
@@ -132,7 +190,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         n_params=non_embedding_params(shape),
         flops_per_token=flops_per_token(shape),
         science=facts,
-        run_dir=(Path(cfg.paths.runs_dir) / key).resolve(),
+        run_dir=(runs_dir / key).resolve(),
         store=store,
         db_source=db_source,
         teacher=teacher,

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab.callbacks import CurveRecorder, Heartbeat, TrainClock
 from kdlab.checkpoints import AtomicCheckpointIO, resume_point
+from kdlab.configs import build
 from kdlab.hardware import matmul_peak_flops
 from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
@@ -78,7 +79,7 @@ def _loggers(cfg: DictConfig, plan: RunPlan, attempt: Attempt) -> list[Any]:
         if name == "wandb":
             sweep = [v for v in (cfg.study, cfg.family) if v]
             loggers.append(
-                instantiate(
+                build(
                     node,
                     group=node.group or "/".join(sweep) or None,
                     tags=[*node.tags, *sweep],
@@ -90,7 +91,7 @@ def _loggers(cfg: DictConfig, plan: RunPlan, attempt: Attempt) -> list[Any]:
             )
             loggers[-1].log_hyperparams(_wandb_config(plan))
         else:
-            loggers.append(instantiate(node, save_dir=str(attempt.dir)))
+            loggers.append(build(node, save_dir=str(attempt.dir)))
     return loggers
 
 
@@ -245,7 +246,8 @@ def build_trainer(
         default_root_dir=str(plan.run_dir),
     )
     settings.update(overrides)
-    trainer = instantiate(cfg.trainer, **settings)
+    # called, not merged into the config: OmegaConf would read a '${' in a path as a variable
+    trainer = instantiate(cfg.trainer, _partial_=True)(**settings)
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer

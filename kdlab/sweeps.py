@@ -29,8 +29,16 @@ from kdlab.composition import composition_error
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
 from kdlab.errors import ConfigError, error_exit
 from kdlab.identity import objective_identity, run_tokens, teacher_config
+from kdlab.locking import writable_folder
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
-from kdlab.rundb import RunDBError, RunStore, configured_url, missing_sqlite_file, shown_url
+from kdlab.rundb import (
+    RunDBError,
+    RunStore,
+    configured_url,
+    missing_sqlite_file,
+    shown_url,
+    sqlite_path,
+)
 
 
 def sweep_file(name: str) -> Path:
@@ -200,12 +208,16 @@ def _teacher_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
 
 
 def _done_runs(url: str | None) -> list[dict]:
-    """Finished runs; none when the database is not set or not reachable from here."""
+    """Finished runs; none when the database is not set, not made yet, or a server not
+    reachable from here (a cluster's, seen from a laptop). A SQLite file here that cannot
+    be read is an error: planning as if nothing were done would retrain everything."""
     if not url or missing_sqlite_file(url):
         return []
     try:
         return RunStore(url, create=False).find(status="done")
     except RunDBError:
+        if sqlite_path(url) is not None:
+            raise
         return []
 
 
@@ -283,15 +295,18 @@ def missing_teachers(jobs: list[JobPlan], url: str, sweep: Path) -> list[str]:
 
 
 class PreflightCallback(Callback):
-    """Before a run or multirun starts, while Hydra has written nothing yet: refuse a
-    database password in the config (Hydra would save it in its log folder), and a
-    student sweep whose teachers are missing."""
+    """Before a run or a multirun starts, while Hydra has written nothing yet (not even its
+    output folder under the run root): refuse a database password in the config (Hydra
+    would save it in its log folder), a run root that cannot be written, and a student
+    sweep whose teachers are missing. Each refusal is one sentence and exit code 2."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_bad_database(config)
+        _writable_root(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_bad_database(config)
+        _writable_root(config)
         params = OmegaConf.to_container(config.hydra.sweeper.params or {}, resolve=False)
         overrides = list(config.hydra.overrides.task)
         name = config.hydra.job.config_name
@@ -311,6 +326,14 @@ class PreflightCallback(Callback):
 def _refuse_bad_database(config: DictConfig) -> None:
     try:
         configured_url(config.db)
+    except ConfigError as err:
+        sys.exit(error_exit("kdlab-train", err))
+
+
+def _writable_root(config: DictConfig) -> None:
+    try:
+        for folder in (config.paths.runs_dir, config.paths.log_dir):
+            writable_folder(folder)
     except ConfigError as err:
         sys.exit(error_exit("kdlab-train", err))
 

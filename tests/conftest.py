@@ -8,13 +8,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
 from kdlab.configs import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -78,6 +78,73 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int 
         text=True,
         timeout=timeout,
     )
+
+
+def assert_figure(path: Path, min_width: int = 800, min_height: int = 500) -> None:
+    """A figure kdlab drew, not an empty frame: a PNG at least this large in which a few
+    percent of the pixels are ink on the white background and coloured marks (data, fits;
+    axes and text are grey) spread over a fifth of its height. An empty pair of labelled
+    axes has about 2% ink and no colour at all."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path.name} is not a PNG"
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=int)
+    height, width, _ = rgb.shape
+    assert width >= min_width and height >= min_height, (path.name, width, height)
+    ink = (255 - rgb.min(axis=2) > 30).mean()
+    colour = rgb.max(axis=2) - rgb.min(axis=2) > 60
+    spread = colour.any(axis=1).mean()
+    assert ink > 0.025 and colour.mean() > 0.001 and spread > 0.2, (path.name, ink, spread)
+
+
+def wandb_offline_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
+    """An offline W&B run read from its ``.wandb`` file: the run's own fields (id, name,
+    group, job type, tags), its config, and the rows it logged.
+
+    The file is wandb's transaction log: a 7-byte header (``:W&B``, 0xBEE1, version), then
+    LevelDB-style blocks of 32 KiB, each record a 7-byte header (checksum, length, type:
+    1 whole, 2 first, 3 middle, 4 last part) before its protobuf ``Record``.
+    """
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = run_dir.glob("*.wandb")
+    raw = path.read_bytes()
+    assert raw[:6] == b":W&B\xe1\xbe", raw[:7]
+    block, pos, parts = 32768, 7, []
+    run: dict = {}
+    config: dict = {}
+    rows: list[dict] = []
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        parts.append(raw[pos + 7 : pos + 7 + length])
+        pos += 7 + length
+        if kind not in (1, 4):
+            continue
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(b"".join(parts))
+        parts = []
+        items = {
+            "run": record.run.config.update,
+            "config": record.config.update,
+            "history": record.history.item,
+        }.get(record.WhichOneof("record_type"), [])
+        values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
+        if record.WhichOneof("record_type") == "history":
+            rows.append(values)
+        else:
+            config.update(values)
+        if record.WhichOneof("record_type") == "run":
+            fields = ("run_id", "project", "display_name", "run_group", "job_type")
+            run = {name: getattr(record.run, name) for name in fields}
+            run["tags"] = list(record.run.tags)
+    return run, config, rows
 
 
 # -- the suite leaves no file in the repository ---------------------------------------

@@ -367,6 +367,23 @@ def test_concurrent_cache_build_two_processes(tmp_path):
     assert [f for f in files if f.endswith(".bin")] and not [f for f in files if "tmp" in f]
 
 
+def test_cache_files_get_the_mode_the_umask_gives(tmp_path):
+    """A token cache shared by a group: every file gets the mode any new file gets (rw-rw-r--
+    under umask 002), not the owner-only 0600 of a temporary file."""
+    old = os.umask(0o002)
+    try:
+        _dm(tmp_path).prepare_data()
+    finally:
+        os.umask(old)
+    cache = tmp_path / "cache"
+    files = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    made = [f.split("/")[0] + "/*" + Path(f).suffix for f in files if not f.endswith(".lock")]
+    assert made == ["corpora/*.json", "tokens/*.bin", "tokens/*.json"]  # memo, tokens, meta
+    modes = {f: oct((cache / f).stat().st_mode & 0o777) for f in files}
+    assert set(modes.values()) == {"0o664"}, modes
+    assert {oct(p.stat().st_mode & 0o777) for p in cache.rglob("*") if p.is_dir()} == {"0o775"}
+
+
 def test_bpe_trained_on_teacher_split_and_cached(tmp_path, monkeypatch):
     from kdlab.data import tokenizers as toks
 

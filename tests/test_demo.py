@@ -8,7 +8,7 @@ import re
 import pytest
 
 from kdlab.rundb import RunStore
-from tests.conftest import ALL_FIGURES, CACHE_DIR, PNG_MAGIC, run_cli
+from tests.conftest import ALL_FIGURES, CACHE_DIR, assert_figure, run_cli
 
 
 def test_the_demo_report_goes_to_wandb_when_the_runs_do():
@@ -77,8 +77,7 @@ def test_demo_on_a_reduced_budget(tmp_path):
     index = json.loads((report / "report.json").read_text())
     assert sorted(index["figures"]) == sorted(ALL_FIGURES) and not index["skipped"]
     for name in ALL_FIGURES:
-        data = (report / f"{name}.png").read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+        assert_figure(report / f"{name}.png")
         assert f"{name}.png" in html
     # progress: every stage of the study and every later step announced itself
     for stage in ("teachers", "supervised", "supervised_isoflop", "students"):

@@ -14,7 +14,7 @@ import pytest
 
 from kdlab import cli
 from kdlab.laws import cli as laws_cli
-from kdlab.laws.forms import distillation_loss
+from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_SUPERVISED
 from kdlab.laws.synthetic import paper_like_distillation_runs, paper_like_supervised_runs
 
@@ -232,8 +232,17 @@ def test_fit_predict_plan_round_trip(tmp_path, capsys):
     )
     doc = json.loads(sup_json.read_text())
     assert doc["law"] == "supervised" and doc["form"] == "paper"
-    assert set(doc["coefficients"]) == {"E", "A", "B", "alpha", "beta", "gamma"}
-    assert doc["n_points"] == len(sup) and "objective" in doc and "intervals" in doc
+    coef = doc["coefficients"]
+    assert set(coef) == {"E", "A", "B", "alpha", "beta", "gamma"}
+    assert doc["n_points"] == len(sup) == 55
+    # the JSON's coefficients are the optimum it reports: their Huber objective (delta
+    # 1e-4 on log residuals) is the recorded one, and each lies inside its interval
+    residual = np.log(supervised_loss(sup.N, sup.D, coef) / sup.loss)
+    huber = np.where(np.abs(residual) <= 1e-4, 0.5 * residual**2, 1e-4 * (np.abs(residual) - 5e-5))
+    assert doc["objective"] == pytest.approx(float(huber.sum()), rel=1e-6)
+    assert all(lo <= coef[k] <= hi for k, (lo, hi) in doc["intervals"].items())
+    # and the runs came from the published law with 0.5% noise: the fit reproduces it
+    assert np.max(np.abs(supervised_loss(sup.N, sup.D, coef) / sup.loss_true - 1)) < 0.01
     capsys.readouterr()
 
     dist = paper_like_distillation_runs(n_runs=200, noise=0.005, seed=0)
@@ -346,45 +355,54 @@ def test_fit_predict_plan_round_trip(tmp_path, capsys):
     assert "supervised fit" in capsys.readouterr().err
 
 
-def test_fit_from_database(monkeypatch, tmp_path, capsys):
+def test_fit_from_database(tmp_path, capsys):
+    """A real SQLite run database: only finished teachers and supervised runs are fitted,
+    one corpus at a time, and the fit says which runs and which F(N) it used."""
+    from kdlab.rundb import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
     runs = paper_like_supervised_runs(noise=0.005, seed=0)
-    runs["corpus"], runs["tokenizer"], runs["n_ctx"] = "c4", "bpe32k", 1024
-    runs["run_key"] = [f"k{i}" for i in range(len(runs))]
-    calls = []
+    shape = dict(corpus_fingerprint="c4", tokenizer="bpe32k", n_ctx=1024, vocab_size=32768)
+    keys = []
+    for i, run in enumerate(runs.itertuples()):
+        keys.append(f"k{i:03d}")
+        role = "teacher" if i % 2 else "supervised"
+        store.start(keys[-1], role=role, n_params=int(run.N), tokens=int(run.D), **shape)
+        store.update(keys[-1], d_model=1024, n_layer=8)  # rho = 128 for the fit's F(N)
+        store.finish(keys[-1], val_loss=float(run.loss))
+    # never fitted: a diverged run, an unfinished one, and a distilled student
+    store.start("failed", role="supervised", n_params=10**8, tokens=10**9, **shape)
+    store.fail("failed", "diverged: loss became nan at step 3")
+    store.start("running", role="teacher", n_params=10**8, tokens=10**9, **shape)
+    store.start("student", role="student", n_params=10**8, tokens=10**9, **shape)
+    store.finish("student", val_loss=2.5, teacher_loss=2.2)
 
-    def fake_fit_points(url: str, law: str) -> pd.DataFrame:
-        calls.append((url, law))
-        return runs
-
-    import kdlab.rundb.query
-
-    monkeypatch.setattr(kdlab.rundb.query, "fit_points", fake_fit_points)
     out = tmp_path / "fit.json"
     grid = {"e": [0.0], "a": [8.0], "b": [10.0], "alpha": [0.4], "beta": [0.4], "gamma": [0.5]}
     (tmp_path / "g.json").write_text(json.dumps(grid))
-    args = [
-        "fit",
-        "supervised",
-        "--db",
-        "sqlite:///x.db",
-        "--grid",
-        str(tmp_path / "g.json"),
-        "--out",
-        str(out),
-    ]
+    args = ["fit", "supervised", "--db", url, "--grid", str(tmp_path / "g.json"), "--out", str(out)]
     assert cli.main(args) == 0
-    assert calls == [("sqlite:///x.db", "supervised")]
     doc = json.loads(out.read_text())
-    assert doc["data"]["corpus"] == "c4" and doc["flops"]["n_ctx"] == 1024
-    assert len(doc["data"]["run_keys"]) == len(runs)
+    assert doc["data"]["source"] == url and doc["data"]["corpus"] == "c4"
+    assert doc["data"]["run_keys"] == keys and doc["n_points"] == len(runs)
+    assert {k: doc["flops"][k] for k in ("n_ctx", "n_vocab", "rho")} == {
+        "n_ctx": 1024,
+        "n_vocab": 32768,
+        "rho": 128,
+    }
+    fitted = supervised_loss(runs.N, runs.D, doc["coefficients"])
+    assert np.max(np.abs(fitted / runs.loss_true - 1)) < 0.01
     capsys.readouterr()
 
-    runs.loc[runs.index[:5], "corpus"] = "wikitext"
+    for key in keys[:5]:  # five runs of another corpus: not comparable with the rest
+        store.update(key, corpus_fingerprint="wikitext")
     assert cli.main(args) == 2
     announced, err = capsys.readouterr().err.strip().splitlines()
-    assert announced == "kdlab: run database sqlite:///x.db (from --db)"
+    assert announced == f"kdlab: run database {url} (from --db)"
     assert err.startswith("kdlab: error: ") and "corpus in {c4, wikitext}" in err
     assert cli.main(args + ["--corpus", "c4"]) == 0
+    assert json.loads(out.read_text())["data"]["run_keys"] == keys[5:]
 
 
 def test_distillation_needs_supervised(tmp_path, capsys):

@@ -17,17 +17,11 @@ from kdlab.laws.published import PAPER_DISTILLATION, PAPER_SUPERVISED
 from kdlab.laws.samples import decode_samples
 from kdlab.laws.synthetic import paper_like_distillation_runs, paper_like_supervised_runs
 
-EPOCH_CSV = (
-    Path(__file__).resolve().parents[1]
-    / ".."
-    / "shared"
-    / "data"
-    / ("chinchilla_epoch_svg_extracted.csv")
-)
+EPOCH_CSV = Path(__file__).resolve().parents[1] / "data" / "chinchilla_epoch_svg_extracted.csv"
 EPOCH_OPTIMUM = {"E": 1.81724, "A": 477.88, "B": 2143.96, "alpha": 0.347317, "beta": 0.367185}
 
 
-@pytest.mark.skipif(not EPOCH_CSV.is_file(), reason="shared/data not present")
+@pytest.mark.slow  # the default suite runs the same fit as README's command (test_readme.py)
 def test_epoch_chinchilla_optimum():
     df = read_csv_points(EPOCH_CSV, "supervised", {"N": "Model Size"}, "Training FLOP")
     doc = fit_supervised(df, form="chinchilla", huber_delta=1e-3, grid="epoch", drop_highest=5)

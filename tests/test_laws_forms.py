@@ -1,4 +1,4 @@
-"""Law forms, published numbers (PAPER.md §6), objective gradients."""
+"""Law forms, the paper's published numbers, objective gradients."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_log_space_matches_direct_formula():
 
 
 def test_limits_of_distillation_law():
-    """L_S -> L_T for a huge student and for a very weak teacher (PAPER.md §2)."""
+    """L_S -> L_T for a huge student and for a very weak teacher (the distillation law's limits)."""
     big = distillation_loss(1e15, 1e17, 2.0, PAPER_DISTILLATION, PAPER_SUPERVISED)
     assert big == pytest.approx(2.0, rel=1e-3)
     weak = distillation_loss(N_S, 20 * N_S, 50.0, PAPER_DISTILLATION, PAPER_SUPERVISED)

@@ -1,4 +1,4 @@
-"""Compute accounting and compute-optimal planning (PAPER.md §4, §6)."""
+"""Compute accounting and compute-optimal planning (the paper's scenarios and findings)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_budget_is_spent_and_bounds_hold(scenario):
 
 
 def test_teacher_trained_for_one_student_loses_to_training_alone():
-    """PAPER.md §6: with the teacher trained for a single student, supervised wins."""
+    """The paper's finding: with the teacher trained for a single student, supervised wins."""
     for c in (1e20, 1e21):
         assert plan(PAPER, N_S, c, "pretraining+inference")["verdict"] == "train alone"
 

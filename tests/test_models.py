@@ -112,7 +112,7 @@ def test_exact_flops_against_flop_counter():
 
 
 def test_exact_flops_close_to_paper_formula():
-    """On the paper ladder the exact count is within 1% of F(N) (PAPER.md section 4).
+    """On the paper ladder the exact count is within 1% of F(N) (the paper's FLOP estimate).
 
     F(N) is exact for d_ff = 8/3 d_model and no norms; the table rounds d_ff up to a
     multiple of 256 (up to 3% more FFN), which F(N) reads as a slightly wider model. The

@@ -7,6 +7,7 @@ neither list fails this test, so the README cannot drift from what works.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -32,15 +33,43 @@ COVERED = {
     # composed here by test_readme_cluster_command_composes
     "export ": "cluster environment",
     "wandb login": "W&B's own command (an account)",
+    "kdlab data prepare data=c4": "tests/test_bad_input.py (data prepare; C4 needs the hub)",
     "kdlab study paper": "cluster only (SLURM)",
     "kdlab-train -m -cd sweeps/paper": "cluster only (SLURM)",
 }
 RUN_HERE = ("kdlab predict", "kdlab plan", "kdlab sweep plan", "kdlab fit supervised --csv")
-# what the README's comments promise these commands print (the paper's numbers, PAPER.md)
-PROMISED = {
+PLAN = "kdlab plan --coefficients paper --student 198e6"
+EPOCH_FIT = (
+    'kdlab fit supervised --csv data/chinchilla_epoch_svg_extracted.csv --n-col "Model Size" '
+    '--flops-col "Training FLOP" --loss-col loss --form chinchilla --huber-delta 1e-3 '
+    "--grid epoch --drop-highest 5 --out chinchilla.json"
+)
+# What the README's comments promise each command prints: the paper's published numbers,
+# the plans' verdicts (rows of the printed table), Epoch AI's published Chinchilla fit
+# (data/README.md) in the fit JSON.
+PROMISED_TEXT = {
+    "kdlab sweep plan nano/students": "12 jobs, 0 done, 12 to run",
     "kdlab sweep plan paper/students_fixed_m": "total 2.15e+23 FLOPs",
     "kdlab predict --coefficients paper --n 198e6 --d 3.96e9": "2.7894",
     "kdlab predict --coefficients paper --n 198e6 --d 3.96e9 --teacher-loss 2.004": "2.5439",
+}
+PROMISED_ROWS = {
+    f"{PLAN} --compute 1e21 --scenario pretraining+inference": {
+        "verdict": "train alone",
+        "supervised_loss": "2.43497",
+        "student_loss": "2.44844",
+    },
+    f"{PLAN} --compute 1e21 --scenario pretraining --students 8": {
+        "verdict": "distil",
+        "supervised_loss": "2.43497",
+        "student_loss": "2.41919",
+    },
+    f"{PLAN} --crossover --scenario inference": {
+        "note": "distillation is better over the whole range",
+    },
+}
+PROMISED_FIT = {
+    EPOCH_FIT: {"E": 1.81724, "A": 477.88, "B": 2143.96, "alpha": 0.347317, "beta": 0.367185}
 }
 
 
@@ -89,21 +118,50 @@ def test_readme_training_command_plans(command, tmp_path):
         assert plan.tokens > 0
 
 
+def table_rows(text: str) -> dict[str, str]:
+    """The two-column rows (quantity, value) of a table kdlab printed."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 2 and cells[0]:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c.startswith(RUN_HERE)])
 def test_readme_command_runs(command, tmp_path):
+    """Each command as written, in a run root of its own (no database: nothing done yet),
+    prints what the README says it does."""
     argv = shlex.split(command)
     if "--out" in argv:  # keep the repository clean: outputs go to a temporary folder
         i = argv.index("--out") + 1
         argv[i] = str(tmp_path / argv[i])
-    out = run_cli("kdlab.cli", *argv[1:], cwd=REPO)
+    env = {"KDLAB_ROOT": str(tmp_path), "KDLAB_DB_URL": ""}
+    out = run_cli("kdlab.cli", *argv[1:], cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip()
-    if command in PROMISED:
-        assert PROMISED[command] in out.stdout, out.stdout[-2000:]
+    assert command in {**PROMISED_TEXT, **PROMISED_ROWS, **PROMISED_FIT}, "promise nothing?"
+    if command in PROMISED_TEXT:
+        assert PROMISED_TEXT[command] in out.stdout, out.stdout[-2000:]
+    if command in PROMISED_ROWS:
+        rows = table_rows(out.stdout)
+        assert {k: rows.get(k) for k in PROMISED_ROWS[command]} == PROMISED_ROWS[command]
+    if command in PROMISED_FIT:
+        doc = json.loads((tmp_path / "chinchilla.json").read_text())
+        assert (doc["n_points"], doc["n_starts"], doc["coefficients"]["gamma"]) == (240, 4500, 1)
+        assert doc["objective"] == pytest.approx(0.0010182740, rel=1e-5)
+        for name, value in PROMISED_FIT[command].items():
+            assert doc["coefficients"][name] == pytest.approx(value, rel=1e-3), name
+    if command.startswith("kdlab sweep plan nano/"):  # every job's D = M N
+        jobs = [line.split("│")[1:-1] for line in out.stdout.splitlines() if "│ student" in line]
+        assert len(jobs) == 12
+        for job in jobs:
+            n, d, m = (float(job[i]) for i in (3, 4, 5))
+            assert d == pytest.approx(m * n, rel=5e-3)
+    assert not (tmp_path / "runs").exists()  # looking never creates a database
 
 
 def test_every_promise_is_a_readme_command():
-    assert set(PROMISED) <= set(COMMANDS)
+    assert {*PROMISED_TEXT, *PROMISED_ROWS, *PROMISED_FIT} <= set(COMMANDS)
 
 
 CLUSTER = [c for c in COMMANDS if c.startswith(("kdlab study paper", "kdlab-train -m -cd sweeps/"))]

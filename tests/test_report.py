@@ -1,6 +1,6 @@
 """kdlab report: from a synthetic study to an HTML page whose figures a browser shows.
 
-The study is drawn from the published laws (PAPER.md §1-§2) plus 0.4% noise at paper
+The study is drawn from the published laws (the paper's published fits) plus 0.4% noise at paper
 sizes (the database only stores numbers), fitted with the real ``kdlab fit`` on a tiny
 start grid, and reported through ``python -m kdlab.cli report`` as a user would.
 """
@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from kdlab.cli import main as kdlab_main
 from kdlab.laws.compute import flops_per_token
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_FLOPS, PAPER_SUPERVISED
 from kdlab.rundb import RunStore
-from tests.conftest import ALL_FIGURES, PNG_MAGIC, run_cli
+from tests.conftest import ALL_FIGURES, assert_figure, run_cli, wandb_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -261,14 +262,6 @@ def full_report(tmp_path_factory) -> Path:
     return out
 
 
-def _assert_png(path: Path, min_bytes: int = 20_000) -> None:
-    raw = path.read_bytes()
-    assert raw[:8] == PNG_MAGIC, f"{path.name} is not a PNG"
-    assert len(raw) > min_bytes, f"{path.name} is only {len(raw)} bytes"
-    width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
-    assert width >= 800 and height >= 500, (path.name, width, height)
-
-
 def _img_sources(html: str) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', html)
 
@@ -278,7 +271,7 @@ def test_full_report_draws_every_figure(full_report: Path) -> None:
     assert set(index["figures"]) == set(ALL_FIGURES), index["skipped"]
     html = (full_report / "index.html").read_text()
     for name in ALL_FIGURES:
-        _assert_png(full_report / f"{name}.png")
+        assert_figure(full_report / f"{name}.png")
         assert f'<img src="{name}.png"' in html
     assert sorted(_img_sources(html)) == sorted(f"{n}.png" for n in ALL_FIGURES)
     assert index["plan_coefficients"].endswith("distillation.json")  # the fit plans
@@ -333,10 +326,31 @@ def test_page_has_summary_coefficients_and_plan(full_report: Path) -> None:
 
 
 def test_wandb_offline_run_holds_the_figures(full_report: Path) -> None:
+    """The offline run's own file, read back: a report run of the study, every figure and
+    table logged under its name, and the images it points to are the report's figures."""
     runs = list((full_report / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((full_report / "wandb").iterdir())
-    media = list(runs[0].rglob("*.png"))
-    assert len(media) == len(ALL_FIGURES), media
+    run, config, rows = wandb_offline_run(runs[0])
+    assert (run["project"], run["run_group"], run["job_type"]) == (
+        "kdlab-test",
+        "synthetic",
+        "report",
+    )
+    assert run["display_name"] == "report-synthetic"
+    assert config["supervised_fit"].endswith("supervised.json")
+    assert config["distillation_fit"].endswith("distillation.json")
+    assert config["db"] == f"sqlite:///{full_report.parent / 'runs.db'}"
+    [logged] = rows
+    tables = ("coefficients_supervised", "coefficients_distillation", "plan")
+    assert {k for k in logged if k.startswith("report/")} == {
+        f"report/{name}" for name in (*ALL_FIGURES, *tables)
+    }
+    for name in ALL_FIGURES:
+        image = logged[f"report/{name}"]
+        assert image["_type"] == "image-file" and image["format"] == "png"
+        logged_png = runs[0] / "files" / image["path"]
+        assert (image["width"], image["height"]) == Image.open(full_report / f"{name}.png").size
+        assert_figure(logged_png)
 
 
 def test_report_without_students_skips_distillation_cleanly(tmp_path: Path) -> None:
@@ -372,7 +386,7 @@ def test_report_without_students_skips_distillation_cleanly(tmp_path: Path) -> N
     html = (out / "index.html").read_text()
     assert "No finished student" in html and "published coefficients" in html
     for name in index["figures"]:
-        _assert_png(out / f"{name}.png")
+        assert_figure(out / f"{name}.png")
 
 
 def test_report_from_fits_only(tmp_path: Path, full_report: Path) -> None:
@@ -461,7 +475,7 @@ def test_report_from_a_csv_fit(tmp_path: Path) -> None:
     index = json.loads((out / "report.json").read_text())
     assert {"supervised_loss", "parity"} <= set(index["figures"])
     assert "plan_shares" in index["skipped"]
-    _assert_png(out / "parity.png")
+    assert_figure(out / "parity.png")
 
 
 def test_bad_input_is_one_sentence(tmp_path: Path, full_report: Path, capsys) -> None:
@@ -528,8 +542,6 @@ def test_browser_renders_every_figure(full_report: Path, tmp_path: Path) -> None
         tmp=tmp_path,
     )
     assert shot.exists(), r.stderr[-2000:]
-    from PIL import Image
-
     rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
     assert rgb.shape == (3000, 1400, 3)
     pixels = rgb.mean(axis=2)

@@ -251,13 +251,21 @@ def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
 
 
 def test_read_only_commands_never_create_a_database(tmp_path, capsys):
+    """Looking at runs (list, show, export, fit, report, sweep plan) never creates the
+    database, its folder, its lock file or an output file."""
     from kdlab.cli import main
 
-    missing = tmp_path / "none.db"
+    missing = tmp_path / "none" / "kdlab.db"
+    url = f"sqlite:///{missing}"
     for argv in (
-        ["runs", "--db", f"sqlite:///{missing}", "list"],
-        ["fit", "supervised", "--db", f"sqlite:///{missing}"],
+        ["runs", "--db", url, "list"],
+        ["runs", "--db", url, "show", "abc"],
+        ["runs", "--db", url, "export", "--out", str(tmp_path / "runs.csv")],
+        ["fit", "supervised", "--db", url],
+        ["report", "--db", url, "--out", str(tmp_path / "report")],
     ):
         assert main(argv) == 2
         assert f"there is no run database at {missing}" in capsys.readouterr().err
-    assert not missing.exists() and not list(tmp_path.iterdir())
+    assert main(["sweep", "plan", "nano/teachers", f"db.url={url}"]) == 0
+    assert "2 jobs, 0 done, 2 to run" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())

@@ -181,7 +181,8 @@ def test_a_last_checkpoint_in_torch_format_with_code_is_refused_by_the_command(
     assert not marker.exists()
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (
-        f"kdlab-train: error: the run's checkpoint {(plan.run_dir / 'checkpoints' / 'last.ckpt')} holds more than tensors "
+        f"kdlab-train: error: the run's checkpoint {plan.run_dir / 'checkpoints' / 'last.ckpt'} "
+        "holds more than tensors "
         "and plain values, and kdlab never runs code from a weights file, so it is refused"
     )
     assert "Traceback" not in result.stderr

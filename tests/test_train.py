@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import signal
@@ -27,48 +28,61 @@ def _db(root: Path) -> RunStore:
 
 
 def test_row_holds_what_a_fit_needs_and_rerun_skips(train, tmp_path, capsys):
+    from kdlab.run_plan import plan_run
+    from tests.conftest import compose_run
+
+    plan = plan_run(compose_run(tmp_path, *TINY))  # what the run will be, before it trains
+    before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    started = time.perf_counter()
     row = train(*TINY)
+    elapsed = time.perf_counter() - started
+    after = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     assert row["status"] == "done"
     expected = {
+        "key": plan.key,
         "role": "teacher",
         "split": "teacher",
         "corpus": "stdlib",
+        "corpus_fingerprint": build_corpus({"name": "stdlib"}).info().fingerprint,
         "tokenizer": "byte",
         "vocab_size": 256,
         "n_ctx": 128,
         "ladder": "nano",
         "model": "L1",
-        "n_params": 3408,
+        "n_layer": 1,
+        "d_model": 16,
+        "n_head": 1,
+        "d_ff": 48,
+        "n_params": 3408,  # matmuls 3 d^2 + d^2 + 3 d d_ff = 3328, and 80 norm weights
+        "total_params": 3408 + 256 * 16,  # plus the one embedding, tied to the head
         "tokens": 16384,
+        "batch_size": 16,
+        "steps": 16384 // (16 * 128),  # 8 batches of 16 windows of 128
+        "lr": 0.01,
         "seed": 0,
+        "git_rev": _git_revision(),
+        "run_dir": str(tmp_path / "runs" / plan.key),
+        "failure": None,
+        "teacher_key": None,
     }
     assert {k: row[k] for k in expected} == expected
-    for field in (
-        "key",
-        "corpus_fingerprint",
-        "total_params",
-        "tokens_per_param",
-        "flops",
-        "flops_per_token",
-        "passes",
-        "val_loss",
-        "val_ppl",
-        "tokens_per_sec",
-        "wall_time_s",
-        "git_rev",
-        "config",
-        "created_at",
-        "steps",
-    ):
-        assert row[field] is not None, field
-    assert row["flops"] == pytest.approx(3 * row["flops_per_token"] * 16384)
-    assert row["tokens_per_param"] == pytest.approx(16384 / 3408)
-    assert 0 < row["passes"] < 1
+    # forward FLOPs per token: matmuls 2 * 3328, causal attention 2 * 2 * 16 * 129 / 2,
+    # the tied head 2 * 16 * 256
+    assert row["flops_per_token"] == 6656 + 4128 + 8192
+    assert row["flops"] == 3 * 18976 * 16384
+    assert row["tokens_per_param"] == 16384 / 3408
+    assert row["passes"] == 16384 / plan.data.split_tokens and 0 < row["passes"] < 1
     assert math.isfinite(row["val_loss"]) and row["val_loss"] < math.log(256)
-    assert row["config"]["model"]["name"] == "L1"
+    assert row["val_ppl"] == pytest.approx(math.exp(row["val_loss"]), rel=1e-6)
+    assert 0 < row["wall_time_s"] < elapsed
+    assert row["tokens_per_sec"] >= 16384 / row["wall_time_s"]  # timed over training only
+    assert before <= row["created_at"] <= row["updated_at"] <= after
+    config = row["config"]
+    assert (config["model"]["name"], config["data"]["tokens"], config["seed"]) == ("L1", 16384, 0)
+    assert config["paths"]["root_dir"] == str(tmp_path)
     curve = _db(tmp_path).curve(row["key"])
-    assert len(curve) >= 2 and curve[-1]["tokens"] == 16384
-    assert curve[-1]["val_loss"] == pytest.approx(row["val_loss"])
+    assert [p["tokens"] for p in curve] == [8192, 16384]  # val.points=2, and the last step
+    assert curve[-1]["val_loss"] == row["val_loss"]
     assert (Path(row["run_dir"]) / "model.pt").exists()
 
     again = train(*TINY)
@@ -76,7 +90,12 @@ def test_row_holds_what_a_fit_needs_and_rerun_skips(train, tmp_path, capsys):
     assert "already done" in capsys.readouterr().out
     forced = train(*TINY, "force=true")
     assert forced["updated_at"] > row["updated_at"]
-    assert forced["val_loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+    assert forced["val_loss"] == row["val_loss"]  # the same seed and data: the same run
+
+
+def _git_revision() -> str | None:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or None
 
 
 def test_budget_three_ways_and_key_ignores_paths(train, tmp_path):
@@ -168,11 +187,35 @@ def test_markov_model_approaches_entropy_rate(train):
     assert h - 0.03 < row["val_loss"] < h + 0.1 * (uniform - h), (row["val_loss"], h)
 
 
-def test_wandb_offline_run_directory(train, tmp_path):
+def test_wandb_offline_run_holds_the_runs_numbers_and_curve(train, tmp_path):
+    """The offline run's own files, read back: its name and group, the numbers runs are
+    compared by (N, D, M, FLOPs and the science key's settings), and the validation losses
+    the database's curve holds."""
+    from tests.conftest import wandb_offline_run
+
     row = train(*TINY, "logger=wandb", "study=testsweep")
-    run_dirs = list(Path(row["run_dir"]).glob("wandb/offline-run-*"))
-    assert run_dirs, list(Path(row["run_dir"]).rglob("*"))[:20]
-    assert row["wandb_url"]
+    [run_dir] = Path(row["run_dir"]).glob("wandb/offline-run-*")
+    assert row["wandb_url"] == f"file://{run_dir / 'files'}"
+    run, config, rows = wandb_offline_run(run_dir)
+    assert run == {
+        "run_id": row["key"],
+        "project": "kdlab",
+        "display_name": f"teacher-nano-L1-{row['key']}",
+        "run_group": "testsweep",
+        "job_type": "teacher",
+        "tags": ["testsweep"],
+    }
+    numbers = {"key": row["key"], "role": "teacher", "model": "L1", "N": 3408, "D": 16384}
+    assert {k: config[k] for k in numbers} == numbers
+    assert (config["M"], config["flops"]) == (row["tokens_per_param"], row["flops"])
+    assert config["corpus"] == row["corpus_fingerprint"] and config["seed"] == 0
+    assert config["optim"] == row["config"]["optim"] and config["shape"]["d_model"] == 16
+    logged = [r for r in rows if "val/loss" in r]
+    curve = _db(tmp_path).curve(row["key"])
+    assert sorted({r["val/loss"] for r in logged}) == sorted(p["val_loss"] for p in curve)
+    assert logged[-1]["val/loss"] == row["val_loss"]
+    assert logged[-1]["val/ppl"] == pytest.approx(row["val_ppl"], rel=1e-6)
+    assert logged[-1]["trainer/global_step"] == row["steps"]
 
 
 def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
@@ -216,7 +259,12 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path):
     assert clean.returncode == 0, clean.stderr[-2000:]
     a, b = _db(killed_root).get(key), _db(clean_root).get(key)
     assert a["status"] == b["status"] == "done"
-    assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+    assert a["val_loss"] == b["val_loss"]  # bit for bit: resuming changes nothing
+    killed_curve, clean_curve = (
+        [(p["step"], p["tokens"], p["val_loss"]) for p in _db(root).curve(key)]
+        for root in (killed_root, clean_root)
+    )
+    assert len(clean_curve) >= 2 and killed_curve == clean_curve
     assert 10_000 < a["wall_time_s"] < 10_000 + 600 and b["wall_time_s"] < 600
 
 

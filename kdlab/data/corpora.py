@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 CORPUS_NAMES = ("stdlib", "markov", "hf", "files")
+_HF_OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # the hub libraries' offline switches
 FINGERPRINT_HEX = 16
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -435,8 +436,23 @@ class HFCorpus(_CappedTextCorpus):
         import datasets
 
         c = self.config
-        return datasets.load_dataset(
-            c.path, c.config, split=c.split, streaming=c.streaming, revision=c.revision
+        try:
+            return datasets.load_dataset(
+                c.path, c.config, split=c.split, streaming=c.streaming, revision=c.revision
+            )
+        except ConnectionError as err:  # what datasets raises offline or without network
+            raise ValueError(self._unreachable()) from err
+
+    def _unreachable(self) -> str:
+        flags = [
+            v for v in _HF_OFFLINE if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+        ]
+        why = f"{' and '.join(flags)} set" if flags else "no network"
+        name = self.config.path + (f" ({self.config.config})" if self.config.config else "")
+        return (
+            f"the Hugging Face dataset {name} cannot be downloaded here ({why}): prepare its "
+            "token cache where the hub can be reached (`kdlab data prepare` with the same "
+            "data overrides) and use that paths.cache_dir"
         )
 
     def source_key(self) -> str:
@@ -449,9 +465,10 @@ class HFCorpus(_CappedTextCorpus):
 class FilesCorpus(_CappedTextCorpus):
     """Local text / jsonl / parquet files via the ``datasets`` packaged builders.
 
-    ``paths`` may hold globs; they are expanded and sorted so the order is fixed. Text
-    files are one document per file by default (``sample_by``). Streaming mode, so no
-    Arrow copy is written to the HF cache.
+    A path that names a file is that file, whatever characters its name holds
+    (``data[1].txt``); one that names no file but holds ``*``, ``?`` or ``[`` is a glob,
+    expanded and sorted so the order is fixed. Text files are one document per file by
+    default (``sample_by``). Streaming mode, so no Arrow copy is written to the HF cache.
     """
 
     fields: ClassVar[tuple[str, ...]] = (
@@ -471,9 +488,18 @@ class FilesCorpus(_CappedTextCorpus):
     def resolved_paths(self) -> list[str]:
         out: list[str] = []
         for pattern in self.config.paths:
-            matches = sorted(glob.glob(os.path.expanduser(pattern)))
+            path = os.path.expanduser(pattern)
+            if os.path.exists(path):
+                matches = [path]
+            elif any(c in path for c in "*?["):
+                matches = sorted(glob.glob(path))
+            else:
+                matches = []
             if not matches:
                 raise ValueError(f"files corpus path {pattern!r} matches no file")
+            for match in matches:
+                if os.path.isfile(match) and os.path.getsize(match) == 0:
+                    raise ValueError(f"files corpus file {match!r} is empty")
             out.extend(os.path.abspath(m) for m in matches)
         return out
 
@@ -504,8 +530,10 @@ class FilesCorpus(_CappedTextCorpus):
         kwargs: dict[str, Any] = {}
         if builder == "text":
             kwargs["sample_by"] = self.config.sample_by
+        # datasets globs data_files again: escaped, each file is read as the file it is
+        files = [glob.escape(p) for p in self.resolved_paths()]
         return datasets.load_dataset(
-            builder, data_files=self.resolved_paths(), split="train", streaming=True, **kwargs
+            builder, data_files=files, split="train", streaming=True, **kwargs
         )
 
     def source_key(self) -> str:

@@ -1,6 +1,6 @@
 """Scaling laws of knowledge distillation: forms, fits, uncertainty and planning.
 
-Modules (PAPER.md §1-§4, issue 4):
+Modules (the paper's two laws, their fitting and compute-optimal planning):
 
 - ``forms``: the supervised law (``chinchilla``: gamma = 1, ``paper``: gamma free) and the
   distillation law, in log space, for NumPy arrays and torch tensors;

@@ -1,4 +1,4 @@
-"""Bootstrap over runs: how sure a fit is (PAPER.md §3: 4096 resamples, 90% intervals).
+"""Bootstrap over runs: how sure a fit is (the paper: 4096 resamples, 90% intervals).
 
 Each resample draws n runs with replacement, which is the same as weighting every run
 by how often it was drawn. All resamples are therefore one batched problem: a (B, n)

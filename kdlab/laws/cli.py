@@ -9,22 +9,64 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 _SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
+# argparse types: every numeric option is checked for its range where it is parsed, so a
+# value out of range is one sentence naming the option (argparse's own, exit code 2)
+
 
 def number(text: str) -> float:
-    """A positive count such as 198M, 1.82B, 7.75e9 or 3e21 (argparse type)."""
+    """A positive count such as 198M, 1.82B, 7.75e9 or 3e21."""
     m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*([kKMBGT]?)\s*", str(text))
     try:
         if not m:
             raise ValueError
-        return float(m.group(1)) * _SUFFIX.get(m.group(2), 1.0)
+        value = float(m.group(1)) * _SUFFIX.get(m.group(2), 1.0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 198M, 7.75e9)") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def positive(text: str) -> float:
+    """A positive finite number such as a loss or a token ratio."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1, such as an interval level."""
+    value = positive(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} does not lie between 0 and 1")
+    return value
+
+
+def whole(least: int) -> Callable[[str], int]:
+    """A whole number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        return value
+
+    return parse
 
 
 # ----------------------------------------------------------------------------- fit
@@ -33,8 +75,9 @@ def number(text: str) -> float:
 def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit",
-        description="Fit a scaling law (PAPER.md §1-§3) to runs from the run database "
-        "or a CSV, with a multi-start Huber fit and optional bootstrap intervals.",
+        description="Fit a scaling law (the paper's supervised or distillation law) to runs "
+        "from the run database or a CSV, with a multi-start Huber fit and optional "
+        "bootstrap intervals.",
     )
     p.add_argument("law", choices=["supervised", "distillation"])
     src = p.add_argument_group("input")
@@ -44,7 +87,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     )
     src.add_argument("--corpus", help="database: only runs of this corpus")
     src.add_argument("--tokenizer", help="database: only runs of this tokenizer")
-    src.add_argument("--n-ctx", type=int, help="database: only runs of this context length")
+    src.add_argument("--n-ctx", type=whole(1), help="database: only runs of this context length")
     src.add_argument(
         "--recipe",
         metavar="LABEL",
@@ -75,7 +118,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "--supervised",
         help="distillation: supervised coefficients for Ltilde_S: 'paper' or a supervised fit JSON",
     )
-    law.add_argument("--huber-delta", type=float, default=1e-4)
+    law.add_argument("--huber-delta", type=positive, default=1e-4)
     law.add_argument(
         "--grid",
         default="paper",
@@ -83,7 +126,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "Epoch AI's 4,500) or a JSON file {parameter: [values]}",
     )
     sel = p.add_argument_group("selection")
-    sel.add_argument("--drop-highest", type=int, default=0, help="drop the K highest losses")
+    sel.add_argument("--drop-highest", type=whole(0), default=0, help="drop the K highest losses")
     where = sel.add_mutually_exclusive_group()
     where.add_argument(
         "--holdout",
@@ -95,22 +138,24 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "and/or/not, parentheses: 'loss >= 2.3 and N < 1e9'); report the error on the rest",
     )
     unc = p.add_argument_group("uncertainty")
-    unc.add_argument("--bootstrap", type=int, default=0, help="B bootstrap resamples")
-    unc.add_argument("--level", type=float, default=0.9, help="interval level")
-    unc.add_argument("--seed", type=int, default=0)
+    unc.add_argument("--bootstrap", type=whole(0), default=0, help="B bootstrap resamples")
+    unc.add_argument("--level", type=fraction, default=0.9, help="interval level")
+    unc.add_argument("--seed", type=whole(0), default=0)
     se = p.add_argument_group("search (see kdlab/laws/optim.py)")
-    se.add_argument("--keep", type=int, default=1000, help="starts kept after screening (0: all)")
+    se.add_argument(
+        "--keep", type=whole(0), default=1000, help="starts kept after screening (0: all)"
+    )
     se.add_argument(
         "--final-keep",
-        type=int,
+        type=whole(0),
         default=100,
         help="starts left by successive halving (0: no halving)",
     )
-    se.add_argument("--max-iter", type=int, default=300)
-    se.add_argument("--polish", type=int, default=5, help="optima refined with SciPy")
+    se.add_argument("--max-iter", type=whole(1), default=300)
+    se.add_argument("--polish", type=whole(1), default=5, help="optima refined with SciPy")
     se.add_argument(
         "--threads",
-        type=int,
+        type=whole(0),
         default=1,
         help="torch threads while fitting "
         "(default 1: fastest on a busy machine; 0: torch's default)",
@@ -137,6 +182,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         validate_points,
     )
 
+    if args.out:  # before minutes of fitting, not after
+        if Path(args.out).is_dir():
+            raise LawInputError(f"--out {args.out} is a folder; name the fit JSON to write.")
+        from kdlab.locking import writable_folder
+
+        writable_folder(Path(args.out).parent, choose="another --out")
     if args.law == "distillation" and not args.supervised:
         raise LawInputError(
             "fit distillation needs --supervised paper or a supervised fit JSON for Ltilde_S."
@@ -186,7 +237,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         keep=args.keep or None,
         final_keep=args.final_keep or None,
         max_iter=args.max_iter,
-        n_polish=max(1, args.polish),
+        n_polish=args.polish,
         threads=args.threads or None,
     )
     common = dict(
@@ -199,8 +250,6 @@ def _run_fit(args: argparse.Namespace) -> int:
         level=args.level,
         seed=args.seed,
     )
-    if not 0 < args.level < 1:
-        raise LawInputError(f"--level must lie between 0 and 1, not {args.level}.")
     if args.law == "supervised":
         doc = fit_supervised(df, form=args.form, **common)
     else:
@@ -295,8 +344,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=number, nargs="+", required=True, help="(student) parameters")
     tok = p.add_mutually_exclusive_group(required=True)
     tok.add_argument("--d", type=number, nargs="+", help="(student) training tokens")
-    tok.add_argument("--tokens-per-param", type=float, nargs="+", help="D = M * N")
-    p.add_argument("--teacher-loss", type=float, nargs="+", help="L_T: predict a student")
+    tok.add_argument("--tokens-per-param", type=positive, nargs="+", help="D = M * N")
+    p.add_argument("--teacher-loss", type=positive, nargs="+", help="L_T: predict a student")
     p.add_argument(
         "--teacher-params",
         type=number,
@@ -395,22 +444,28 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan",
         description="Choose teacher size, teacher tokens and student tokens for a student "
-        "size and compute budget (PAPER.md §4), and compare with training the student alone.",
+        "size and compute budget (the paper's compute-optimal distillation), and compare "
+        "with training the student alone.",
     )
     p.add_argument("--coefficients", default="paper", help="'paper' or a distillation fit JSON")
     p.add_argument("--student", type=number, required=True, help="student parameters N_S")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--compute", type=number, help="budget C in FLOPs (per student)")
+    budget.add_argument(
+        "--compute",
+        type=number,
+        help="budget C in FLOPs (per student); refused when the student alone would train "
+        "on more tokens than the search's upper bound (see --bounds)",
+    )
     budget.add_argument(
         "--tokens-per-param",
-        type=float,
+        type=positive,
         help="budget that trains the student alone on M * N_S tokens: C = 3 F(N_S) M N_S",
     )
     p.add_argument(
         "--scenario", default="best", help="best | inference | pretraining | pretraining+inference"
     )
     p.add_argument(
-        "--students", type=int, default=1, help="K students share one teacher's pretraining"
+        "--students", type=whole(1), default=1, help="K students share one teacher's pretraining"
     )
     p.add_argument(
         "--crossover",
@@ -419,7 +474,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--teacher-loss",
-        type=float,
+        type=positive,
         help="with --crossover: a fixed, already trained teacher of this loss",
     )
     p.add_argument("--n-ctx", type=number, help="override F(N)'s context length")

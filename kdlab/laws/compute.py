@@ -1,4 +1,4 @@
-"""Compute accounting of a distillation (PAPER.md §4).
+"""Compute accounting of a distillation (the paper's teacher inference and pretraining terms).
 
     C = 3 F(N_S) D_S + F(N_T) * (delta_lgt * D_S + delta_pre * 3 D_T / K)
 

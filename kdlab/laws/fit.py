@@ -1,6 +1,7 @@
-"""Fitting the supervised and distillation laws (PAPER.md §3) and describing the fit.
+"""Fitting the supervised and distillation laws as the paper does (a Huber loss on log
+residuals, L-BFGS-B from a grid of starts) and describing the fit.
 
-A fit is a plain dict, written as the fit JSON of DESIGN.md: ``law``, ``form``,
+A fit is a plain dict, written as the fit JSON (``kdlab fit --out``): ``law``, ``form``,
 ``coefficients`` (E, A, B, alpha, beta, gamma / A, B, alpha, beta, gamma, c0, c1, f1,
 d1), ``objective``, ``n_points``, intervals when bootstrapped, and how it was obtained.
 """

@@ -1,4 +1,5 @@
-"""The scaling-law forms of PAPER.md §1-§2, evaluated in log space.
+"""The paper's scaling-law forms (its supervised law, Eq. 1, and its distillation law),
+evaluated in log space.
 
 Fitting works on log L because the losses of a sweep span a factor of a few while the
 errors that matter are relative; the log-sum-exp form also keeps every term positive
@@ -58,7 +59,7 @@ def supervised_log_loss(log_n, log_d, e, a, b, alpha, beta, gamma=1.0):
 def distillation_log_loss(
     log_ns, log_ds, log_lt, log_ls_sup, a, b, alpha, beta, gamma, c0, c1, f1, log_d1
 ):
-    """log L_S(N_S, D_S, L_T) of PAPER.md §2 in its log-space form.
+    """log L_S(N_S, D_S, L_T) of the paper's distillation law in its log-space form.
 
     ``log_ls_sup`` is log Ltilde_S, the supervised law at (N_S, D_S): the student alone.
     a, b are log A', log B'; log_d1 is log d1. f1 = 0 is undefined (division by f1).

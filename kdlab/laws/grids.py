@@ -1,4 +1,4 @@
-"""Grids of starting points for the multi-start fits (PAPER.md §3).
+"""Grids of starting points for the multi-start fits (the paper's fitting procedure).
 
 A grid maps each raw parameter (see ``forms.LawSpec.params``) to its candidate values;
 the starts are the Cartesian product. Raw parameters are logs for E, A, B, d1.
@@ -17,7 +17,7 @@ from kdlab.laws.forms import LawSpec
 
 _HALVES_TO_1_5 = [0.0, 0.5, 1.0, 1.5]
 
-# PAPER.md §3, supervised: log A, log B in {0..20 step 5}; log E in {-1..1.5 step 0.5};
+# The paper's supervised grid: log A, log B in {0..20 step 5}; log E in {-1..1.5 step 0.5};
 # alpha, beta, gamma in {0, 0.5, 1, 1.5}. 9,600 starts (600 with gamma fixed to 1).
 SUPERVISED_PAPER_GRID: dict[str, list[float]] = {
     "e": [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5],
@@ -40,7 +40,7 @@ SUPERVISED_EPOCH_GRID: dict[str, list[float]] = {
     "gamma": _HALVES_TO_1_5,
 }
 
-# PAPER.md §3, distillation: 5 * 5 * 27 * 64 * 5 = 216,000 starts, of which the 54,000
+# The paper's distillation grid: 5 * 5 * 27 * 64 * 5 = 216,000 starts, of which the 54,000
 # with f1 = 0 are undefined (the law divides by f1) and skipped.
 DISTILLATION_PAPER_GRID: dict[str, list[float]] = {
     "a": [0.0, 5.0, 10.0, 15.0, 20.0],

@@ -1,7 +1,7 @@
 """Reading fit inputs (CSV, run database, fit JSON) and refusing bad ones early.
 
 Every check raises ``LawInputError`` with one sentence that names the problem, so the
-command line can print it and exit non-zero without a traceback (DESIGN.md principle 5).
+command line can print it and exit non-zero without a traceback (kdlab.errors).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def read_db_points(
     """Finished runs of the right role from the run database, all of one kind of data.
 
     Refuses to mix corpora, tokenizers or context lengths: losses measured on different
-    validation data are not comparable (DESIGN.md principle 2), nor runs of different
+    validation data are not comparable, nor runs of different
     training recipes, nor students distilled with different objectives. ``filters``
     (corpus, tokenizer, n_ctx, recipe, kd_objective) select one kind when the database
     holds several.
@@ -119,8 +119,9 @@ def read_db_points(
     except ConfigError:  # a missing database, a bad filter: already one sentence
         raise
     except Exception as exc:  # database errors come in many types; report, do not trace
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise LawInputError(
-            f"Cannot read runs from the database {shown_url(url)}: {exc}."
+            f"Cannot read runs from the database {shown_url(url)}: {reason}."
         ) from None
     import pandas as pd
 

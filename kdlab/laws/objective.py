@@ -1,8 +1,8 @@
 """Huber objectives of the laws, batched over parameter vectors, with exact gradients.
 
 The objective of one parameter vector is sum_i w_i * Huber_delta(log Lhat_i - log L_i)
-(PAPER.md §3). A batch of S vectors is a (S, n) table of residuals. The gradients are
-written out by hand (chain rule through the log-sum-exps) rather than left to
+(the paper's fitting objective). A batch of S vectors is a (S, n) table of residuals. The
+gradients are written out by hand (chain rule through the log-sum-exps) rather than left to
 autograd: the same numbers, but about half the passes over the table, which is what a
 216,000-start grid costs. ``tests/test_laws_objective.py`` checks them against
 autograd on the forms of ``forms.py``.
@@ -126,7 +126,7 @@ class SupervisedObjective(HuberObjective):
 
 
 class DistillationObjective(HuberObjective):
-    """log L_S of PAPER.md §2 with Ltilde_S fixed per run from a supervised fit."""
+    """log L_S of the paper's distillation law with Ltilde_S fixed per run from a supervised fit."""
 
     def __init__(self, spec: LawSpec, n_s, d_s, l_t, ls_sup, loss, delta: float, weights=None):
         super().__init__(np.asarray(loss, dtype=float), delta, weights)

@@ -332,13 +332,14 @@ def plan_batch(
     b = _Batch(coef_list, np.asarray(n_s, float), np.asarray(c_all, float), sc, int(students))
     d_sup = supervised_tokens(b.n_s, b.compute, b.flops)[:, 0]
     errors: list[str | None] = [None] * p
-    for i in np.nonzero(d_sup < b.bounds[0])[0]:
+    for i in np.nonzero((d_sup < b.bounds[0]) | (d_sup > b.bounds[1]))[0]:
+        side, bound = ("below", "lower") if d_sup[i] < b.bounds[0] else ("above", "upper")
         errors[i] = (
             f"A budget of {b.compute[i, 0]:.3g} FLOPs buys the {b.n_s[i, 0]:.3g}-parameter "
-            f"student only {d_sup[i]:.3g} tokens, below the planner's lower bound of "
-            f"{b.bounds[0]:.0e}."
+            f"student alone {d_sup[i]:.3g} tokens, {side} the planner's {bound} bound of "
+            f"{b.bounds[0 if side == 'below' else 1]:.0e} tokens (--bounds LO HI)."
         )
-    solve = d_sup >= b.bounds[0]
+    solve = (d_sup >= b.bounds[0]) & (d_sup <= b.bounds[1])
     n_t, d_t, d_s, l_t = (np.full(p, np.nan) for _ in range(4))
     if solve.any():
         sub = b.rows(np.nonzero(solve)[0])

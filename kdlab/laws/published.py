@@ -1,4 +1,5 @@
-"""Published coefficients of Busbridge et al. 2025 (PAPER.md §1, §2, §4).
+"""Published coefficients of Busbridge et al. 2025: its supervised law (Eq. 1), its
+distillation law and its compute accounting.
 
 Kept as plain data so ``--coefficients paper`` and a fit JSON go down the same path.
 """
@@ -49,8 +50,8 @@ PAPER_DISTILLATION_CI90: dict[str, tuple[float, float]] = {
     "d1": (1.302, 1.327),
 }
 
-# The paper's F(N) settings (PAPER.md §4-§5): aspect ratio 128, omega 12, context 4096,
-# vocabulary 32768.
+# The paper's F(N) settings (its FLOP estimate and model ladder): aspect ratio 128,
+# omega 12, context 4096, vocabulary 32768.
 PAPER_FLOPS: dict[str, float] = {"n_ctx": 4096, "n_vocab": 32768, "rho": 128.0, "omega": 12.0}
 
 

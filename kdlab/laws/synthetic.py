@@ -1,7 +1,7 @@
 """Synthetic runs drawn from the published laws on the paper's experiment grid.
 
 No run data came with the paper, so the fitting code is checked by recovery: draw
-losses from the published coefficients on a grid shaped like PAPER.md §5, add noise,
+losses from the published coefficients on a grid shaped like the paper's experiments, add noise,
 fit, and compare with the truth. Used by the tests and ``benchmarks/fit_speed.py``.
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_SUPERVISED
 
-# PAPER.md §5 ladder, non-embedding parameters
+# the paper's model ladder, non-embedding parameters
 LADDER = np.array(
     [103e6, 143e6, 198e6, 266e6, 340e6, 546e6, 975e6, 1.82e9, 2.72e9, 4.82e9, 7.75e9, 12.6e9]
 )

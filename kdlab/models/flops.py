@@ -1,4 +1,4 @@
-"""FLOPs per token: the paper's F(N) approximation (PAPER.md section 4).
+"""FLOPs per token: the paper's F(N) approximation (its FLOP estimate).
 
 The exact architecture count lives beside it so the two can be compared.
 """

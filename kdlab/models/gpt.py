@@ -1,6 +1,6 @@
 """The decoder-only transformer of the study, in simple muP.
 
-Architecture (PAPER.md section 5): pre-norm RMSNorm blocks, multi-head causal attention
+Architecture (the paper's): pre-norm RMSNorm blocks, multi-head causal attention
 with QK-norm (RMSNorm over each head's q and k) and RoPE (base 500k), SwiGLU FFN, final
 RMSNorm, input embedding tied to the output projection, no biases.
 

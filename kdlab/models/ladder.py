@@ -2,7 +2,7 @@
 
 A scaling-law study needs a one-parameter family of models, so every ladder fixes the
 aspect ratio rho = d_model / n_layer and the head width, and grows all widths with depth
-(PAPER.md section 5). Then N alone names a model, and F(N) is accurate.
+(as the paper's ladder does). Then N alone names a model, and F(N) is accurate.
 
 - ``paper``: the paper's 12 sizes (rho = 128, head_dim 128, V 32768, context 4096),
   d_ff taken from its table (8/3 d_model rounded up to a multiple of 256).
@@ -70,7 +70,7 @@ def _round_up(x: float, multiple: int) -> int:
     return int(math.ceil(x / multiple) * multiple)
 
 
-# name: (n_layer, d_model, d_ff), PAPER.md section 5.
+# name: (n_layer, d_model, d_ff), the paper's model ladder.
 _PAPER_TABLE: dict[str, tuple[int, int, int]] = {
     "103M": (8, 1024, 2816),
     "143M": (9, 1152, 3072),

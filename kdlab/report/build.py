@@ -116,10 +116,10 @@ def build_report(
     from kdlab.report.page import write_page
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = load_report_data(
         db, supervised_fit, distillation_fit, study, corpus, tokenizer, n_ctx, recipe
     )
+    out.mkdir(parents=True, exist_ok=True)  # after the input is read: bad input writes nothing
     notes = data.notes  # one list: reading the fits' points may still add to it
     parity = figs.parity_frames(data)
     plans = make_plans(data, plan or PlanOptions(), notes)

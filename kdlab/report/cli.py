@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from kdlab.laws.cli import number
+from kdlab.laws.cli import number, whole
 
 EXIT_WANDB_FAILED = 1
 
@@ -42,7 +42,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--study", help="only runs of this study")
     src.add_argument("--corpus", help="only runs of this corpus fingerprint")
     src.add_argument("--tokenizer", help="only runs of this tokenizer")
-    src.add_argument("--n-ctx", type=int, help="only runs of this context length")
+    src.add_argument("--n-ctx", type=whole(1), help="only runs of this context length")
     src.add_argument("--recipe", metavar="LABEL", help="only runs of this training recipe")
     plan = p.add_argument_group("compute-optimal plans")
     plan.add_argument(
@@ -58,17 +58,17 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "figure (default: the study's median student, 1.82B for the paper)",
     )
     plan.add_argument(
-        "--plan-budgets", type=int, default=10, help="budgets per scenario (0: no planning)"
+        "--plan-budgets", type=whole(0), default=10, help="budgets per scenario (0: no planning)"
     )
     plan.add_argument(
         "--map-points",
-        type=int,
+        type=whole(0),
         default=8,
         help="student sizes on the map of where distillation wins (0: no map)",
     )
     plan.add_argument(
         "--jobs",
-        type=int,
+        type=whole(1),
         default=max(1, min(8, os.cpu_count() or 1)),
         help="processes for planning",
     )
@@ -98,11 +98,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from kdlab.laws.io import LawInputError
     from kdlab.report.build import PlanOptions, build_report, log_to_wandb
 
-    if args.plan_budgets < 0 or args.map_points < 0 or args.jobs < 1:
-        raise LawInputError("--plan-budgets and --map-points must be 0 or more, --jobs 1 or more.")
     opts = PlanOptions(
         coefficients=args.plan_coefficients,
         student=args.plan_student,

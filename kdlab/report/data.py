@@ -18,7 +18,7 @@ import pandas as pd
 from kdlab.laws.io import LawInputError, load_coefficients, matching_rows
 from kdlab.laws.published import PAPER_FLOPS
 
-# Columns that decide whether two losses are comparable (DESIGN.md principle 2), as
+# Columns that decide whether two losses are comparable (the same validation data), as
 # named in the run table and as named in a fit JSON's "data" block.
 COMPARABLE = (
     ("corpus_fingerprint", "corpus"),

@@ -54,8 +54,9 @@ CAPTIONS: dict[str, str] = {
     "plan_shares": (
         "For one student size, the compute-optimal teacher size, teacher tokens and student "
         "tokens at each budget (kdlab plan), as shares of the budget, in each scenario of "
-        "PAPER.md §4. The strip on top says whether the plan beats training the student "
-        "alone on the whole budget; the dashed line is the optimal teacher size."
+        "the paper's compute accounting. The strip on top says whether the plan beats "
+        "training the student alone on the whole budget; the dashed line is the optimal "
+        "teacher size."
     ),
     "distillation_map": (
         "Student loss of compute-optimal distillation relative to the same student trained "
@@ -298,7 +299,7 @@ def render_page(report: Report) -> str:
         )
     )
     out.append(
-        '<p class="meta">Paper values: Busbridge et al. 2025 (PAPER.md §1–§2), '
+        '<p class="meta">Paper values: Busbridge et al. 2025 (its published fits), '
         '90% bootstrap intervals. All tables: <a href="coefficients.csv">'
         "coefficients.csv</a>.</p>"
     )

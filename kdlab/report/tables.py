@@ -27,7 +27,7 @@ GREEK = {"alpha": "α", "beta": "β", "gamma": "γ"}
 
 
 def display_name(name: str, law: str) -> str:
-    """alpha -> α; the distillation law's A, B, α, β, γ are primed as in PAPER.md §2."""
+    """alpha -> α; the distillation law's A, B, α, β, γ are primed as in the paper."""
     text = GREEK.get(name, name)
     if law == "distillation" and name in ("A", "B", "alpha", "beta", "gamma"):
         text += "′"
@@ -72,7 +72,7 @@ def coefficient_table(doc: Mapping[str, Any] | None, law: str) -> pd.DataFrame:
 
 def objective_table(data: ReportData) -> pd.DataFrame:
     """Validation loss of the same student (size, tokens, teacher) under each distillation
-    objective it was trained with: the ablations of PAPER.md §5, one column per objective.
+    objective it was trained with: the paper's distillation ablations, one column per objective.
 
     Empty unless some student was trained with more than one objective. A supervised
     run of the same size and tokens, where there is one, is the "alone" column.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 from rich.table import Table
 
 from kdlab.console import console
 from kdlab.errors import ConfigError
+from kdlab.locking import temp_path_for
 from kdlab.rundb.query import runs_frame
 from kdlab.rundb.store import RunStore, live_status
 from kdlab.rundb.url import announce, database_url, shown_url
@@ -96,12 +99,23 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    """Write the table under a temporary name beside ``--out`` and rename it: a path that
+    cannot be written is one sentence, and a failed write leaves no partial file."""
     frame = runs_frame(_url(args))
-    if args.format == "csv":
-        frame.to_csv(args.out, index=False)
-    else:
-        frame.to_parquet(args.out, index=False)
-    print(f"kdlab: wrote {len(frame)} runs to {args.out}")
+    out = Path(args.out)
+    try:
+        tmp = temp_path_for(out)
+        try:
+            if args.format == "csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write the export to {out}: {err.strerror or err}") from err
+    print(f"kdlab: wrote {len(frame)} runs to {out}")
     return 0
 
 

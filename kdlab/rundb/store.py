@@ -11,12 +11,12 @@ import contextlib
 import datetime as dt
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -146,8 +146,9 @@ class RunStore:
         except RunDBError:
             raise
         except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as err:
-            reason = str(err).splitlines()[0]
-            raise RunDBError(f"cannot open the run database '{shown_url(url)}': {reason}") from err
+            raise RunDBError(
+                f"cannot open the run database '{shown_url(url)}': {_reason(err)}"
+            ) from err
 
     def _connect(self, url: str, create: bool, create_under: Path | None, migrate: bool) -> Engine:
         path = sqlite_path(url)
@@ -177,6 +178,19 @@ class RunStore:
                     raise RunDBError(_revision_mismatch(url, revision))
         return engine
 
+    @contextlib.contextmanager
+    def _connected(self, write: bool = False) -> Iterator[Connection]:
+        """A connection (in a transaction to ``write``); a database that opened but fails
+        a statement (a damaged SQLite file) is a RunDBError naming it, not SQLAlchemy's
+        dump of the statement."""
+        try:
+            with self.engine.begin() if write else self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as err:
+            raise RunDBError(
+                f"cannot use the run database '{shown_url(self.url)}': {_reason(err)}"
+            ) from err
+
     # -- writes ---------------------------------------------------------------------
 
     def upsert(self, key: str, **fields: Any) -> None:
@@ -190,7 +204,7 @@ class RunStore:
         statement = statement.on_conflict_do_update(
             index_elements=[runs.c.key], set_={"updated_at": now, **fields}
         )
-        with self.engine.begin() as conn:
+        with self._connected(write=True) as conn:
             conn.execute(statement)
 
     def start(self, key: str, **fields: Any) -> None:
@@ -204,7 +218,7 @@ class RunStore:
 
     def update(self, key: str, **fields: Any) -> None:
         """Change fields of a run that was started; a missing run is a bug, so it raises."""
-        with self.engine.begin() as conn:
+        with self._connected(write=True) as conn:
             self._update(conn, key, fields)
 
     def _update(self, conn: Any, key: str, fields: dict[str, Any]) -> None:
@@ -246,13 +260,13 @@ class RunStore:
             index_elements=[curves.c.run_key, curves.c.attempt, curves.c.step],
             set_={"tokens": tokens, "val_loss": val_loss},
         )
-        with self.engine.begin() as conn:
+        with self._connected(write=True) as conn:
             conn.execute(statement)
 
     # -- reads ----------------------------------------------------------------------
 
     def get(self, key: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._connected() as conn:
             row = conn.execute(select(runs).where(runs.c.key == key)).mappings().first()
         return dict(row) if row else None
 
@@ -261,11 +275,11 @@ class RunStore:
         query = select(runs).order_by(runs.c.created_at, runs.c.key)
         for name, value in equals.items():
             query = query.where(runs.c[name] == value)
-        with self.engine.connect() as conn:
+        with self._connected() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def find_key_prefix(self, prefix: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._connected() as conn:
             rows = conn.execute(select(runs).where(runs.c.key.startswith(prefix))).mappings()
             return [dict(r) for r in rows]
 
@@ -278,5 +292,10 @@ class RunStore:
             .where((curves.c.run_key == key) & (curves.c.attempt == attempt))
             .order_by(curves.c.step)
         )
-        with self.engine.connect() as conn:
+        with self._connected() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of a database error: the driver's message, without the statement."""
+    return (str(err).splitlines() or [type(err).__name__])[0]
