@@ -34,12 +34,14 @@ from kdlab.errors import ConfigError
 from kdlab.hardware import matmul_peak_flops
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params, total_params
 from kdlab.modules import DivergedError
+from kdlab.parallel import full_state_dict
 from kdlab.rundb import RunStore
 from kdlab.runkey import run_key
 from kdlab.teacher import Teacher, resolve_teacher, save_weights, submodule_state
 
 ROLE_SPLIT = {"teacher": "teacher", "supervised": "student", "student": "student"}
 LOCK_FILE = ".lock"
+SHARDED_METADATA = "meta.pt"  # Lightning's FSDP strategy writes it last in a sharded checkpoint
 
 
 @dataclasses.dataclass
@@ -380,10 +382,14 @@ def _rank_zero() -> bool:
 
 
 def _resume_checkpoint(plan: RunPlan) -> Path | None:
-    """The newest of kdlab's last.ckpt and a SLURM pre-emption checkpoint, if any."""
+    """The newest of kdlab's last.ckpt and a SLURM pre-emption checkpoint, if any.
+
+    A sharded (FSDP) checkpoint is a directory, complete once rank 0 has written its
+    metadata file after every shard; its time is that file's."""
     found = [*plan.run_dir.glob("hpc_ckpt_*.ckpt"), plan.checkpoint]
-    found = [p for p in found if p.exists()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    stamps = [p / SHARDED_METADATA if p.is_dir() else p for p in found]
+    found = [(s.stat().st_mtime, p) for s, p in zip(stamps, found, strict=True) if s.is_file()]
+    return max(found)[1] if found else None
 
 
 @contextlib.contextmanager
@@ -480,7 +486,7 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
         _finish_loggers(loggers, "failed")
         raise
     # every rank takes part: under FSDP this gathers the sharded weights into one state
-    state = trainer.strategy.lightning_module_state_dict()
+    state = full_state_dict(trainer)
     if not trainer.is_global_zero:
         return {}
     val_loss = float(final["val/loss"])
