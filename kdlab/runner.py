@@ -176,11 +176,14 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         "tokenizer": data.tokenizer_name,
         "split": ROLE_SPLIT[role],
         "tokens": tokens,
-        "batch_size": data.batch_size,
+        # sequences per optimizer step: their split over devices and accumulation steps
+        # is hardware, like the device count (sample g is the same window however it is
+        # split, windows.py); "accumulate" stays 1 so keys made before keep their value
+        "batch_size": data.batch_size * accumulate,
         "val_tokens": data.val_tokens,
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
         "clip": cfg.trainer.get("gradient_clip_val"),
-        "accumulate": accumulate,
+        "accumulate": 1,
         "val_eval_tokens": data.val_eval_tokens,
         "objective": OmegaConf.to_container(cfg.objective, resolve=True),
         "seed": cfg.seed,

@@ -115,7 +115,7 @@ def science_signature(config: dict) -> dict:
         "objective": config["objective"],
         "corpus": module["corpus"],
         "tokenizer": module["tokenizer"],
-        "batch_size": module["batch_size"],
+        "batch_size": module["batch_size"] * config["trainer"].get("accumulate_grad_batches", 1),
         "val_tokens": module["val_tokens"],
         "n_ctx": config["model"].get("n_ctx"),
         "teacher": config["teacher"] if config["role"] == "student" else None,
