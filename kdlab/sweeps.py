@@ -25,8 +25,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kdlab.cluster_plan import Workload, configured_layout
 from kdlab.errors import ConfigError
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
+from kdlab.models.memory import Layout
 from kdlab.rundb import RunDBError, RunStore, missing_sqlite_file, shown_url
 from kdlab.runner import run_tokens
 from kdlab.train import CONF_DIR
@@ -99,6 +101,13 @@ class JobPlan:
     teacher_overrides: list[str] = dataclasses.field(default_factory=list)  # see plan_job
     status: str = "todo"
     seconds: float | None = None
+    shape: ModelShape | None = None
+    teacher_shape: ModelShape | None = None
+    layout: Layout | None = None  # how the job's trainer spreads it (kdlab sweep plan --gpu)
+
+    def workload(self) -> Workload:
+        """What the memory and wall-time plan needs of this job."""
+        return Workload(self.shape, self.flops, self.tokens, self.teacher_shape)
 
 
 def science_signature(config: dict) -> dict:
@@ -147,6 +156,10 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         tokens=tokens,
         flops=3 * fpt * tokens,
         signature=_signature(cfg),
+        shape=shape,
+        layout=configured_layout(
+            OmegaConf.to_container(cfg.trainer, resolve=True), cfg.data.module.batch_size
+        ),
     )
     if cfg.role == "student" and cfg.teacher.get("model"):
         from kdlab.teacher import teacher_config
@@ -157,6 +170,7 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         plan.teacher = f"{cfg.teacher.model}@{plan.teacher_tokens}"
         plan.teacher_signature = _signature(tcfg)
         plan.teacher_overrides = _teacher_overrides(cfg, overrides)
+        plan.teacher_shape = tshape
         plan.flops += flops_per_token(tshape) * tokens
     return plan
 
