@@ -297,25 +297,17 @@ def test_the_split_of_a_batch_is_not_science(train, tmp_path):
     steps is hardware (sample g of a run is the same window however it is split): a run
     of 8 sequences x 2 steps is the finished 16 x 1 run, and a student split another way
     than its teacher finds it."""
-    teacher = ["model=nano_L2", "data.tokens=32768", "data.tokens_per_param=null"]
-    whole = train(*teacher, "data.module.batch_size=16")
-    split = train(*teacher, "data.module.batch_size=8", "trainer.accumulate_grad_batches=2")
+    from tests.test_distill import STUDENT, TEACHER
+
+    whole = train(*TEACHER, "data.module.batch_size=16")
+    split = train(*TEACHER, "data.module.batch_size=8", "trainer.accumulate_grad_batches=2")
     assert split["key"] == whole["key"] and split["updated_at"] == whole["updated_at"]  # skipped
-    student = train(
-        "objective=distill",
-        "model=nano_L1",
-        "data.tokens=16384",
-        "data.tokens_per_param=null",
-        "teacher.model=nano_L2",
-        "teacher.tokens=32768",
-        "data.module.batch_size=4",
-        "trainer.accumulate_grad_batches=4",
-    )
+    student = train(*STUDENT, "data.module.batch_size=4", "trainer.accumulate_grad_batches=4")
     assert student["status"] == "done" and student["teacher_key"] == whole["key"]
     assert (student["batch_size"], student["config"]["trainer"]["accumulate_grad_batches"]) == (
         4,
         4,
     )
     # an optimizer step of another size is other science
-    other = train(*teacher, "data.module.batch_size=8")
+    other = train(*TEACHER, "data.module.batch_size=8")
     assert other["key"] != whole["key"]
