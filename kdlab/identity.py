@@ -77,6 +77,7 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
 
 def science(cfg: DictConfig, shape: ModelShape, data: Any, tokens: int) -> dict[str, Any]:
     """What the run's result depends on; ``data`` is the run's (set-up) data module."""
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     return {
         "role": cfg.role,
         "shape": dataclasses.asdict(shape),
@@ -84,11 +85,14 @@ def science(cfg: DictConfig, shape: ModelShape, data: Any, tokens: int) -> dict[
         "tokenizer": data.tokenizer_name,
         "split": ROLE_SPLIT[cfg.role],
         "tokens": tokens,
-        "batch_size": data.batch_size,
+        # sequences per optimizer step: their split over accumulation steps is hardware,
+        # like the device count (sample g is the same window however it is split,
+        # windows.py); "accumulate" stays 1 so keys made before keep their value
+        "batch_size": data.batch_size * accumulate,
         "val_tokens": data.val_tokens,
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
         "clip": cfg.trainer.get("gradient_clip_val"),
-        "accumulate": cfg.trainer.get("accumulate_grad_batches", 1),
+        "accumulate": 1,
         "val_eval_tokens": data.val_eval_tokens,
         "objective": objective_identity(OmegaConf.to_container(cfg.objective, resolve=True)),
         "seed": cfg.seed,

@@ -36,6 +36,7 @@ from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
 from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
+from kdlab.parallel import full_state_dict
 from kdlab.processes import stop_signals
 from kdlab.run_plan import RunPlan, plan_run
 from kdlab.rundb import announce, shown_url
@@ -43,6 +44,7 @@ from kdlab.teacher import WEIGHTS, save_weights, submodule_state
 
 LOCK_FILE = ".lock"
 ATTEMPT_DIR = "attempt-"  # run_dir/attempt-<n>: a forced re-run, until it replaces the run
+SHARDED_METADATA = "meta.pt"  # Lightning's FSDP strategy writes it last in a sharded checkpoint
 
 
 def git_revision() -> str | None:
@@ -288,10 +290,19 @@ def _attempt(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> Atte
 
 def _resume_checkpoint(attempt: Attempt) -> Path | None:
     """The newest checkpoint of the attempt that loads: kdlab's last.ckpt or a SLURM
-    pre-emption checkpoint; any that does not load is set aside."""
-    return resume_point(
-        [*attempt.dir.glob("hpc_ckpt_*.ckpt"), attempt.dir / "checkpoints" / "last.ckpt"]
-    )
+    pre-emption checkpoint; any file that does not load is set aside.
+
+    A sharded (FSDP) checkpoint is a directory, complete once rank 0 has written its
+    metadata file after every shard; its time is that file's, and one without it is
+    ignored (a save cut short)."""
+    found = [*attempt.dir.glob("hpc_ckpt_*.ckpt"), attempt.dir / "checkpoints" / "last.ckpt"]
+    sharded = [p for p in found if (p / SHARDED_METADATA).is_file()]
+    newest_file = resume_point([p for p in found if not p.is_dir()])
+    stamped = [(p / SHARDED_METADATA).stat().st_mtime for p in sharded]
+    if newest_file is not None:
+        sharded.append(newest_file)
+        stamped.append(newest_file.stat().st_mtime)
+    return max(zip(stamped, sharded, strict=True))[1] if sharded else None
 
 
 def _promote(plan: RunPlan, attempt: Attempt) -> None:
@@ -400,7 +411,7 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
                 trainer.fit(module, datamodule=plan.data, ckpt_path=ckpt, weights_only=True)
                 final = trainer.validate(module, datamodule=plan.data, verbose=False)[0]
                 # every rank takes part: under FSDP this gathers the sharded weights
-                state = trainer.strategy.lightning_module_state_dict()
+                state = full_state_dict(trainer)
             if not trainer.is_global_zero:
                 return {}
             wall = clock.earlier_wall_s + time.perf_counter() - start

@@ -18,6 +18,15 @@ from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kdlab.accelerators import ACCELERATORS, GIB, get_accelerator
+from kdlab.cluster_plan import (
+    USABLE,
+    ClusterPlan,
+    Target,
+    layout_entry,
+    parse_duration,
+    plan_cluster,
+)
 from kdlab.console import console
 from kdlab.errors import ConfigError
 from kdlab.processes import run_child
@@ -39,6 +48,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     plan = sub.add_parser("plan", help="expand a grid: sizes, D, FLOPs, time, what is done")
     plan.add_argument("sweep", help="e.g. nano/teachers or sweeps/paper/supervised_isoflop.yaml")
     plan.add_argument("overrides", nargs="*", help="Hydra overrides, as for kdlab-train")
+    plan.add_argument(
+        "--gpu", help=f"also plan memory, layout and wall time on: {', '.join(ACCELERATORS)}"
+    )
+    plan.add_argument("--gpus-per-node", type=int, default=8, help="with --gpu (default 8)")
+    plan.add_argument(
+        "--wall-time", default="72h", help="target per job (default 72h; none: fewest nodes)"
+    )
+    plan.add_argument("--mfu", type=float, default=0.4, help="assumed MFU (default 0.4)")
     plan.set_defaults(func=_plan)
     run = sub.add_parser("run", help="launch a grid (kdlab-train -m) after checking it")
     run.add_argument("sweep")
@@ -90,12 +107,73 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    target = _cluster_target(args) if args.gpu else None  # a bad GPU fails before composing
     path = sweep_file(args.sweep)
     plan = plan_sweep(path, args.overrides)
     where = path.relative_to(SWEEPS_DIR) if path.is_relative_to(SWEEPS_DIR) else path
     database = shown_url(plan.url) or "no database set here, so no job counts as done"
     print_plan(f"{where} ({database})", plan.jobs)
+    if target is not None:
+        cluster = plan_cluster([(j.workload(), j.layout) for j in plan.jobs], target)
+        print_cluster_plan(cluster, plan.jobs, path)
     return 0
+
+
+def _cluster_target(args: argparse.Namespace) -> Target:
+    try:
+        accelerator = get_accelerator(args.gpu)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return Target(accelerator, args.gpus_per_node, parse_duration(args.wall_time), args.mfu)
+
+
+def print_cluster_plan(cluster: ClusterPlan, jobs: list[JobPlan], path: Path) -> None:
+    """Each job's GiB per GPU and wall time under the sweep's layout; the plan's layout
+    for each model size where it differs, as the lines to put in the sweep file."""
+    target = cluster.target
+    gpu = target.accelerator
+    table = Table(
+        title=f"GiB per GPU on {gpu.description} ({gpu.memory_bytes / GIB:.0f} GiB, "
+        f"{USABLE:.0%} usable) and wall time at {target.mfu:.0%} MFU"
+    )
+    columns = ("#", "model", "teacher", "layout", "weights", "grads", "AdamW", "activ.")
+    for column in (*columns, "teacher", "other", "total", "fits", "time"):
+        table.add_column(column, justify="left" if column in ("layout", "fits") else "right")
+    for i, (job, fit_) in enumerate(zip(jobs, cluster.configured, strict=True)):
+        memory = fit_.memory
+        other = memory.total - memory.persistent - memory.activations
+        table.add_row(
+            str(i),
+            job.model,
+            job.teacher_shape.name if job.teacher_shape else "-",
+            fit_.layout.describe(),
+            *(f"{b / GIB:.1f}" for b in (memory.weights, memory.gradients, memory.optimizer)),
+            *(f"{b / GIB:.1f}" for b in (memory.activations, memory.teacher, other)),
+            f"{memory.total / GIB:.1f}",
+            "yes" if fit_.fits else "[red]NO[/]",
+            _fmt_seconds(fit_.seconds),
+        )
+    console.print(table)
+    unfit = sum(not f.fits for f in cluster.configured)
+    wall = target.wall_seconds
+    slow = sum(wall is not None and f.seconds > wall for f in cluster.configured)
+    deadline = f" the {_fmt_seconds(wall)} target" if wall is not None else " no target"
+    console.print(
+        f"{unfit} job(s) do not fit on {gpu.name}; {slow} miss{deadline}"
+        if unfit or slow
+        else f"every job fits on {gpu.name} and meets{deadline}"
+    )
+    changes = cluster.sizes_to_change()
+    if changes:
+        console.print(
+            f"The plan for {gpu.name} (rules in kdlab/cluster_plan.py) sets other layouts; "
+            f"to launch with them, put these lines under 'layouts:' in {path.name}:"
+        )
+        for model, layout in changes.items():
+            console.print(f"  {model}: {layout_entry(layout)}", highlight=False)
+    late = {j.model for j, on_time in zip(jobs, cluster.meets_target, strict=True) if not on_time}
+    if late:
+        console.print(f"[yellow]no layout meets the target for {', '.join(sorted(late))}")
 
 
 def sweep_command(path: Path, overrides: Sequence[str] = ()) -> list[str]:

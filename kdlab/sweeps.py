@@ -25,12 +25,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kdlab.cluster_plan import Workload, configured_layout
 from kdlab.composition import composition_error
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
 from kdlab.errors import ConfigError, error_exit
 from kdlab.identity import objective_identity, run_tokens, teacher_config
 from kdlab.locking import writable_folder
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
+from kdlab.models.memory import Layout
 from kdlab.rundb import (
     RunDBError,
     RunStore,
@@ -106,6 +108,13 @@ class JobPlan:
     teacher_overrides: list[str] = dataclasses.field(default_factory=list)  # see plan_job
     status: str = "todo"
     seconds: float | None = None
+    shape: ModelShape | None = None
+    teacher_shape: ModelShape | None = None
+    layout: Layout | None = None  # how the job's trainer spreads it (kdlab sweep plan --gpu)
+
+    def workload(self) -> Workload:
+        """What the memory and wall-time plan needs of this job."""
+        return Workload(self.shape, self.flops, self.tokens, self.teacher_shape)
 
 
 def science_signature(config: dict) -> dict:
@@ -122,7 +131,7 @@ def science_signature(config: dict) -> dict:
         "objective": objective_identity(config["objective"]),
         "corpus": module["corpus"],
         "tokenizer": module["tokenizer"],
-        "batch_size": module["batch_size"],
+        "batch_size": module["batch_size"] * config["trainer"].get("accumulate_grad_batches", 1),
         "val_tokens": module["val_tokens"],
         "n_ctx": config["model"].get("n_ctx"),
         "teacher": config["teacher"] if config["role"] == "student" else None,
@@ -154,6 +163,10 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         tokens=tokens,
         flops=3 * fpt * tokens,
         signature=_signature(cfg),
+        shape=shape,
+        layout=configured_layout(
+            OmegaConf.to_container(cfg.trainer, resolve=True), cfg.data.module.batch_size
+        ),
     )
     if cfg.role == "student" and cfg.teacher.get("model"):
         tcfg = teacher_config(cfg)
@@ -162,6 +175,7 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         plan.teacher = f"{cfg.teacher.model}@{plan.teacher_tokens}"
         plan.teacher_signature = _signature(tcfg)
         plan.teacher_overrides = _teacher_overrides(cfg, overrides)
+        plan.teacher_shape = tshape
         plan.flops += flops_per_token(tshape) * tokens
     return plan
 

@@ -118,30 +118,35 @@ def load_tensors(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
 
 
 def load_weights(path: Path) -> GPT:
-    blob = load_tensors(path, "teacher weights")
+    """The GPT in a kdlab weights file or Lightning checkpoint, read as data; its tensors
+    are mapped from the file rather than copied, so the ranks of a node share one copy in
+    the page cache until each moves its teacher to its GPU (kdlab/modules/distill.py)."""
+    blob = load_tensors(path, "teacher weights", mmap=True)
     if "state_dict" in blob and "shape" in blob:
         # files written before the base width was stored used GPT's default
         width = {"base_d_model": blob["base_d_model"]} if "base_d_model" in blob else {}
-        model = _gpt_to_load(ModelShape(**blob["shape"]), **width)
-        model.load_state_dict(blob["state_dict"])
-        return model
+        return _gpt_from_state(ModelShape(**blob["shape"]), blob["state_dict"], **width)
     # a Lightning checkpoint of a kdlab module
     if "kdlab_shape" not in blob:
         raise ConfigError(f"teacher checkpoint {path} is not a kdlab checkpoint (no model shape)")
     width = {"base_d_model": blob["kdlab_base_d_model"]} if "kdlab_base_d_model" in blob else {}
-    model = _gpt_to_load(ModelShape(**blob["kdlab_shape"]), **width)
-    model.load_state_dict(submodule_state(blob["state_dict"], "model."))
-    return model
+    state = submodule_state(blob["state_dict"], "model.")
+    return _gpt_from_state(ModelShape(**blob["kdlab_shape"]), state, **width)
 
 
-def _gpt_to_load(shape: ModelShape, **width: Any) -> GPT:
-    """A GPT whose random initial weights are about to be overwritten.
+def _gpt_from_state(shape: ModelShape, state: dict[str, Any], **width: Any) -> GPT:
+    """A GPT holding ``state``'s tensors themselves.
 
-    It must not draw from the global RNG: the teacher is read after the run is seeded,
-    and the student built next would start from other weights for every teacher size.
+    Built on the meta device, so it draws nothing from the global RNG (the teacher is
+    read after the run is seeded, and the student built next would otherwise start from
+    other weights for every teacher size) and allocates no weights of its own.
     """
-    with torch.random.fork_rng(devices=[]):
-        return GPT(shape, **width)
+    with torch.device("meta"):
+        model = GPT(shape, **width)
+    model.load_state_dict(state, assign=True)
+    model.to_empty(device=torch.device("cpu"), recurse=False)  # its RoPE tables
+    model.init_module(model)
+    return model
 
 
 def submodule_state(state: dict[str, Any], prefix: str) -> dict[str, Any]:

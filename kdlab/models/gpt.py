@@ -131,11 +131,25 @@ class GPT(nn.Module):
     def reset_parameters(self) -> None:
         """muP init (rule 1): hidden N(0, 1/fan_in), embedding N(0, 1/base_d_model), gains 1."""
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=module.in_features**-0.5)
-            elif isinstance(module, nn.RMSNorm):
-                nn.init.ones_(module.weight)
-        nn.init.normal_(self.wte.weight, std=self.base_d_model**-0.5)
+            if module is not self.wte:
+                self.init_module(module)
+        self.init_module(self.wte)  # last, as it always was: the same draws as before
+
+    @torch.no_grad()
+    def init_module(self, module: nn.Module, generator: torch.Generator | None = None) -> None:
+        """Rule 1 for ``module``'s own tensors, not its children's: FSDP materialises a GPT
+        built on the meta device module by module (kdlab/parallel.py). For the GPT itself,
+        its RoPE tables, which are empty after that materialisation."""
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=module.in_features**-0.5, generator=generator)
+        elif isinstance(module, nn.RMSNorm):
+            nn.init.ones_(module.weight)
+        elif module is self.wte:
+            nn.init.normal_(module.weight, std=self.base_d_model**-0.5, generator=generator)
+        elif module is self:
+            cos, sin = rope_tables(self.shape.n_ctx, self.shape.head_dim, self.shape.rope_base)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[1]
@@ -159,7 +173,8 @@ class GPT(nn.Module):
             raise ValueError(f"Learning rate must be a positive number, got {lr}.")
         if weight_decay < 0:
             raise ValueError(f"Weight decay must be non-negative, got {weight_decay}.")
-        hidden = [p for p in self.blocks.parameters() if p.ndim == 2]
+        # by module, not by p.ndim: FSDP flattens the parameters it shards
+        hidden = [m.weight for m in self.blocks.modules() if isinstance(m, nn.Linear)]
         norms = [m.weight for m in self.modules() if isinstance(m, nn.RMSNorm)]
         groups = [
             ("hidden", hidden, lr / self.width_mult, True),

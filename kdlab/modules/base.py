@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from kdlab.losses import next_token_loss
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape
+from kdlab.parallel import build_gpt, clip_gradient_norm, is_fsdp
 
 
 class DivergedError(RuntimeError):
@@ -48,7 +49,10 @@ class LanguageModelModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.shape = shape
-        self.model = GPT(shape)
+        self.model: GPT | None = None  # built in configure_model
+        # the weights are drawn from the RNG state at construction, whenever Lightning
+        # calls configure_model and however the model is built (kdlab/parallel.py)
+        self.init_rng_state = torch.get_rng_state()
         self.total_steps = total_steps
         self.lr = lr
         self.weight_decay = weight_decay
@@ -59,8 +63,26 @@ class LanguageModelModule(L.LightningModule):
         self.val_ce = MeanMetric()
         self.flops_per_batch = 0.0  # read by Lightning's ThroughputMonitor
 
+    def configure_model(self) -> None:
+        """Build the GPT: on the meta device under FSDP, which materialises it shard by
+        shard, so no rank holds the whole model in fp32; else on the CPU."""
+        if self.model is None:
+            self.model = build_gpt(self.shape, self.init_rng_state, meta=is_fsdp(self._trainer))
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's FSDP refuses to clip by norm; FSDP's own clip takes every shard."""
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        if gradient_clip_val and by_norm and clip_gradient_norm(self.trainer, gradient_clip_val):
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.optimizer_groups(self.lr, self.weight_decay)

@@ -21,6 +21,7 @@ from kdlab.losses import (
     token_confidence_correct,
     top1_agreement,
 )
+from kdlab.models.gpt import GPT
 from kdlab.modules.base import LanguageModelModule
 
 
@@ -67,10 +68,24 @@ class DistillModule(LanguageModelModule):
         return self._teacher[0]
 
     def on_fit_start(self) -> None:
-        self.teacher.to(self.device)
+        self._place_teacher()
 
     def on_validation_start(self) -> None:
-        self.teacher.to(self.device)
+        self._place_teacher()
+
+    def _place_teacher(self) -> None:
+        """The teacher whole on every device, in the compute dtype (bf16 under bf16
+        training: half the bytes of fp32, and what its matmuls run in anyway).
+
+        Not sharded with the student: it has no gradients or optimizer state, so its bf16
+        weights (2 P_T: 15.8 GB at 7.75B) are all it costs, and every paper student fits
+        beside it on 80 GB (kdlab sweep plan --gpu); sharding would add an all-gather of
+        those bytes to every micro-batch's forward. A Markov oracle keeps its fp32
+        log-probabilities: they are the exact distribution, not weights.
+        """
+        bf16 = str(self.trainer.precision).startswith("bf16")
+        dtype = torch.bfloat16 if bf16 and isinstance(self.teacher, GPT) else None
+        self.teacher.to(device=self.device, dtype=dtype)
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:

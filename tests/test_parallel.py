@@ -1,0 +1,311 @@
+"""Paper-scale training settings on CPU: FSDP per block, meta-device init, sharded
+checkpoints that resume, the teacher in the compute dtype, the resume lookup.
+
+FSDP runs here on CPU processes with gloo (kdlab.parallel passes FSDP the CPU device
+Lightning leaves out). One process in this one; two in the slow test, launched as a user
+would and killed mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from kdlab.models.gpt import GPT, rope_tables
+from kdlab.models.ladder import get_shape
+from kdlab.rundb import RunStore
+from tests.conftest import FAST, REPO, compose_run
+
+FSDP_CKPT = (
+    "+trainer.strategy={_target_:kdlab.parallel.training_strategy,"
+    "kind:fsdp,activation_checkpointing:true}"
+)
+RUN = ["model=nano_L2", "data.tokens=32768", "data.tokens_per_param=null"]
+
+
+@pytest.fixture
+def process_group(monkeypatch):
+    """A world of one, as Lightning's FSDP starts it in this process; ended afterwards so
+    later tests start without one. One thread: Lightning's launcher resets torch's
+    threads unless OMP_NUM_THREADS is set, and two threads on a busy machine are ~5x
+    slower here."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+class _StopAt(L.Callback):
+    """Fails the run after step ``step``, as a crash or a pre-emption would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
+
+
+def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
+    tmp_path, process_group, monkeypatch
+):
+    import kdlab.runner as runner
+    from kdlab.parallel import BlockFSDPStrategy
+
+    overrides = [*RUN, FSDP_CKPT, "checkpoint.every_n_steps=4"]
+    clean = runner.execute(compose_run(tmp_path / "clean", *overrides))
+
+    seen: dict[str, object] = {}
+    run_callbacks = runner.run_callbacks
+
+    def stopping(cfg, plan, attempt=None):
+        callbacks = [*run_callbacks(cfg, plan, attempt), _StopAt(6)]
+        seen["callbacks"] = callbacks
+        return callbacks
+
+    build_trainer = runner.build_trainer
+
+    def recording(*args, **kwargs):
+        seen["trainer"] = trainer = build_trainer(*args, **kwargs)
+        return trainer
+
+    monkeypatch.setattr(runner, "run_callbacks", stopping)
+    monkeypatch.setattr(runner, "build_trainer", recording)
+    with pytest.raises(RuntimeError, match="stopped at step 6"):
+        runner.execute(compose_run(tmp_path / "stopped", *overrides))
+    trainer = seen["trainer"]
+    assert isinstance(trainer.strategy, BlockFSDPStrategy)
+    model = trainer.lightning_module.model
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    # one FSDP unit per block, each checkpointed; the embedding stays in the root unit
+    assert all(isinstance(block, FSDP) for block in model.blocks)
+    assert all(isinstance(b._fsdp_wrapped_module, CheckpointWrapper) for b in model.blocks)
+    assert not isinstance(model.wte, FSDP)
+
+    last = tmp_path / "stopped" / "runs" / clean["key"] / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / "meta.pt").is_file()  # sharded: a directory
+    assert [p.name for p in last.glob("*.distcp")] == ["__0_0.distcp"]
+    meta = torch.load(last / "meta.pt", weights_only=False)
+    assert meta["global_step"] == 4 and "state_dict" not in meta  # weights are in the shards
+
+    monkeypatch.undo()
+    resumed = runner.execute(compose_run(tmp_path / "stopped", *overrides))
+    assert resumed["key"] == clean["key"] and resumed["status"] == clean["status"] == "done"
+    assert resumed["val_loss"] == pytest.approx(clean["val_loss"], abs=1e-5)
+    assert resumed["steps"] == clean["steps"] == 32768 // (clean["batch_size"] * 128)
+
+    # the final weights are gathered whole, with the GPT's own names, and load as a teacher
+    from kdlab.teacher import load_weights
+
+    teacher = load_weights(Path(resumed["run_dir"]) / "model.pt")
+    blob = torch.load(Path(clean["run_dir"]) / "model.pt", weights_only=True)
+    assert sorted(blob["state_dict"]) == sorted(GPT(get_shape("nano", "L2")).state_dict())
+    for name, tensor in teacher.state_dict().items():
+        torch.testing.assert_close(tensor, blob["state_dict"][name], atol=1e-5, rtol=0)
+
+
+def test_meta_init_draws_mup_weights_and_rope_tables(process_group):
+    """A GPT built on the meta device, materialised unit by unit by FSDP: rule 1 of the
+    muP init (N(0, 1/fan_in) matrices, N(0, 1/base) embedding, unit gains) and real RoPE
+    tables, the same on every call with the same RNG state."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from kdlab.models.gpt import Block
+    from kdlab.parallel import MetaInit, build_gpt
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{free.getsockname()[1]}"
+    torch.distributed.init_process_group("gloo", init_method=address, rank=0, world_size=1)
+    shape = get_shape("micro", "L4")  # d 128: wide enough for the stds to tell
+
+    def materialised(rng_state: torch.Tensor) -> dict[str, torch.Tensor]:
+        root = nn.Module()
+        root.init_rng_state = rng_state
+        root.model = build_gpt(shape, rng_state, meta=True)
+        assert root.model.wte.weight.is_meta
+        wrapped = FSDP(
+            root,
+            auto_wrap_policy=ModuleWrapPolicy({Block}),
+            param_init_fn=MetaInit(root),
+            device_id=torch.device("cpu"),
+            use_orig_params=True,
+        )
+        cos, sin = rope_tables(shape.n_ctx, shape.head_dim, shape.rope_base)
+        assert torch.equal(root.model.rope_cos, cos) and torch.equal(root.model.rope_sin, sin)
+        config = FullStateDictConfig(rank0_only=True)
+        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config):
+            return wrapped.state_dict()
+
+    torch.manual_seed(7)
+    state = materialised(torch.get_rng_state())
+    torch.manual_seed(7)
+    again = materialised(torch.get_rng_state())
+    for name, tensor in state.items():
+        torch.testing.assert_close(tensor, again[name], atol=0, rtol=0)
+    for name, tensor in state.items():
+        if name.endswith("norm.weight") or "norm_f" in name:
+            assert torch.equal(tensor, torch.ones_like(tensor)), name
+        elif name == "model.wte.weight":
+            assert tensor.std().item() == pytest.approx(32**-0.5, rel=0.05)
+        else:
+            assert tensor.std().item() == pytest.approx(tensor.shape[1] ** -0.5, rel=0.05), name
+
+
+def test_training_strategy_kinds():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from kdlab.parallel import BlockFSDPStrategy, training_strategy
+
+    ddp = training_strategy("ddp")
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"gradient_as_bucket_view": True}
+    fsdp = training_strategy("fsdp", activation_checkpointing=True)
+    assert isinstance(fsdp, BlockFSDPStrategy) and fsdp._state_dict_type == "sharded"
+    assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {_block()}
+    assert fsdp._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {_block()}
+    assert training_strategy("fsdp")._activation_checkpointing_kwargs == {}
+    with pytest.raises(ValueError, match="'ddp' or 'fsdp', not 'zero3'"):
+        training_strategy("zero3")
+    with pytest.raises(ValueError, match="fsdp strategy only"):
+        training_strategy("ddp", activation_checkpointing=True)
+
+
+def _block() -> type:
+    from kdlab.models.gpt import Block
+
+    return Block
+
+
+def test_resume_takes_the_newest_complete_checkpoint_file_or_sharded_directory(tmp_path):
+    from kdlab.runner import SHARDED_METADATA, Attempt, _resume_checkpoint
+
+    attempt = Attempt(1, tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert _resume_checkpoint(attempt) is None
+    older = tmp_path / "hpc_ckpt_1.ckpt"
+    torch.save({"state_dict": {}, "global_step": 1}, older)
+    os.utime(older, (1000, 1000))
+    last.mkdir(parents=True)  # shards being written: no metadata yet
+    assert _resume_checkpoint(attempt) == older
+    (last / SHARDED_METADATA).write_bytes(b"x")
+    assert _resume_checkpoint(attempt) == last
+    os.utime(last / SHARDED_METADATA, (500, 500))
+    assert _resume_checkpoint(attempt) == older
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_teacher_is_placed_in_the_compute_dtype(tmp_path, precision):
+    """A GPT teacher is cast to bf16 under bf16 training (fp32 otherwise), not sharded
+    and not trained; a Markov oracle keeps its exact fp32 log-probabilities."""
+    from kdlab.runner import build_module, plan_run
+
+    cfg = compose_run(
+        tmp_path,
+        "data=markov",
+        "model=nano_L1",
+        "data.tokens=8192",
+        "data.tokens_per_param=null",
+        "objective=distill",
+        "teacher=oracle",
+    )
+    plan = plan_run(cfg)
+    oracle = build_module(cfg, plan)
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    L.Trainer(max_steps=1, limit_val_batches=0, precision=precision, **quiet).fit(
+        oracle, datamodule=plan.data
+    )
+    assert oracle.teacher.log_probs.dtype == torch.float32
+
+    teacher = GPT(get_shape("nano", "L1", vocab_size=plan.data.vocab_size)).requires_grad_(False)
+    module = build_module(cfg, plan)
+    module._teacher = [teacher]
+    before = [p.detach().float().clone() for p in teacher.parameters()]
+    L.Trainer(max_steps=2, limit_val_batches=0, precision=precision, **quiet).fit(
+        module, datamodule=plan.data
+    )
+    expected = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+    assert {p.dtype for p in teacher.parameters()} == {expected}
+    for old, new in zip(before, teacher.parameters(), strict=True):
+        torch.testing.assert_close(new.float(), old, atol=0.01 * old.abs().max().item(), rtol=0)
+    assert not any(p is q for p in teacher.parameters() for q in module.parameters())
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_run_killed_mid_run_resumes_to_the_same_loss(tmp_path):
+    """Two CPU processes under FSDP, killed after their first sharded checkpoint and
+    launched again, end where an uninterrupted two-process run ends."""
+    args = [
+        *FAST,
+        "trainer=ddp",
+        "trainer.devices=2",
+        *RUN[:1],
+        "data.tokens=409600",  # 200 steps: the kill lands mid-run
+        "data.tokens_per_param=null",
+        "checkpoint.every_n_steps=10",
+        FSDP_CKPT.lstrip("+"),
+    ]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "kdlab.train", *args]
+    proc = subprocess.Popen(
+        [*command, f"paths.root_dir={killed}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the kill takes both ranks
+    )
+    deadline = time.time() + 900  # the second rank starts slowly on a busy machine
+    metadata = "runs/*/checkpoints/last.ckpt/meta.pt"
+    while time.time() < deadline and not list(killed.glob(metadata)):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [meta] = list(killed.glob(metadata))
+    assert 0 < torch.load(meta, weights_only=False)["global_step"] < 200  # killed part-way
+    assert len(list(meta.parent.glob("*.distcp"))) == 2  # one shard per rank
+
+    for root in (killed, clean):
+        out = subprocess.run(
+            [*command, f"paths.root_dir={root}"], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+    key = meta.parent.parent.parent.name
+    a, b = (RunStore(f"sqlite:///{r}/runs/kdlab.db").get(key) for r in (killed, clean))
+    assert a["status"] == b["status"] == "done" and a["steps"] == b["steps"] == 200
+    assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+
+
+def test_the_split_of_a_batch_is_not_science(train, tmp_path):
+    """Sequences per optimizer step are science; how they are split over accumulation
+    steps is hardware (sample g of a run is the same window however it is split): a run
+    of 2 sequences x 2 steps is the finished 4 x 1 run, and a student split another way
+    than its teacher finds it."""
+    from tests.test_distill import STUDENT, TEACHER
+
+    whole = train(*TEACHER, "data.module.batch_size=4")  # 64 steps: enough to learn
+    split = train(*TEACHER, "data.module.batch_size=2", "trainer.accumulate_grad_batches=2")
+    assert split["key"] == whole["key"] and split["updated_at"] == whole["updated_at"]  # skipped
+    student = train(*STUDENT, "data.module.batch_size=2", "trainer.accumulate_grad_batches=2")
+    assert student["status"] == "done" and student["teacher_key"] == whole["key"]
+    assert (student["batch_size"], student["config"]["trainer"]["accumulate_grad_batches"]) == (
+        2,
+        2,
+    )
+    # an optimizer step of another size is other science
+    other = train(*TEACHER, "data.module.batch_size=2")
+    assert other["key"] != whole["key"]
