@@ -214,16 +214,26 @@ def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
     from kdlab.cli import main
     from kdlab.rundb import schema_version
 
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
-    RunStore(url).start("a", role="teacher")
-    assert _revision(url) == schema_version.head()
+    from alembic import command
 
-    # a database from before migrations (no version table) reads as the baseline, and
-    # `kdlab runs migrate` records its revision without touching its rows
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    RunStore(fresh).start("a", role="teacher")
+    assert _revision(fresh) == schema_version.head()
+
+    # a database from before migrations (the baseline's tables, no version table) reads
+    # as the baseline: it is refused until `kdlab runs migrate` brings it to head,
+    # keeping its rows
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
     with create_engine(url).begin() as conn:
+        command.upgrade(schema_version._config(conn), schema_version.BASELINE)
         conn.execute(text("DROP TABLE alembic_version"))
-    assert RunStore(url, create=False).get("a")["status"] == "running"
+        conn.execute(
+            text("INSERT INTO runs (key, status, role) VALUES ('a', 'running', 'teacher')")
+        )
+    with pytest.raises(RunDBError, match="has schema revision 0001, and this kdlab writes"):
+        RunStore(url, create=False)
     assert main(["runs", "--db", url, "migrate"]) == 0
+    assert RunStore(url, create=False).get("a")["status"] == "running"
     assert _revision(url) == schema_version.head()
     assert RunStore(url, create=False).get("a")["role"] == "teacher"
 
