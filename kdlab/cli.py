@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("kdlab.study", "run a study's stages in order, skipping what is done"),
     "demo": ("kdlab.demo", "run the built-in nano study end to end"),
     "report": ("kdlab.report.cli", "HTML report of the runs, fits and plans"),
+    "teacher": ("kdlab.teachers.cli", "run a teacher once for many students (logit cache)"),
+    "generate": ("kdlab.teachers.cli", "sample a corpus from a teacher for text-only students"),
+    "export": ("kdlab.hf", "export a run's weights (Hugging Face transformers format)"),
 }
 
 

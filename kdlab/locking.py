@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -71,6 +72,15 @@ def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(final: str | os.PathLike[str], obj: Any) -> None:
     """JSON flavour of :func:`atomic_write_text` (sorted keys, so files diff cleanly)."""
     atomic_write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_once(final: str | os.PathLike[str], build: Callable[[], None]) -> bool:

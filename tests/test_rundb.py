@@ -209,12 +209,11 @@ def _revision(url: str) -> str | None:
 
 
 def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
+    from alembic import command
     from sqlalchemy import create_engine, text
 
     from kdlab.cli import main
     from kdlab.rundb import schema_version
-
-    from alembic import command
 
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     RunStore(fresh).start("a", role="teacher")
