@@ -128,8 +128,8 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
     facts = science(cfg, shape, data, tokens)
     teacher, feature_flops = None, 0.0
     if role == "student":
+        check_objective(cfg.teacher, cfg.objective)
         teacher = resolve(cfg.teacher, store, data, lambda spec: _teacher_key(cfg, spec))
-        check_objective(teacher, cfg.objective, cfg.teacher)
         facts["teacher"] = teacher.science
         feature_flops = _feature_flops(cfg.objective, shape, teacher)
     key = run_key(facts)

@@ -162,10 +162,10 @@ def connect(teacher: Teacher, data: Any) -> dict[str, Any]:
     )
 
 
-def check_objective(teacher: Teacher, objective: Mapping[str, Any], spec: DictConfig) -> None:
-    """Refuse an objective this teacher cannot serve, before any compute."""
+def check_objective(spec: DictConfig, objective: Mapping[str, Any]) -> None:
+    """Refuse an objective the teacher ``spec`` names cannot serve, before any lookup."""
     distill = "kd_lambda" in objective
-    if teacher.kind == "generated":
+    if spec.get("generate") is not None:
         if distill:
             raise ConfigError(
                 "teacher=generated gives text only, so its students learn it with hard labels: "
@@ -178,12 +178,14 @@ def check_objective(teacher: Teacher, objective: Mapping[str, Any], spec: DictCo
             "teacher=generated with objective=seqkd, or objective=distill"
         )
     features = objective.get("features") or {}
-    if (features.get("weight") or features.get("attention_weight")) and teacher.shape is None:
-        raise ConfigError(
-            "feature matching needs a kdlab teacher network (teacher=run or a checkpoint), "
-            f"not a {teacher.kind} teacher"
-        )
-    if teacher.kind != "cache":
+    if features.get("weight") or features.get("attention_weight"):
+        kind = _kind(spec)
+        if kind not in ("run", "checkpoint"):
+            raise ConfigError(
+                "feature matching needs a kdlab teacher network (teacher=run or a checkpoint), "
+                f"not a {kind} teacher"
+            )
+    if spec.get("cache") is None:
         return
     k, top_k = spec.cache.k, objective.get("top_k")
     if top_k is not None and top_k > k:
@@ -194,6 +196,16 @@ def check_objective(teacher: Teacher, objective: Mapping[str, Any], spec: DictCo
         or (divergence == "skew_reverse_kl" and not objective.get("alpha"))
     ):
         raise ConfigError(f"{divergence} against a teacher cache's top k is infinite")
+
+
+def _kind(spec: DictConfig) -> str:
+    for kind, node in (("cache", "cache"), ("generated", "generate")):
+        if spec.get(node) is not None:
+            return kind
+    for kind, node in (("mixture", "teachers"), ("hf", "hf"), ("oracle", "oracle")):
+        if spec.get(node):
+            return kind
+    return "checkpoint" if spec.get("checkpoint") else "run"
 
 
 __all__ = ["check_objective", "connect", "resolve", "teacher_facts"]
