@@ -68,9 +68,9 @@ def teacher_config(cfg: DictConfig, spec: DictConfig | None = None) -> DictConfi
         tcfg.objective = OmegaConf.create(
             {"_target_": "kdlab.modules.PretrainModule", "_partial_": True}
         )
-        tcfg.data.tokens = spec.tokens
-        tcfg.data.tokens_per_param = spec.tokens_per_param
-        tcfg.data.flops = spec.flops
+        tcfg.data.tokens = spec.get("tokens")
+        tcfg.data.tokens_per_param = spec.get("tokens_per_param")
+        tcfg.data.flops = spec.get("flops")
         if spec.get("seed") is not None:
             tcfg.seed = spec.seed
     return tcfg
