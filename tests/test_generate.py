@@ -27,7 +27,7 @@ MARKOV = [
 ORACLE_TEXT = [
     "objective=seqkd",
     "teacher=generated",
-    "+teacher.oracle=true",
+    "teacher.oracle=true",
     "teacher.generate.length=256",
 ]
 

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.errors import ConfigError
-from kdlab.features import FeatureMatching, layer_pairs, training_flops_per_token
+from kdlab.features import layer_pairs, training_flops_per_token
 from kdlab.models.ladder import get_shape
+from kdlab.modules.features import FeatureMatching
 from kdlab.teacher import Teacher
 from kdlab.teachers.mixture import MixtureTeacher, mixture
 from tests.conftest import FAST, run_cli

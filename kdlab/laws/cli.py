@@ -495,6 +495,12 @@ def _print_plan(result: dict[str, Any]) -> None:
         elif value is not None:
             table.add_row(key, str(value))
     console.print(table)
+    if result["scenario"] == "pretraining":  # logits computed once and reused
+        console.print(
+            "how it runs: `kdlab teacher cache` computes the teacher's top-k logits once over "
+            "the student's tokens, then each student trains from them with teacher=cache "
+            "(the cache's FLOPs are counted once: `kdlab runs compute`)"
+        )
 
 
 # ---------------------------------------------------------------------------- glue

@@ -17,7 +17,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryCalibrationError
 
-from kdlab.features import FeatureMatching, layer_pairs
+from kdlab.features import layer_pairs
 from kdlab.losses import (
     IGNORE_INDEX,
     TAIDSchedule,
@@ -30,6 +30,7 @@ from kdlab.losses import (
 )
 from kdlab.models.ladder import ModelShape
 from kdlab.modules.base import LanguageModelModule
+from kdlab.modules.features import FeatureMatching
 
 
 class DistillModule(LanguageModelModule):
