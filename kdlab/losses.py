@@ -328,9 +328,22 @@ def distill_loss(
     scale = tau**2 if tau_squared else 1.0
     inv_tau = 1.0 / tau
 
+    # a sparse teacher's forward KL needs the student only at its k tokens (no dense
+    # [N, V] teacher): sum_k p_k (log p_k - log q_k), the same value and gradient
+    sparse_kl = (
+        len(teacher) == 2
+        and divergence == "forward_kl"
+        and (top_k is None or top_k >= teacher[0].shape[-1])
+        and (top_p is None or top_p >= 1.0)
+    )
+
     def fn(zs: Tensor, m: Tensor, *zt: Tensor) -> tuple[Tensor]:
         zs = _upcast(zs)
-        if hard:  # student CE on the teacher's top-1 token (argmax is tau-invariant)
+        if sparse_kl and not hard:
+            log_ps = torch.log_softmax(zs * inv_tau, dim=-1).gather(-1, zt[1])
+            log_pt = torch.log_softmax(_upcast(zt[0]) * inv_tau, dim=-1)
+            rows = _kl_rows(log_pt, log_ps)
+        elif hard:  # student CE on the teacher's top-1 token (argmax is tau-invariant)
             lse = torch.logsumexp(zs * inv_tau, dim=-1)
             z_top = zs.gather(-1, _teacher_argmax(zt).unsqueeze(-1)).squeeze(-1) * inv_tau
             rows = lse - z_top
