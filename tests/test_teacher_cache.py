@@ -146,6 +146,10 @@ def test_students_share_one_cache_counted_once(train, tmp_path, capsys):
     assert compute["total"] == pytest.approx(
         teacher["flops"] + students + f_t * 16384 + row["flops"]
     )
+    capsys.readouterr()
+    assert main(["runs", "--db", f"sqlite:///{tmp_path}/runs/kdlab.db", "compute"]) == 0
+    table = capsys.readouterr().out
+    assert f"{row['flops']:.4g}" in table and "caches and generated text" in table
     labels = set(fit_points(f"sqlite:///{tmp_path}/runs/kdlab.db", "distillation")["kd_objective"])
     assert labels == {
         "forward_kl lambda=1 tau=1 top_k=8",
