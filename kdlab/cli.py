@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("kdlab.report.cli", "HTML report of the runs, fits and plans"),
     "dashboard": ("kdlab.dashboard.cli", "interactive planner: a budget in, a strategy out"),
     "data": ("kdlab.data.cli", "prepare a corpus's token cache (for runs without network)"),
+    "teacher": ("kdlab.teachers.cli", "run a teacher once for many students (logit cache)"),
+    "generate": ("kdlab.teachers.cli", "sample a corpus from a teacher for text-only students"),
+    "export": ("kdlab.hf", "export a run's weights (Hugging Face transformers format)"),
 }
 
 

@@ -52,10 +52,11 @@ def run_tokens(shape: ModelShape, budget: Any, scale: float = 1.0) -> int:
     return max(1, round(tokens * scale))
 
 
-def teacher_config(cfg: DictConfig) -> DictConfig:
+def teacher_config(cfg: DictConfig, spec: DictConfig | None = None) -> DictConfig:
     """The config of the teacher run a student names by science settings: the student's
-    data, its own size and budget, pretraining on the teacher split."""
-    spec = cfg.teacher
+    data, its own size and budget, pretraining on the teacher split. ``spec`` is one of
+    several teachers' (default: the student's ``teacher``)."""
+    spec = cfg.teacher if spec is None else spec
     path = CONF_DIR / "model" / f"{spec.model}.yaml"
     if not path.exists():
         choices = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -67,9 +68,9 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
         tcfg.objective = OmegaConf.create(
             {"_target_": "kdlab.modules.PretrainModule", "_partial_": True}
         )
-        tcfg.data.tokens = spec.tokens
-        tcfg.data.tokens_per_param = spec.tokens_per_param
-        tcfg.data.flops = spec.flops
+        tcfg.data.tokens = spec.get("tokens")
+        tcfg.data.tokens_per_param = spec.get("tokens_per_param")
+        tcfg.data.flops = spec.get("flops")
         if spec.get("seed") is not None:
             tcfg.seed = spec.seed
     return tcfg

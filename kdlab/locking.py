@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -117,12 +118,21 @@ def temp_path_for(final: str | os.PathLike[str]) -> Path:
 
 
 def writable_folder(
-    folder: str | os.PathLike[str], choose: str = "another run root (paths.root_dir= or KDLAB_ROOT)"
+    folder: str | os.PathLike[str],
+    choose: str = "another run root (paths.root_dir= or KDLAB_ROOT)",
+    make: bool = True,
 ) -> Path:
-    """``folder``, made if missing, once a file could be created in it; otherwise a
-    ConfigError that says how to ``choose`` another. Runs check their folders before they
-    tokenize or train, not when their first checkpoint is due."""
+    """``folder``, made if missing (``make``), once a file could be created in it;
+    otherwise a ConfigError that says how to ``choose`` another. Runs check their folders
+    before they tokenize or train, not when their first checkpoint is due. ``make=False``
+    (a command that has yet to read its input) leaves a missing folder missing and asks
+    the nearest existing one instead."""
     folder = Path(folder)
+    if not make and not folder.exists():
+        nearest = next(p for p in folder.absolute().parents if p.exists())
+        if not (nearest.is_dir() and os.access(nearest, os.W_OK | os.X_OK)):
+            raise ConfigError(f"the folder {nearest} is not writable: choose {choose}")
+        return folder
     try:
         temp_path_for(folder / "write-test").unlink()
     except OSError as err:
@@ -177,6 +187,15 @@ def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(final: str | os.PathLike[str], obj: Any) -> None:
     """JSON flavour of :func:`atomic_write_text` (sorted keys, so files diff cleanly)."""
     atomic_write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_once(final: str | os.PathLike[str], build: Callable[[], None]) -> bool:

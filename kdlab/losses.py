@@ -72,6 +72,25 @@ class LossSums(NamedTuple):
     n_tokens: Tensor  # number of valid targets, int64 scalar
 
 
+class SparseTeacher(NamedTuple):
+    """A teacher's k most likely next tokens per position, as a logit cache stores them.
+
+    ``log_probs`` are log-probabilities at tau = 1 under the full vocabulary, sorted
+    descending along the last axis; ``log_rest`` is the log of the mass outside the k.
+    Renormalised over the k they are exactly the online teacher truncated to its top k,
+    at any temperature (log p_i / tau differs from z_i / tau by a constant per row).
+    """
+
+    log_probs: Tensor  # [..., k], any float dtype (16-bit in a cache)
+    indices: Tensor  # [..., k], integer token ids
+    log_rest: Tensor  # [...], log(1 - sum of the k probabilities)
+    target_log_prob: Tensor | None = None  # [...], log p_T(the realised next token)
+
+
+# What the distillation losses accept as the teacher: dense logits or a sparse top k.
+TeacherSignal = Tensor | SparseTeacher
+
+
 class StudentLoss(NamedTuple):
     """Output of :func:`combined_student_loss`: the loss to backprop plus its parts (sums)."""
 
@@ -294,7 +313,7 @@ def check_distill_options(
 
 def distill_loss(
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: TeacherSignal,
     targets: Tensor,
     *,
     divergence: str = "forward_kl",
@@ -316,40 +335,108 @@ def distill_loss(
     p_S = softmax(z_S / tau); the divergence is scaled by tau^2 when ``tau_squared`` so
     gradient magnitudes do not shrink as 1/tau^2 (Hinton et al. 2015).
     ``hard=True`` replaces the divergence by CE of the student on argmax z_T.
-    ``teacher_logits`` never receives a gradient.
+    ``teacher_logits`` never receives a gradient. A :class:`SparseTeacher` (a logit
+    cache's top k) is the teacher truncated to those k tokens, so it gives the online
+    teacher's loss at ``top_k = k``; ``top_k`` and ``top_p`` may truncate it further.
     """
     check_distill_options(divergence, tau, beta, alpha, hard, top_k, top_p)
     if divergence == "taid" and not hard and (taid_t is None or not 0.0 <= taid_t <= 1.0):
         raise ValueError(f"taid needs taid_t in [0, 1], got {taid_t}")
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student {tuple(student_logits.shape)} vs teacher {tuple(teacher_logits.shape)}"
-        )
-
+    truncated = top_k is not None or (top_p is not None and top_p < 1.0)
+    if (
+        truncated
+        and not hard
+        and (divergence == "reverse_kl" or (divergence == "skew_reverse_kl" and alpha == 0.0))
+    ):
+        raise ValueError(f"{divergence} against a truncated teacher is infinite")
     s_flat, tgt = _flatten(student_logits, targets)
-    t_flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    teacher = _flat_teacher(teacher_logits, student_logits.shape)
     mask = tgt != ignore_index
     chunk = chunk_tokens or default_chunk_tokens(s_flat.shape[-1])
     scale = tau**2 if tau_squared else 1.0
     inv_tau = 1.0 / tau
 
-    def fn(zs: Tensor, zt: Tensor, m: Tensor) -> tuple[Tensor]:
+    # a sparse teacher's forward KL needs the student only at its k tokens (no dense
+    # [N, V] teacher): sum_k p_k (log p_k - log q_k), the same value and gradient
+    sparse_kl = (
+        len(teacher) == 2
+        and divergence == "forward_kl"
+        and (top_k is None or top_k >= teacher[0].shape[-1])
+        and (top_p is None or top_p >= 1.0)
+    )
+
+    def fn(zs: Tensor, m: Tensor, *zt: Tensor) -> tuple[Tensor]:
         zs = _upcast(zs)
-        zt = _upcast(zt)
-        if hard:  # student CE on the teacher's top-1 token (argmax is tau-invariant)
+        if sparse_kl and not hard:
+            log_ps = torch.log_softmax(zs * inv_tau, dim=-1).gather(-1, zt[1])
+            log_pt = torch.log_softmax(_upcast(zt[0]) * inv_tau, dim=-1)
+            rows = _kl_rows(log_pt, log_ps)
+        elif hard:  # student CE on the teacher's top-1 token (argmax is tau-invariant)
             lse = torch.logsumexp(zs * inv_tau, dim=-1)
-            z_top = zs.gather(-1, zt.argmax(-1, keepdim=True)).squeeze(-1) * inv_tau
+            z_top = zs.gather(-1, _teacher_argmax(zt).unsqueeze(-1)).squeeze(-1) * inv_tau
             rows = lse - z_top
         else:
             log_ps = torch.log_softmax(zs * inv_tau, dim=-1)
-            log_pt = truncate_teacher(torch.log_softmax(zt * inv_tau, dim=-1), top_k, top_p)
+            log_pt = truncate_teacher(_teacher_log_probs(zt, zs.shape[-1], inv_tau), top_k, top_p)
             rows = divergence_rows(
                 log_ps, log_pt, divergence, beta=beta, alpha=alpha, taid_t=taid_t
             )
         return (torch.where(m, rows, 0.0).sum(),)
 
-    (total,) = _chunked_sums(fn, (s_flat, t_flat, mask), chunk, n_out=1)
+    (total,) = _chunked_sums(fn, (s_flat, mask, *teacher), chunk, n_out=1)
     return scale * total
+
+
+@torch.no_grad()
+def sparse_teacher(logits: Tensor, k: int, targets: Tensor | None = None) -> SparseTeacher:
+    """The top ``k`` of a teacher's logits as a logit cache stores them (fp32).
+
+    The mass outside the k is the logsumexp of the other log-probabilities, exact where
+    log(1 - sum p_k) would cancel; ``targets`` (ids, any negative one ignored) adds the
+    log-probability of each realised next token, the teacher's own loss L_T.
+    """
+    log_p = torch.log_softmax(_upcast(logits), dim=-1)
+    if not 1 <= k <= log_p.shape[-1]:
+        raise ValueError(f"k must be in [1, {log_p.shape[-1]}], got {k}")
+    top = log_p.topk(k, dim=-1)  # sorted, most likely first
+    rest = log_p.scatter(-1, top.indices, -math.inf).logsumexp(-1)
+    target = None
+    if targets is not None:
+        target = log_p.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return SparseTeacher(top.values, top.indices, rest, target)
+
+
+def _flat_teacher(teacher: TeacherSignal, student_shape: torch.Size) -> tuple[Tensor, ...]:
+    """The teacher's tensors as rows, detached: (logits,) or (log_probs, indices)."""
+    if isinstance(teacher, SparseTeacher):
+        if teacher.log_probs.shape[:-1] != student_shape[:-1]:
+            raise ValueError(
+                f"student {tuple(student_shape)} vs sparse teacher {tuple(teacher.log_probs.shape)}"
+            )
+        k = teacher.log_probs.shape[-1]
+        return (
+            teacher.log_probs.detach().reshape(-1, k),
+            teacher.indices.reshape(-1, k).long(),
+        )
+    if teacher.shape != student_shape:
+        raise ValueError(f"student {tuple(student_shape)} vs teacher {tuple(teacher.shape)}")
+    return (teacher.detach().reshape(-1, teacher.shape[-1]),)
+
+
+def _teacher_log_probs(zt: tuple[Tensor, ...], vocab_size: int, inv_tau: float) -> Tensor:
+    """Rows of log softmax(z_T / tau) over the vocabulary; a sparse teacher's k tokens
+    renormalised at tau, -inf elsewhere (the online teacher truncated to its top k)."""
+    if len(zt) == 1:
+        return torch.log_softmax(_upcast(zt[0]) * inv_tau, dim=-1)
+    log_probs, indices = zt
+    kept = torch.log_softmax(_upcast(log_probs) * inv_tau, dim=-1)
+    dense = kept.new_full((kept.shape[0], vocab_size), -math.inf)
+    return dense.scatter_(-1, indices, kept)
+
+
+def _teacher_argmax(zt: tuple[Tensor, ...]) -> Tensor:
+    """The teacher's most likely token per row (a sparse teacher's first index)."""
+    return zt[0].argmax(-1) if len(zt) == 1 else zt[1][:, 0]
 
 
 # --------------------------------------------------------------------------------------
@@ -360,7 +447,7 @@ def distill_loss(
 def combined_student_loss(
     student_logits: Tensor,
     targets: Tensor,
-    teacher_logits: Tensor | None = None,
+    teacher_logits: TeacherSignal | None = None,
     *,
     kd_weight: float = 1.0,
     z_loss_weight: float = 1e-4,
@@ -488,14 +575,23 @@ class TAIDSchedule:
 @torch.no_grad()
 def kl_teacher_student(
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: TeacherSignal,
     targets: Tensor,
     *,
     tau: float = 1.0,
     ignore_index: int = IGNORE_INDEX,
     chunk_tokens: int | None = None,
 ) -> Tensor:
-    """Sum over valid tokens of KL(p_T || p_S) at temperature tau (no tau^2, no grad)."""
+    """Sum over valid tokens of KL(p_T || p_S) at temperature tau (no tau^2, no grad).
+
+    For a sparse teacher (tau = 1 only) it is the KL between the two distributions
+    coarsened to the teacher's k tokens plus one bucket for the rest: what a top-k cache
+    can tell, and a lower bound of the full KL (coarsening never increases a divergence).
+    """
+    if isinstance(teacher_logits, SparseTeacher):
+        if tau != 1.0:
+            raise ValueError("the KL against a sparse teacher is only defined at tau = 1")
+        return _coarse_kl(student_logits, teacher_logits, targets != ignore_index)
     return distill_loss(
         student_logits,
         teacher_logits,
@@ -508,17 +604,44 @@ def kl_teacher_student(
     )
 
 
+def _coarse_kl(student_logits: Tensor, teacher: SparseTeacher, mask: Tensor) -> Tensor:
+    log_q = torch.log_softmax(_upcast(student_logits), dim=-1)
+    log_q_k = log_q.gather(-1, teacher.indices.long())
+    log_q_rest = torch.log1p(-log_q_k.exp().sum(-1).clamp_max(1.0 - 1e-7))
+    log_p_k, log_r = _upcast(teacher.log_probs), _upcast(teacher.log_rest)
+    rows = _kl_rows(log_p_k, log_q_k) + _kl_rows(log_r.unsqueeze(-1), log_q_rest.unsqueeze(-1))
+    return torch.where(mask, rows, 0.0).sum()
+
+
+def teacher_target_log_loss(
+    teacher_logits: TeacherSignal, targets: Tensor, *, ignore_index: int = IGNORE_INDEX
+) -> tuple[Tensor, Tensor]:
+    """(sum of -log p_T(target), number of valid targets): the teacher's own loss L_T."""
+    if isinstance(teacher_logits, SparseTeacher):
+        if teacher_logits.target_log_prob is None:
+            raise ValueError("this sparse teacher does not hold its target log-probabilities")
+        mask = targets != ignore_index
+        rows = -_upcast(teacher_logits.target_log_prob)
+        return torch.where(mask, rows, 0.0).sum(), mask.sum()
+    sums = next_token_loss(teacher_logits, targets, ignore_index=ignore_index)
+    return sums.ce_sum, sums.n_tokens
+
+
 @torch.no_grad()
 def top1_agreement(
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: TeacherSignal,
     targets: Tensor,
     *,
     ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, Tensor]:
     """(number of valid tokens where argmax z_S == argmax z_T, number of valid tokens)."""
     mask = targets != ignore_index
-    agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask
+    if isinstance(teacher_logits, SparseTeacher):
+        teacher_top = teacher_logits.indices[..., 0].long()
+    else:
+        teacher_top = teacher_logits.argmax(-1)
+    agree = (student_logits.argmax(-1) == teacher_top) & mask
     return agree.sum(), mask.sum()
 
 

@@ -20,12 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab.configs import build
 from kdlab.errors import ConfigError
+from kdlab.features import check_settings as check_feature_settings
+from kdlab.features import layer_pairs, training_flops_per_token
 from kdlab.identity import ROLE_SPLIT, run_key, run_tokens, science, teacher_config
 from kdlab.locking import writable_folder
 from kdlab.losses import TAIDSchedule, check_distill_options
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
 from kdlab.rundb import RunStore, configured_url
-from kdlab.teacher import Teacher, resolve_teacher
+from kdlab.teacher import Teacher
+from kdlab.teachers import check_objective, resolve
 
 
 @dataclasses.dataclass
@@ -45,6 +48,7 @@ class RunPlan:
     db_source: str  # where the database URL came from (kdlab.rundb.url's rule)
     teacher: Teacher | None = None
     accumulate: int = 1
+    feature_flops_per_token: float = 0.0  # what feature matching adds to a training step
 
     @property
     def steps(self) -> int:
@@ -58,8 +62,9 @@ class RunPlan:
 
     @property
     def train_flops(self) -> float:
-        """The run's own training compute, 3 F(N) D (a student's teacher not included)."""
-        return 3.0 * self.flops_per_token * self.tokens
+        """The run's own training compute, 3 F(N) D plus feature matching's projections
+        (a student's teacher not included)."""
+        return (3.0 * self.flops_per_token + self.feature_flops_per_token) * self.tokens
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:
@@ -176,10 +181,12 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
     data.setup("fit")
 
     facts = science(cfg, shape, data, tokens)
-    teacher = None
+    teacher, feature_flops = None, 0.0
     if role == "student":
-        teacher = resolve_teacher(cfg.teacher, store, data, _teacher_key(cfg))
-        facts["teacher"] = teacher.key
+        check_objective(cfg.teacher, cfg.objective)
+        teacher = resolve(cfg.teacher, store, data, lambda spec: _teacher_key(cfg, spec))
+        facts["teacher"] = teacher.science
+        feature_flops = _feature_flops(cfg.objective, shape, teacher)
     key = run_key(facts)
     return RunPlan(
         key=key,
@@ -195,14 +202,30 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         db_source=db_source,
         teacher=teacher,
         accumulate=accumulate,
+        feature_flops_per_token=feature_flops,
     )
 
 
-def _teacher_key(cfg: DictConfig) -> str | None:
-    """The key of the teacher run a student names, by key or by science settings."""
-    spec = cfg.teacher
+def _teacher_key(cfg: DictConfig, spec: DictConfig) -> str | None:
+    """The key of the teacher run ``spec`` (the student's teacher, or one of several)
+    names, by key or by science settings."""
     if spec.get("key"):
         return spec.key
     if spec.get("model"):
-        return plan_run(teacher_config(cfg)).key  # a teacher's key is computed like any run's
+        # a teacher's key is computed like any run's
+        return plan_run(teacher_config(cfg, spec)).key
     return None
+
+
+def _feature_flops(objective: DictConfig, shape: ModelShape, teacher: Teacher) -> float:
+    """Training FLOPs per token of feature matching; its settings are checked here."""
+    settings = objective.get("features")
+    if not settings or not (settings.get("weight") or settings.get("attention_weight")):
+        return 0.0
+    check_feature_settings(settings)
+    layers = settings.get("layers")
+    layers = None if layers is None else [list(pair) for pair in layers]
+    pairs = layer_pairs(shape.n_layer, teacher.shape.n_layer, layers)
+    return training_flops_per_token(
+        shape, teacher.shape, pairs, attention=bool(settings.get("attention_weight"))
+    )

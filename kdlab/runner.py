@@ -40,7 +40,9 @@ from kdlab.parallel import full_state_dict
 from kdlab.processes import stop_signals
 from kdlab.run_plan import RunPlan, plan_run
 from kdlab.rundb import announce, shown_url
+from kdlab.rundb.query import divergence_label
 from kdlab.teacher import WEIGHTS, save_weights, submodule_state
+from kdlab.teachers import connect
 
 LOCK_FILE = ".lock"
 ATTEMPT_DIR = "attempt-"  # run_dir/attempt-<n>: a forced re-run, until it replaces the run
@@ -161,24 +163,30 @@ def _teacher_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
     teacher, objective = plan.teacher, cfg.objective
     if teacher is None:
         return {}
+    # a cache's or a generated corpus' teacher inference is counted once, in its own
+    # teacher_inference row, not by each student that reads it
+    logits = 0.0 if teacher.inference_key else teacher.flops_per_token * plan.tokens
     return dict(
         teacher_key=teacher.key,
+        teacher_kind=teacher.kind,
+        teachers=list(teacher.members) or None,
+        teacher_inference_key=teacher.inference_key,
         teacher_model=teacher.name,
         teacher_n_params=teacher.n_params,
         teacher_tokens=teacher.tokens,
         teacher_loss=teacher.loss,
-        kd_lambda=objective.kd_lambda,
-        kd_tau=objective.tau,
-        divergence="hard" if objective.hard else objective.divergence,
+        kd_lambda=objective.get("kd_lambda"),
+        kd_tau=objective.get("tau"),
+        divergence=divergence_label(objective),
         flops_student=plan.train_flops,
-        flops_teacher_logits=teacher.flops_per_token * plan.tokens,
-        flops_teacher_pretraining=3.0 * teacher.flops_per_token * teacher.tokens,
+        flops_teacher_logits=logits,
+        flops_teacher_pretraining=teacher.pretraining_flops,
     )
 
 
 def _measured_teacher_loss(plan: RunPlan, final: dict[str, float]) -> dict[str, float]:
     """L_T measured on the validation tokens, for a teacher that came without one."""
-    if plan.teacher is None or plan.teacher.loss is not None:
+    if plan.teacher is None or plan.teacher.loss is not None or "val/teacher_loss" not in final:
         return {}
     return {"teacher_loss": float(final["val/teacher_loss"])}
 
@@ -191,11 +199,9 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
     # a fixed warm-up (the paper's 2000 steps) never takes more than a quarter of a short run
     warmup = min(warmup, max(1, plan.steps // 4))
     factory = instantiate(cfg.objective)
-    extras = {}
-    if plan.teacher is not None:
-        extras = dict(
-            teacher=plan.teacher.model, teacher_flops_per_token=plan.teacher.flops_per_token
-        )
+    extras = connect(plan.teacher, plan.data) if plan.teacher is not None else {}
+    if plan.feature_flops_per_token:
+        extras["feature_flops_per_token"] = plan.feature_flops_per_token
     return factory(
         **extras,
         shape=plan.shape,
@@ -452,7 +458,8 @@ def _record(
     floor = plan.data.unigram_loss
     if not val_loss < floor:  # NaN included
         reason = f"did not learn: loss {val_loss:.4f} >= unigram loss {floor:.4f}"
-        _stopped(plan, attempt, "failed", reason, loggers, val_loss=val_loss, wall_time_s=wall)
+        measured = {"val_loss": val_loss, "wall_time_s": wall, **_measured_teacher_loss(plan, final)}
+        _stopped(plan, attempt, "failed", reason, loggers, **measured)
         return plan.store.get(plan.key)
     weights_sha256 = save_weights(module.model, attempt.dir, submodule_state(state, "model."))
     flops_per_sec = clock.tokens_per_sec * module.train_flops_per_token()

@@ -29,6 +29,7 @@ from kdlab.cluster_plan import Workload, configured_layout
 from kdlab.composition import composition_error
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
 from kdlab.errors import ConfigError, error_exit
+from kdlab.features import layer_pairs, training_flops_per_token
 from kdlab.identity import objective_identity, run_tokens, teacher_config
 from kdlab.locking import writable_folder
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
@@ -176,8 +177,30 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         plan.teacher_signature = _signature(tcfg)
         plan.teacher_overrides = _teacher_overrides(cfg, overrides)
         plan.teacher_shape = tshape
-        plan.flops += flops_per_token(tshape) * tokens
+        plan.flops += _student_extra_flops(cfg, shape, tshape, tokens)
+    for member in cfg.teacher.get("teachers") or () if cfg.role == "student" else ():
+        if member.get("model"):  # every teacher of a mixture runs per student token
+            plan.flops += flops_per_token(_shape(teacher_config(cfg, member).model, cfg)) * tokens
     return plan
+
+
+def _student_extra_flops(
+    cfg: DictConfig, shape: ModelShape, teacher: ModelShape, tokens: int
+) -> float:
+    """A student's compute beyond 3 F(N_S) D: its teacher's forward (none when read from a
+    cache or generated text, counted once elsewhere) and feature matching's projections."""
+    extra = 0.0
+    if cfg.teacher.get("cache") is None and cfg.teacher.get("generate") is None:
+        extra += flops_per_token(teacher) * tokens
+    features = cfg.objective.get("features") or {}
+    if features.get("weight") or features.get("attention_weight"):
+        layers = features.get("layers")
+        pairs = layer_pairs(
+            shape.n_layer, teacher.n_layer, None if layers is None else [list(p) for p in layers]
+        )
+        attention = bool(features.get("attention_weight"))
+        extra += training_flops_per_token(shape, teacher, pairs, attention) * tokens
+    return extra
 
 
 # what teacher_config replaces in a student's config; everything else the teacher shares

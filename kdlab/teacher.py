@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdlab.errors import ConfigError
-from kdlab.locking import atomic_file
+from kdlab.locking import atomic_file, sha256_file
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
 from kdlab.rundb import RunStore, shown_url
@@ -36,10 +35,12 @@ class Teacher:
     """A teacher and the facts about it that go into the student's row.
 
     The weights are read only when ``model`` is first used, so relaunching a sweep of
-    finished students never loads their teachers.
+    finished students never loads their teachers. A teacher read from a logit cache or
+    known by its generated text has no network to run (``load`` is None): ``read`` opens
+    the cache or corpus instead (kdlab.teachers).
     """
 
-    load: Callable[[], nn.Module]
+    load: Callable[[], nn.Module] | None
     key: str
     name: str
     n_params: int
@@ -50,15 +51,41 @@ class Teacher:
     tokenizer: str
     vocab_size: int
     n_ctx: int
+    kind: str = "run"  # run | checkpoint | oracle | hf | mixture | cache | generated
+    shape: ModelShape | None = None  # a kdlab network's shape (feature matching needs it)
+    members: tuple[dict[str, Any], ...] = ()  # a mixture's teachers: key, weight and facts
+    inference_key: str | None = None  # the logit cache or generated corpus read instead
+    read: Callable[[], Any] | None = None  # opens (and verifies) that cache or corpus
 
     @functools.cached_property
     def model(self) -> nn.Module:
         """The frozen teacher network."""
+        if self.load is None:
+            raise RuntimeError(f"teacher {self.key} is read from {self.kind}, not run")
         return frozen(self.load())
+
+    @property
+    def science(self) -> Any:
+        """What names this teacher in a student's run key: its key; a mixture's every
+        member and weight; the cache or generated corpus (whose key names the teacher)."""
+        if self.inference_key is not None:
+            return {self.kind: self.inference_key}
+        if self.members:
+            return {"mixture": [[m["weight"], m["key"]] for m in self.members]}
+        return self.key
+
+    @property
+    def pretraining_flops(self) -> float:
+        """3 F(N_T) D_T, summed over a mixture's teachers."""
+        if self.members:
+            return sum(3.0 * m["flops_per_token"] * m["tokens"] for m in self.members)
+        return 3.0 * self.flops_per_token * self.tokens
 
 
 class MarkovOracle(nn.Module):
     """Logits equal to the log of the chain's true next-token distribution."""
+
+    markov_order = 1  # it conditions on the last token only (a sampler feeds it just that)
 
     def __init__(self, transition: Any) -> None:
         super().__init__()
@@ -92,7 +119,7 @@ def save_weights(model: GPT, run_dir: Path, state_dict: dict[str, Any] | None = 
             },
             handle,
         )
-    return file_sha256(run_dir / WEIGHTS)
+    return sha256_file(run_dir / WEIGHTS)
 
 
 def load_tensors(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
@@ -111,7 +138,10 @@ def load_tensors(path: Path, what: str, mmap: bool = False) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{what} {path} cannot be read as PyTorch weights ({reason})") from None
+        raise ConfigError(
+            f"{what} {path} cannot be read as PyTorch weights ({reason}): not a kdlab weights "
+            "file or checkpoint, or cut short (a full disk, an interrupted copy)"
+        ) from None
     if not isinstance(blob, dict):
         raise ConfigError(f"{what} {path} holds a {type(blob).__name__}, not kdlab weights")
     return blob
@@ -154,22 +184,28 @@ def submodule_state(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def resolve_teacher(spec: DictConfig, store: RunStore, data: Any, key: str | None) -> Teacher:
+def resolve_teacher(
+    spec: DictConfig, store: RunStore, data: Any, key: str | None, check: bool = True
+) -> Teacher:
     """The student's teacher, checked against the student's data; raises ConfigError.
 
     ``key`` is the teacher run's key when ``spec`` names one (by key, or by the science
     settings the caller turned into a key); oracle and checkpoint teachers need none.
+    ``check=False`` leaves the comparison with the student to the caller (a mixture
+    first compares its teachers with one another).
     """
     if spec.get("oracle"):
         return _oracle(data)
     if spec.get("checkpoint"):
-        return _checked(_from_checkpoint(Path(spec.checkpoint), data), data)
-    if key is None:
+        teacher = _from_checkpoint(Path(spec.checkpoint), data)
+    elif key is None:
         raise ConfigError(
             "objective=distill needs a teacher: teacher.key, teacher.model with its budget, "
-            "teacher.checkpoint, or teacher=oracle"
+            "teacher.checkpoint, teacher=oracle, teacher=hf or teacher=mixture"
         )
-    return _checked(_from_run(store, key, data), data)
+    else:
+        teacher = _from_run(store, key, data)
+    return check_teacher(teacher, data) if check else teacher
 
 
 def _from_run(store: RunStore, key: str, data: Any) -> Teacher:
@@ -206,6 +242,7 @@ def _from_run(store: RunStore, key: str, data: Any) -> Teacher:
         tokenizer=row["tokenizer"],
         vocab_size=row["vocab_size"],
         n_ctx=row["n_ctx"],
+        shape=_row_shape(row),
     )
 
 
@@ -218,7 +255,7 @@ def _run_weights(path: Path, row: dict[str, Any]) -> GPT:
     """
     key, recorded = row["key"], row.get("weights_sha256")
     if recorded:
-        actual = file_sha256(path)
+        actual = sha256_file(path)
         if actual != recorded:
             raise ConfigError(
                 f"teacher run {key}'s weights {path} are not the file the run saved (SHA-256 "
@@ -238,13 +275,9 @@ def _run_weights(path: Path, row: dict[str, Any]) -> GPT:
     return model
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 23), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _row_shape(row: dict[str, Any]) -> ModelShape:
+    fields = ("ladder", "model", "n_layer", "d_model", "n_head", "d_ff", "vocab_size", "n_ctx")
+    return ModelShape(*(row[f] for f in fields))
 
 
 def _from_checkpoint(path: Path, data: Any) -> Teacher:
@@ -254,7 +287,7 @@ def _from_checkpoint(path: Path, data: Any) -> Teacher:
     shape = model.shape
     return Teacher(
         load=lambda: model,
-        key=f"checkpoint:{file_sha256(path)[:16]}",  # content, not path: keys never hold paths
+        key=f"checkpoint:{sha256_file(path)[:16]}",  # content, not path: keys never hold paths
         name=shape.name,
         n_params=non_embedding_params(shape),
         tokens=0,
@@ -264,6 +297,8 @@ def _from_checkpoint(path: Path, data: Any) -> Teacher:
         tokenizer=data.tokenizer_name,
         vocab_size=shape.vocab_size,
         n_ctx=shape.n_ctx,
+        kind="checkpoint",
+        shape=shape,
     )
 
 
@@ -283,10 +318,12 @@ def _oracle(data: Any) -> Teacher:
         tokenizer=data.tokenizer_name,
         vocab_size=data.vocab_size,
         n_ctx=data.seq_len,
+        kind="oracle",
     )
 
 
-def _checked(teacher: Teacher, data: Any) -> Teacher:
+def check_teacher(teacher: Teacher, data: Any) -> Teacher:
+    """``teacher`` if it reads the student's corpus, tokenizer, vocabulary and context."""
     mismatches = [
         f"{what} {theirs} vs the student's {ours}"
         for what, theirs, ours in (

@@ -176,7 +176,7 @@ def bad_teachers(tmp_path: Path) -> dict[str, Path]:
             "truncated",
             "): not a kdlab weights file or checkpoint, or cut short",
         ),  # torch's reason varies
-        ("json", "cannot be read (invalid load key, '{'): not a kdlab weights file"),
+        ("json", "cannot be read as PyTorch weights ("),
         ("foreign", "is not a kdlab checkpoint (no model shape)"),
     ],
 )

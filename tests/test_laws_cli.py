@@ -442,3 +442,15 @@ def test_holdout_is_the_complement_of_fit_where(tmp_path, capsys):
     assert doc["heldout_error"]["n_points"] == int((runs.loss < 2.2).sum()) > 0
     assert doc["data"]["columns"] == {"N": "N", "D": "D", "loss": "loss"}
     assert "held-out error" in capsys.readouterr().out
+
+
+def test_pretraining_plan_names_the_teacher_cache(capsys):
+    """The pretraining scenario stores the teacher's logits and reuses them: the plan says
+    which commands do that; the inference scenario (logits per student) does not."""
+    args = ["plan", "--coefficients", "paper", "--student", "198e6", "--compute", "1e21"]
+    assert cli.main([*args, "--scenario", "pretraining"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "how it runs: `kdlab teacher cache` computes the teacher's top-k logits once" in out
+    assert "teacher=cache" in out
+    assert cli.main([*args, "--scenario", "inference"]) == 0
+    assert "kdlab teacher cache" not in capsys.readouterr().out

@@ -16,6 +16,8 @@ from kdlab.losses import (
     distill_loss,
     kl_teacher_student,
     next_token_loss,
+    sparse_teacher,
+    teacher_target_log_loss,
     token_confidence_correct,
     top1_agreement,
     truncate_teacher,
@@ -408,3 +410,55 @@ def test_metrics():
     ok = torch.tensor([0, 1, 1])
     ece = BinaryCalibrationError(n_bins=2, norm="l1")(c, ok)
     assert ece.item() == pytest.approx((2 / 3) * abs(0.25 - 0.5) + (1 / 3) * abs(0.9 - 1.0))
+
+
+# ---------------------------------------------------------------- sparse (cached) teachers
+
+
+def test_sparse_teacher_is_the_online_teacher_truncated_to_its_top_k():
+    """A cache's top k gives, for every divergence and temperature, the online loss at
+    top_k = k (values and student gradients), here in float64 so only the maths shows."""
+    s, te, y = _random_batch(b=3, t=7, v=13, dtype=torch.float64)
+    sparse = sparse_teacher(te, 5, y)
+    for divergence in DIVERGENCES:
+        if divergence == "reverse_kl":
+            continue  # infinite against any truncated teacher
+        for tau, top_p in ((1.0, None), (1.7, None), (1.0, 0.8)):
+            kw = dict(divergence=divergence, tau=tau, top_p=top_p, taid_t=0.5, beta=0.4)
+            a = s.clone().requires_grad_(True)
+            b = s.clone().requires_grad_(True)
+            online = distill_loss(a, te, y, top_k=5, **kw)
+            cached = distill_loss(b, sparse, y, chunk_tokens=4, **kw)
+            online.backward()
+            cached.backward()
+            torch.testing.assert_close(cached, online, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12)
+    # a tighter top_k still truncates the cached teacher, hard targets take its top 1
+    torch.testing.assert_close(distill_loss(s, sparse, y, top_k=2), distill_loss(s, te, y, top_k=2))
+    torch.testing.assert_close(
+        distill_loss(s, sparse, y, hard=True), distill_loss(s, te, y, hard=True)
+    )
+
+
+def test_sparse_teacher_validation_metrics():
+    s, te, y = _random_batch(b=2, t=4, v=9, dtype=torch.float64)
+    sparse = sparse_teacher(te, 3, y)
+    # the rest mass and the k probabilities add up to one
+    total = sparse.log_probs.exp().sum(-1) + sparse.log_rest.exp()
+    torch.testing.assert_close(total, torch.ones_like(total))
+    ce, n = teacher_target_log_loss(sparse, y)
+    ref = next_token_loss(te, y)
+    torch.testing.assert_close(ce, ref.ce_sum)
+    assert n == ref.n_tokens
+    assert top1_agreement(s, sparse, y) == top1_agreement(s, te, y)
+    # the coarse KL by hand: k buckets and one for the rest, a lower bound of the full KL
+    p = F.softmax(te, -1)
+    q = F.softmax(s, -1)
+    idx = sparse.indices
+    p_k, q_k = p.gather(-1, idx), q.gather(-1, idx)
+    p_r, q_r = 1 - p_k.sum(-1), 1 - q_k.sum(-1)
+    rows = (p_k * (p_k / q_k).log()).sum(-1) + p_r * (p_r / q_r).log()
+    mask = y != -100
+    coarse = kl_teacher_student(s, sparse, y)
+    torch.testing.assert_close(coarse, rows[mask].sum(), rtol=1e-6, atol=1e-9)
+    assert coarse < kl_teacher_student(s, te, y)

@@ -202,3 +202,27 @@ def test_mup_keeps_update_scale_flat_across_width():
     slope_sp = np.polyfit(np.log(widths), np.log(sp), 1)[0]
     assert abs(slope_mup) < 0.2, (mup, slope_mup)
     assert slope_sp > 0.3, (sp, slope_sp)
+
+
+def test_features_are_the_forward_pass_opened_up():
+    """features() gives the forward's logits, one residual state per block, and attention
+    maps that reproduce SDPA's output (a one-head model, so the head average is the map)."""
+    torch.manual_seed(0)
+    shape = ModelShape("t", "t", n_layer=3, d_model=16, n_head=1, d_ff=32, vocab_size=23, n_ctx=12)
+    model = GPT(shape, base_d_model=8)
+    idx = torch.randint(0, 23, (2, 12))
+    out = model.features(idx, attention_layers=(2,))
+    torch.testing.assert_close(out.logits, model(idx), rtol=0, atol=0)
+    assert len(out.hidden) == 4 and list(out.attention) == [2]
+    torch.testing.assert_close(out.hidden[0], model.wte(idx))
+    torch.testing.assert_close(out.logits, model.readout(out.hidden[-1]))
+    probs = out.attention[2]
+    assert probs.shape == (2, 12, 12)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 12))
+    assert probs.triu(1).abs().max() == 0  # causal
+    block = model.blocks[1]
+    x = block.attn_norm(out.hidden[1])
+    cos, sin = model.rope_cos[:12], model.rope_sin[:12]
+    _, _, v = block.attn._qkv(x, cos, sin)
+    by_map = block.attn.proj(probs @ v.squeeze(1))
+    torch.testing.assert_close(by_map, block.attn(x, cos, sin), rtol=1e-5, atol=1e-6)

@@ -28,7 +28,16 @@ COVERED = {
     "kdlab fit distillation --supervised": "tests/test_laws_cli.py",
     "kdlab report": "tests/test_report.py",
     "kdlab dashboard": "tests/test_dashboard.py (serves until stopped)",
+    "kdlab runs compute": "tests/test_teacher_cache.py::test_students_share_one_cache_counted_once",
     "kdlab runs": "tests/test_rundb.py::test_cli_list_show_export",
+    "kdlab teacher cache": "tests/test_teacher_cache.py",
+    "kdlab-train objective=distill teacher=cache": "tests/test_teacher_cache.py",
+    "kdlab-train data=markov objective=seqkd": "tests/test_generate.py",
+    "kdlab-train objective=features": "tests/test_teachers.py",
+    "kdlab-train objective=distill teacher=mixture": "tests/test_teachers.py",
+    "kdlab-train objective=distill teacher=hf": "tests/test_hf.py",
+    "kdlab generate": "tests/test_generate.py",
+    "kdlab export hf": "tests/test_hf.py::test_export_command_writes_a_finished_runs_checkpoint",
     # cluster-only: need SLURM, a PostgreSQL URL and a W&B account; the overrides are
     # composed here by test_readme_cluster_command_composes
     "export ": "cluster environment",
@@ -50,6 +59,9 @@ EPOCH_FIT = (
 PROMISED_TEXT = {
     "kdlab sweep plan nano/students": "12 jobs, 0 done, 12 to run",
     "kdlab sweep plan paper/students_fixed_m": "total 2.15e+23 FLOPs",
+    "kdlab sweep plan paper/teachers_fixed_m --gpu h100-80gb": (
+        "every job fits on h100-80gb and meets the 72.0h target"
+    ),
     "kdlab predict --coefficients paper --n 198e6 --d 3.96e9": "2.7894",
     "kdlab predict --coefficients paper --n 198e6 --d 3.96e9 --teacher-loss 2.004": "2.5439",
 }
@@ -104,16 +116,19 @@ SINGLE_RUNS = [c for c in COMMANDS if c.startswith("kdlab-train ") and " -m " no
 @pytest.mark.parametrize("command", SINGLE_RUNS)
 def test_readme_training_command_plans(command, tmp_path):
     """Each single-run example composes and plans as written (no compute); a student may
-    only be missing its teacher, which the README trains in the line before."""
+    only be missing what the README makes in the lines before: its teacher, its cache or
+    generated corpus, its exported model."""
     from kdlab.errors import ConfigError
     from kdlab.run_plan import plan_run
     from tests.conftest import compose_run
 
     overrides = shlex.split(command)[1:]
+    # made in the lines before: a teacher run, a cache or corpus, an exported model
+    made_before = ("not in the run database", "make it with `kdlab", "tokenizer.json does not")
     try:
         plan = plan_run(compose_run(tmp_path, *overrides))
     except ConfigError as err:
-        assert "not in the run database" in str(err), str(err)
+        assert any(m in str(err) for m in made_before), str(err)
     else:
         assert plan.tokens > 0
 

@@ -342,11 +342,13 @@ def test_wandb_offline_run_holds_the_figures(full_report: Path) -> None:
     assert config["db"] == f"sqlite:///{full_report.parent / 'runs.db'}"
     [logged] = rows
     tables = ("coefficients_supervised", "coefficients_distillation", "plan")
-    assert {k for k in logged if k.startswith("report/")} == {
+    # wandb writes a logged media object as one item per field (report/<name>/<field>)
+    assert {"/".join(k.split("/")[:2]) for k in logged if k.startswith("report/")} == {
         f"report/{name}" for name in (*ALL_FIGURES, *tables)
     }
     for name in ALL_FIGURES:
-        image = logged[f"report/{name}"]
+        prefix = f"report/{name}/"
+        image = {k[len(prefix) :]: v for k, v in logged.items() if k.startswith(prefix)}
         assert image["_type"] == "image-file" and image["format"] == "png"
         logged_png = runs[0] / "files" / image["path"]
         assert (image["width"], image["height"]) == Image.open(full_report / f"{name}.png").size

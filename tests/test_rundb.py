@@ -215,9 +215,9 @@ def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
     from kdlab.cli import main
     from kdlab.rundb import schema_version
 
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
-    RunStore(url).start("a", role="teacher")
-    assert _revision(url) == schema_version.head()
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    RunStore(fresh).start("a", role="teacher")
+    assert _revision(fresh) == schema_version.head()
 
     # a database from before migrations (the baseline's tables, no version table) is
     # refused until `kdlab runs migrate` brings it up, its rows and curves kept
@@ -238,16 +238,16 @@ def test_schema_revision_is_recorded_checked_and_migrated(tmp_path, capsys):
     assert [(p["step"], p["attempt"], p["val_loss"]) for p in migrated.curve("a")] == [(10, 1, 3.5)]
 
     # a database written by a newer kdlab is refused, in one sentence, and left alone
-    with create_engine(url).begin() as conn:
+    with create_engine(fresh).begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     capsys.readouterr()
-    assert main(["runs", "--db", url, "list"]) == 2
+    assert main(["runs", "--db", fresh, "list"]) == 2
     err = capsys.readouterr().err.splitlines()[-1]
     assert err == (
-        f"kdlab: error: the run database '{url}' has schema revision 9999, written by a "
+        f"kdlab: error: the run database '{fresh}' has schema revision 9999, written by a "
         "newer kdlab than this one: upgrade kdlab"
     )
-    assert _revision(url) == "9999"
+    assert _revision(fresh) == "9999"
 
 
 def test_read_only_commands_never_create_a_database(tmp_path, capsys):

@@ -56,8 +56,8 @@ def test_row_holds_what_a_fit_needs_and_rerun_skips(train, tmp_path, capsys):
         "n_params": 3408,  # matmuls 3 d^2 + d^2 + 3 d d_ff = 3328, and 80 norm weights
         "total_params": 3408 + 256 * 16,  # plus the one embedding, tied to the head
         "tokens": 16384,
-        "batch_size": 16,
-        "steps": 16384 // (16 * 128),  # 8 batches of 16 windows of 128
+        "batch_size": 4,
+        "steps": 16384 // (4 * 128),  # 32 batches of 4 windows of 128
         "lr": 0.01,
         "seed": 0,
         "git_rev": _git_revision(),

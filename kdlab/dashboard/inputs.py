@@ -117,7 +117,9 @@ def _positive(fields: Mapping[str, str], name: str, what: str) -> float:
         raise FieldError(name, f"Enter {what}.")
     try:
         value = float(number(text))
-    except argparse.ArgumentTypeError:
+    except argparse.ArgumentTypeError as err:
+        if "positive" in str(err):  # a number, but zero or negative
+            raise FieldError(name, f"{told} must be a positive number, not {text}.") from None
         raise FieldError(name, f"{told} must be a number, not {text!r}.") from None
     if not value > 0 or value == float("inf"):
         raise FieldError(name, f"{told} must be a positive number, not {text}.")

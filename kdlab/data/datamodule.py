@@ -91,6 +91,11 @@ class TokenDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.cache_dir = Path(cache_dir)
         self._memos: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        #: a teacher-logit cache whose sparse teacher joins every batch as a third item
+        #: (kdlab.teachers.cache.TeacherCache: ``train(windows)``, ``validation(indices)``)
+        self.teacher_cache: Any = None
+        #: tokens a teacher generated, trained on in place of the split (kdlab generate)
+        self.train_source: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the opened memmap (spawned workers/ranks reopen the cache file)."""
@@ -149,12 +154,13 @@ class TokenDataModule(pl.LightningDataModule):
             self.batch_size,
             self.train_tokens,
             self.seed,
+            None if self.train_source is None else id(self.train_source),
         )
         return self._memo(
             "schedule",
             key,
             lambda: WindowSchedule(
-                len(self.layout[self.split]),
+                len(self.split_array(self.split)),
                 self.seq_len,
                 self.batch_size,
                 self.train_tokens,
@@ -169,7 +175,11 @@ class TokenDataModule(pl.LightningDataModule):
             "val", key, lambda: eval_windows(self.val_tokens, self.seq_len, self.val_eval_tokens)
         )
 
-    def _split_tokens(self, split: str) -> np.ndarray:
+    def split_array(self, split: str) -> np.ndarray:
+        """The tokens of ``split``; the training split's come from ``train_source`` when a
+        generated corpus replaces it (validation stays the corpus' own holdout)."""
+        if split == self.split and self.train_source is not None:
+            return self.train_source
         r = self.layout[split]
         return self.cache.tokens[r.start : r.stop]
 
@@ -246,18 +256,21 @@ class TokenDataModule(pl.LightningDataModule):
         """Open the token memmap and check the corpus is big enough for this run."""
         _ = self.schedule, self._val_starts
 
-    def batch(self, step: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training batch of global step ``step`` (pure function of seed and step)."""
-        return self.schedule.batch(self._split_tokens(self.split), step, rows)
+    def batch(self, step: int, rows: slice = slice(None)) -> tuple[Any, ...]:
+        """Training batch of global step ``step`` (pure function of seed and step):
+        (x, y), and the cached teacher of its windows when a teacher cache is attached."""
+        x, y = self.schedule.batch(self.split_array(self.split), step, rows)
+        if self.teacher_cache is None:
+            return x, y
+        return x, y, self.teacher_cache.train(self.schedule.windows(step, rows))
 
     def train_batches(
         self, start_step: int = 0, rank: int = 0, world_size: int = 1
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[Any, ...]]:
         """Batches ``start_step .. num_steps - 1`` (this rank's rows of each)."""
         rows = self._rows(rank, world_size)
-        tokens = self._split_tokens(self.split)
         for step in range(start_step, self.num_steps):
-            yield self.schedule.batch(tokens, step, rows)
+            yield self.batch(step, rows)
 
     def _rows(self, rank: int, world_size: int) -> slice:
         if self.batch_size % world_size:
@@ -288,7 +301,9 @@ class TokenDataModule(pl.LightningDataModule):
         self.setup("validate")
         world = 1 if self.trainer is None else int(self.trainer.world_size)
         size = self.val_batch_size or max(1, self.batch_size // world)
-        dataset = _Windows(self._split_tokens("validation"), self._val_starts, self.seq_len)
+        dataset = _Windows(
+            self.split_array("validation"), self._val_starts, self.seq_len, self.teacher_cache
+        )
         return DataLoader(dataset, batch_size=size, shuffle=False, num_workers=0)
 
 
@@ -327,18 +342,25 @@ class _ResumableLoader(DataLoader):
 
 
 class _Windows(Dataset):
-    """Map-style (x, y) windows at fixed offsets of a token array."""
+    """Map-style (x, y) windows at fixed offsets of a token array, with window i's cached
+    teacher when a teacher cache is given."""
 
-    def __init__(self, tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> None:
+    def __init__(
+        self, tokens: np.ndarray, starts: np.ndarray, seq_len: int, teacher_cache: Any = None
+    ) -> None:
         self.tokens, self.starts, self.seq_len = tokens, starts, seq_len
+        self.teacher_cache = teacher_cache
 
     def __len__(self) -> int:
         return int(self.starts.size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
         s = int(self.starts[i])
         win = torch.from_numpy(np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64))
-        return win[:-1], win[1:]
+        if self.teacher_cache is None:
+            return win[:-1], win[1:]
+        one = self.teacher_cache.validation(np.array([i]))
+        return win[:-1], win[1:], type(one)(*(t[0] for t in one))
 
 
 __all__ = ["TokenDataModule"]

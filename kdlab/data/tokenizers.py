@@ -207,6 +207,8 @@ class TokenizerConfig:
                 f"unknown tokenizer {self.kind!r}; valid tokenizers: {', '.join(TOKENIZER_KINDS)}"
                 " (or bpe-<vocab>, or a tokenizer .json path)"
             )
+        if self.path is not None and not Path(self.path).is_file():
+            raise ValueError(f"the tokenizer file {self.path} does not exist")
         if self.kind == "bpe" and self.path is None and self.vocab_size < 257:
             raise ValueError(f"bpe vocab_size must be at least 257, got {self.vocab_size}")
         if self.train_bytes < 1 or not 0 < self.train_fraction <= 1:

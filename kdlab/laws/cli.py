@@ -187,7 +187,7 @@ def _run_fit(args: argparse.Namespace) -> int:
             raise LawInputError(f"--out {args.out} is a folder; name the fit JSON to write.")
         from kdlab.locking import writable_folder
 
-        writable_folder(Path(args.out).parent, choose="another --out")
+        writable_folder(Path(args.out).parent, choose="another --out", make=False)
     if args.law == "distillation" and not args.supervised:
         raise LawInputError(
             "fit distillation needs --supervised paper or a supervised fit JSON for Ltilde_S."
@@ -573,6 +573,12 @@ def _print_plan(result: dict[str, Any]) -> None:
         elif value is not None:
             table.add_row(key, str(value))
     console.print(table)
+    if result["scenario"] == "pretraining":  # logits computed once and reused
+        console.print(
+            "how it runs: `kdlab teacher cache` computes the teacher's top-k logits once over "
+            "the student's tokens, then each student trains from them with teacher=cache "
+            "(the cache's FLOPs are counted once: `kdlab runs compute`)"
+        )
 
 
 # ---------------------------------------------------------------------------- glue

@@ -44,6 +44,8 @@ parametrisation (one lr for all, no readout multiplier), for comparisons.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -76,13 +78,28 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=NORM_EPS)  # QK-norm, shared by heads
         self.k_norm = nn.RMSNorm(self.head_dim, eps=NORM_EPS)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rope(self.q_norm(q), cos, sin)  # [B, H, T, head_dim]
         k = apply_rope(self.k_norm(k), cos, sin)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self._qkv(x, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale 1/sqrt(head_dim)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def probabilities(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The causal attention map averaged over heads, [B, T, T] (rows sum to one).
+
+        SDPA never forms it, so it is recomputed here for the layers that ask."""
+        q, k, _ = self._qkv(x, cos, sin)
+        scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, -math.inf).softmax(-1).mean(1)
 
 
 class SwiGLU(nn.Module):
@@ -107,6 +124,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.mlp(self.mlp_norm(x))
+
+
+class Features(NamedTuple):
+    """What :meth:`GPT.features` returns."""
+
+    logits: torch.Tensor  # [B, T, V]
+    hidden: list[torch.Tensor]  # L + 1 residual-stream states [B, T, d_model]
+    attention: dict[int, torch.Tensor]  # block (1-based) -> head-averaged map [B, T, T]
 
 
 class GPT(nn.Module):
@@ -151,16 +176,40 @@ class GPT(nn.Module):
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def _rope(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = idx.shape[1]
         if T > self.shape.n_ctx:
             raise ValueError(f"Sequence length {T} exceeds the model context {self.shape.n_ctx}.")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        return self.rope_cos[:T], self.rope_sin[:T]
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the residual stream: final norm, then h @ E^T / m (muP rule 3)."""
+        return F.linear(self.norm_f(x), self.wte.weight) / self.width_mult
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        cos, sin = self._rope(idx)
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x, cos, sin)
-        x = self.norm_f(x)
-        return F.linear(x, self.wte.weight) / self.width_mult  # muP readout (rule 3)
+        return self.readout(x)
+
+    def features(self, idx: torch.Tensor, attention_layers: Collection[int] = ()) -> Features:
+        """The forward pass with what feature distillation matches (TinyBERT-style).
+
+        A separate method, so the plain forward builds no lists: ``hidden[0]`` is the
+        embedding output and ``hidden[i]`` block i's output (the residual stream before
+        the final norm); ``attention[i]`` block i's head-averaged attention map, for the
+        blocks in ``attention_layers`` (1-based) only.
+        """
+        cos, sin = self._rope(idx)
+        x = self.wte(idx)
+        hidden, attention = [x], {}
+        for i, block in enumerate(self.blocks, start=1):
+            if i in attention_layers:
+                attention[i] = block.attn.probabilities(block.attn_norm(x), cos, sin)
+            x = block(x, cos, sin)
+            hidden.append(x)
+        return Features(self.readout(x), hidden, attention)
 
     def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """AdamW param groups for muP learning rates (rule 2) and independent decay (rule 5).

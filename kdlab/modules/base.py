@@ -85,7 +85,7 @@ class LanguageModelModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = self.model.optimizer_groups(self.lr, self.weight_decay)
+        groups = self.model.optimizer_groups(self.lr, self.weight_decay) + self.extra_groups()
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -94,6 +94,10 @@ class LanguageModelModule(L.LightningModule):
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def extra_groups(self) -> list[dict]:
+        """Optimizer groups of trained parameters outside the model (none by default)."""
+        return []
 
     def train_flops_per_token(self) -> float:
         """FLOPs per trained token: forward plus a backward of twice its cost, 3 F(N)."""
@@ -105,7 +109,7 @@ class LanguageModelModule(L.LightningModule):
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        x, _ = batch
+        x = batch[0]  # (x, y), or (x, y, cached teacher)
         self.flops_per_batch = self.train_flops_per_token() * x.numel()
         loss, logs = self.training_loss(batch)
         reason = self._divergence(loss)
@@ -139,8 +143,8 @@ class LanguageModelModule(L.LightningModule):
         every = trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x, y = batch[:2]
         sums = next_token_loss(self.model(x), y)
         self.val_ce.update(sums.ce_sum / sums.n_tokens, weight=sums.n_tokens)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,13 +114,27 @@ def build_report(
     recipe: str | None = None,
 ) -> Report:
     """Read, plan, draw and write the report into ``out_dir``; returns what was made."""
-    from kdlab.report.page import write_page
-
     out = Path(out_dir)
     data = load_report_data(
         db, supervised_fit, distillation_fit, study, corpus, tokenizer, n_ctx, recipe
     )
-    out.mkdir(parents=True, exist_ok=True)  # after the input is read: bad input writes nothing
+    # bad input writes nothing: the folders this call made go again if the report fails
+    # (figures still read the database's curves)
+    made = next(
+        (p for p in [*reversed(out.absolute().parents), out.absolute()] if not p.exists()), None
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _draw_report(out, data, plan)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _draw_report(out: Path, data: ReportData, plan: PlanOptions | None) -> Report:
+    from kdlab.report.page import write_page
+
     notes = data.notes  # one list: reading the fits' points may still add to it
     parity = figs.parity_frames(data)
     plans = make_plans(data, plan or PlanOptions(), notes)

@@ -12,7 +12,7 @@ from rich.table import Table
 from kdlab.console import console
 from kdlab.errors import ConfigError
 from kdlab.locking import temp_path_for
-from kdlab.rundb.query import runs_frame
+from kdlab.rundb.query import runs_frame, study_compute
 from kdlab.rundb.store import RunStore, live_status
 from kdlab.rundb.url import announce, database_url, shown_url
 
@@ -49,6 +49,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=["csv", "parquet"], default="csv")
     export.add_argument("--out", required=True)
     export.set_defaults(func=_export)
+    compute = sub.add_parser(
+        "compute", help="a study's FLOPs by part, each teacher cache counted once"
+    )
+    compute.add_argument("--study", help="only the runs of this study")
+    compute.set_defaults(func=_compute)
     migrate = sub.add_parser("migrate", help="bring the database's schema up to this kdlab's")
     migrate.set_defaults(func=_migrate)
 
@@ -116,6 +121,19 @@ def _export(args: argparse.Namespace) -> int:
     except OSError as err:
         raise ConfigError(f"cannot write the export to {out}: {err.strerror or err}") from err
     print(f"kdlab: wrote {len(frame)} runs to {out}")
+    return 0
+
+
+def _compute(args: argparse.Namespace) -> int:
+    url = _url(args)
+    frame = study_compute(url, args.study)
+    where = f"study {args.study}" if args.study else "all studies"
+    table = Table(title=f"compute of {where} in {shown_url(url)} (finished runs)")
+    for column in ("part", "FLOPs", "runs or caches"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for part, flops, count in frame.itertuples(index=False):
+        table.add_row(part, f"{flops:.4g}", str(count))
+    console.print(table)
     return 0
 
 

@@ -4,6 +4,10 @@ Sizes and token counts are 64-bit: paper-scale D passes 2^31 at 143M parameters.
 
 Distillation fields live in the same row as the rest (null for teachers) so a fit, an
 export or a W&B-style table needs no joins.
+
+A teacher run once for many students (a logit cache, a generated corpus) is a row of
+``teacher_inference``: its FLOPs are counted there once, and each student that read it
+names it in ``runs.teacher_inference_key`` instead of paying F(N_T) D_S itself.
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ runs = Table(
     Column("wall_time_s", Float),
     # distillation: the teacher and the objective
     Column("teacher_key", String(64)),
+    Column(
+        "teacher_kind", String(16)
+    ),  # run | checkpoint | oracle | hf | mixture | cache | generated
+    Column("teachers", JSON),  # a mixture's teachers in order: key, weight, model, N, D, L_T
+    Column("teacher_inference_key", String(64)),  # the cache or generated corpus it read
     Column("teacher_model", String(32)),
     Column("teacher_n_params", BigInteger),
     Column("teacher_tokens", BigInteger),
@@ -103,4 +112,31 @@ curves = Table(
     Column("val_loss", Float),
 )
 
+teacher_inference = Table(
+    "teacher_inference",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # logit_cache | generated
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("teacher_key", String(64)),
+    Column("teacher_kind", String(16)),
+    Column("teacher_model", String(32)),
+    Column("teacher_n_params", BigInteger),
+    Column("teacher_tokens", BigInteger),
+    Column("teacher_loss", Float),
+    Column("corpus_fingerprint", String(64)),
+    Column("tokenizer", String(128)),
+    Column("vocab_size", Integer),
+    Column("n_ctx", Integer),
+    Column("settings", JSON),  # the identity: k and dtype, or temperature, top-p, length...
+    Column("tokens", BigInteger),  # tokens the teacher ran forward on (or generated)
+    Column("flops", Float),  # its inference FLOPs, F(N_T) per token, counted once
+    Column("bytes", BigInteger),
+    Column("path", Text),
+    Column("wall_time_s", Float),
+    Column("created_at", DateTime),
+    Column("updated_at", DateTime),
+)
+
 RUN_COLUMNS = frozenset(c.name for c in runs.columns)
+INFERENCE_COLUMNS = frozenset(c.name for c in teacher_inference.columns)

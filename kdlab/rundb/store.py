@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import Table, create_engine, event, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -23,7 +23,13 @@ from sqlalchemy.pool import StaticPool
 from kdlab.errors import ConfigError
 from kdlab.locking import file_lock
 from kdlab.rundb import schema_version
-from kdlab.rundb.schema import RUN_COLUMNS, curves, runs
+from kdlab.rundb.schema import (
+    INFERENCE_COLUMNS,
+    RUN_COLUMNS,
+    curves,
+    runs,
+    teacher_inference,
+)
 from kdlab.rundb.url import shown_url, sqlite_path
 
 HEARTBEAT_S = 30.0  # a training process marks its run alive this often
@@ -195,14 +201,21 @@ class RunStore:
 
     def upsert(self, key: str, **fields: Any) -> None:
         """Insert the run or update the given fields of an existing one."""
-        unknown = set(fields) - RUN_COLUMNS
+        self._upsert(runs, RUN_COLUMNS, key, fields)
+
+    def record_inference(self, key: str, **fields: Any) -> None:
+        """Insert or update a teacher_inference row (a logit cache, a generated corpus)."""
+        self._upsert(teacher_inference, INFERENCE_COLUMNS, key, fields)
+
+    def _upsert(self, table: Table, columns: frozenset[str], key: str, fields: dict) -> None:
+        unknown = set(fields) - columns
         if unknown:
-            raise ValueError(f"unknown run fields: {sorted(unknown)}")
+            raise ValueError(f"unknown {table.name} fields: {sorted(unknown)}")
         now = _now()
         insert = _dialect_insert(self.engine.dialect.name)
-        statement = insert(runs).values(key=key, created_at=now, updated_at=now, **fields)
+        statement = insert(table).values(key=key, created_at=now, updated_at=now, **fields)
         statement = statement.on_conflict_do_update(
-            index_elements=[runs.c.key], set_={"updated_at": now, **fields}
+            index_elements=[table.c.key], set_={"updated_at": now, **fields}
         )
         with self._connected(write=True) as conn:
             conn.execute(statement)
@@ -276,6 +289,20 @@ class RunStore:
         for name, value in equals.items():
             query = query.where(runs.c[name] == value)
         with self._connected() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def get_inference(self, key: str) -> dict[str, Any] | None:
+        query = select(teacher_inference).where(teacher_inference.c.key == key)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return dict(row) if row else None
+
+    def find_inference(self, **equals: Any) -> list[dict[str, Any]]:
+        """teacher_inference rows whose columns equal the given values, oldest first."""
+        query = select(teacher_inference).order_by(teacher_inference.c.created_at)
+        for name, value in equals.items():
+            query = query.where(teacher_inference.c[name] == value)
+        with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def find_key_prefix(self, prefix: str) -> list[dict[str, Any]]:
