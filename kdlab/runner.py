@@ -458,7 +458,11 @@ def _record(
     floor = plan.data.unigram_loss
     if not val_loss < floor:  # NaN included
         reason = f"did not learn: loss {val_loss:.4f} >= unigram loss {floor:.4f}"
-        measured = {"val_loss": val_loss, "wall_time_s": wall, **_measured_teacher_loss(plan, final)}
+        measured = {
+            "val_loss": val_loss,
+            "wall_time_s": wall,
+            **_measured_teacher_loss(plan, final),
+        }
         _stopped(plan, attempt, "failed", reason, loggers, **measured)
         return plan.store.get(plan.key)
     weights_sha256 = save_weights(module.model, attempt.dir, submodule_state(state, "model."))
