@@ -29,6 +29,7 @@ from kdlab.laws.compute import (
     get_scenario,
     supervised_tokens,
 )
+from kdlab.laws.flags import plan_warnings
 from kdlab.laws.forms import distillation_loss, supervised_loss, supervised_tokens_for_loss
 from kdlab.laws.io import PLAN_BOUNDS, LawInputError
 
@@ -107,7 +108,7 @@ def plan(
     shares = {
         k: float(parts[k]) / total for k in ("student", "teacher_logits", "teacher_pretraining")
     }
-    return {
+    result: dict[str, Any] = {
         "scenario": sc.name,
         "student_params": float(student),
         "compute": float(compute),
@@ -124,6 +125,8 @@ def plan(
         "teacher_pretraining_flops": float(3.0 * flops_per_token(n_t, prob.flops) * d_t),
         "verdict": "distil" if l_s < l_sup else "train alone",
     }
+    result["warnings"] = plan_warnings(result, prob.bounds)
+    return result
 
 
 def _best_case(prob: _Problem) -> tuple[float, float, float]:

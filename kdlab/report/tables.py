@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdlab.laws.flags import coefficient_flags
 from kdlab.laws.io import DISTILLATION_KEYS, matching_rows
 from kdlab.laws.published import (
     PAPER_DISTILLATION,
@@ -19,7 +20,7 @@ from kdlab.laws.published import (
     PAPER_SUPERVISED_CI90,
 )
 from kdlab.report.data import ReportData
-from kdlab.report.planning import PlanSet
+from kdlab.report.planning import PlanSet, on_search_bound
 from kdlab.rundb import shown_url
 
 SUPERVISED_NAMES = ("E", "A", "B", "alpha", "beta", "gamma")
@@ -38,7 +39,8 @@ def coefficient_table(doc: Mapping[str, Any] | None, law: str) -> pd.DataFrame:
     """One row per coefficient: this study's value and interval, and the paper's.
 
     Columns: coefficient, symbol, value, lo, hi, level, paper, paper_lo, paper_hi, note.
-    Without a fit the study's columns are empty, so the paper's values still show.
+    Without a fit the study's columns are empty, so the paper's values still show. The
+    note says when a coefficient is degenerate (kdlab.laws.flags).
     """
     if law == "supervised":
         names, paper, paper_ci = SUPERVISED_NAMES, PAPER_SUPERVISED, PAPER_SUPERVISED_CI90
@@ -47,12 +49,16 @@ def coefficient_table(doc: Mapping[str, Any] | None, law: str) -> pd.DataFrame:
     coef = dict((doc or {}).get("coefficients") or {})
     intervals = dict((doc or {}).get("intervals") or {})
     level = (doc or {}).get("interval_level")
+    flags = coefficient_flags({"law": law, **doc}) if doc else {}
     rows = []
     for name in names:
         lo_hi = intervals.get(name)
         note = ""
         if doc and name == "gamma" and law == "supervised" and doc.get("form") == "chinchilla":
             note = "fixed to 1 (Chinchilla form)"
+        flag = flags.get(name) or flags.get(f"{name}'")
+        if flag:
+            note = f"DEGENERATE: {flag}"
         rows.append(
             {
                 "coefficient": name,
@@ -191,6 +197,7 @@ PLAN_COLUMNS = {
     "student_loss": "L_S",
     "supervised_loss": "L alone",
     "gain": "L_S − L alone",
+    "on_bound": "on search bound",
     "share_student": "student",
     "share_teacher_logits": "logits",
     "share_teacher_pretraining": "teacher pretr.",
@@ -213,5 +220,7 @@ def plan_table(plans: PlanSet, per_scenario: int = 4) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=list(PLAN_COLUMNS))
     out = pd.concat(parts)
-    out = out.assign(gain=out["student_loss"] - out["supervised_loss"])
+    out = out.assign(
+        gain=out["student_loss"] - out["supervised_loss"], on_bound=on_search_bound(out)
+    )
     return out[[c for c in PLAN_COLUMNS if c in out.columns]].reset_index(drop=True)
