@@ -178,6 +178,8 @@ def _write_tables(report: Report) -> None:
     objectives = tables.objective_table(data)
     if not objectives.empty:
         objectives.to_csv(out / "objectives.csv", index=False)
+    if not data.students.empty:
+        tables.capacity_gap_table(data.students).to_csv(out / "capacity_gap.csv", index=False)
     if report.plans is not None:
         report.plans.table.to_csv(out / "plan.csv", index=False)
         report.plans.map.to_csv(out / "distillation_map.csv", index=False)

@@ -31,6 +31,7 @@ from kdlab.laws.flags import coefficient_flags
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.report.data import ReportData, fit_membership
 from kdlab.report.planning import SCENARIO_ORDER, SCENARIO_TITLES, PlanSet, on_search_bound
+from kdlab.report.tables import capacity_gap_table
 
 DPI = 150
 WARN_COLOR = "#b00020"
@@ -631,6 +632,7 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
     lo, hi = float(st["L_T"].min()), float(st["L_T"].max())
     lt_grid = np.linspace(lo - 0.2 * max(hi - lo, 0.1), hi + 0.15 * max(hi - lo, 0.1), 400)
     all_y = [st["loss"].to_numpy(float)]
+    noise_bars = False
     with _style():
         for n_s, d_s, g in groups:
             color = _color(n_norm, n_s)
@@ -647,6 +649,22 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
                 label=label,
                 zorder=3,
             )
+            seeds = capacity_gap_table(g)
+            repeated = seeds[seeds["seeds"] >= 2]
+            if len(repeated):
+                ax.errorbar(
+                    repeated["L_T"],
+                    repeated["loss"],
+                    yerr=repeated["loss_sd"],
+                    fmt="_",
+                    color=color,
+                    ecolor="black",
+                    elinewidth=1.2,
+                    capsize=5,
+                    markersize=16,
+                    zorder=4,
+                )
+                noise_bars = True
             if coefs is not None:
                 dist, sup = coefs
                 curve = distillation_loss(n_s, d_s, lt_grid, dist, sup)
@@ -667,6 +685,18 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
                 all_y.append(curve)
         ax.plot(lt_grid, lt_grid, "--", color="0.5", linewidth=1, label="L_S = L_T")
         handles, _ = ax.get_legend_handles_labels()
+        if noise_bars:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="black",
+                    marker="_",
+                    markersize=14,
+                    linestyle="-",
+                    label="mean ± 1 s.d. over seeds (same teacher)",
+                )
+            )
         if coefs is not None:
             handles += [
                 _law_proxy("fitted distillation law"),

@@ -107,6 +107,25 @@ def objective_table(data: ReportData) -> pd.DataFrame:
     return table.rename(columns=names)
 
 
+def capacity_gap_table(students: pd.DataFrame) -> pd.DataFrame:
+    """Per student configuration (N_S, D_S) and teacher: the student's loss over its seeds.
+
+    Columns N_S, D_S, teacher_key, L_T, loss (mean), loss_sd (sample s.d., NaN for one
+    seed), seeds. Students of one teacher share its L_T (the teacher's seed is fixed), so
+    the spread is the student's own seed noise: what a capacity-gap effect must exceed.
+    """
+    if students.empty:
+        return pd.DataFrame(
+            columns=["N_S", "D_S", "teacher_key", "L_T", "loss", "loss_sd", "seeds"]
+        )
+    teacher = students["teacher_key"] if "teacher_key" in students else students["L_T"]
+    frame = students.assign(teacher_key=teacher.astype(str))
+    table = frame.groupby(["N_S", "D_S", "teacher_key"], as_index=False).agg(
+        L_T=("L_T", "mean"), loss=("loss", "mean"), loss_sd=("loss", "std"), seeds=("loss", "size")
+    )
+    return table.sort_values(["N_S", "D_S", "L_T"]).reset_index(drop=True)
+
+
 def fit_facts(doc: Mapping[str, Any] | None) -> dict[str, Any]:
     """The one-line facts of a fit: points, objective, errors, bootstrap size."""
     if not doc:
