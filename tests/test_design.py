@@ -63,17 +63,19 @@ def _quick(noise: float, replicates: int = 3, seed: int = 0) -> DesignSettings:
 
 @pytest.mark.slow
 def test_paper_families_identify_the_teacher_terms_not_the_student_term():
-    """The paper's own grid under the published law, at 0.3% noise per run: the
-    supervised law's exponents and the distillation law's teacher terms (c0, f1) are
-    pinned down, and extrapolation to the strongest runs is off by less than 1%. The
-    student term is not: at the paper's points B' / D_S^beta' is under 1% of
-    A' / N_S^alpha', so B' and beta' leave no trace in the losses, and A' trades against
-    alpha' and gamma'. Every refit ends at or below the objective of the published
-    coefficients, so this is what the grid can know, not a search failure."""
-    doc = design(_paper_grid(), PAPER, _quick(0.003))
+    """The paper's own grid under the published law, at 0.1% noise per run and with the
+    paper's grids of starts: the supervised floor and exponents and the distillation
+    law's teacher terms (c0, f1) are pinned down, and extrapolation to the strongest runs
+    is off by 0.1%. The student term is not: at the paper's points B' / D_S^beta' is
+    under 1% of A' / N_S^alpha', so B' and beta' leave no trace in the losses, and A'
+    trades against alpha' and gamma'. Every refit ends at or below the objective of the
+    published coefficients: this is what the grid can know, not a search failure. (At 1%
+    noise only alpha and c0 stay within 25%.)"""
+    settings = DesignSettings(noise=0.001, replicates=3, search="quick")
+    doc = design(_paper_grid(), PAPER, settings)
     sup, dist = doc["laws"]["supervised"], doc["laws"]["distillation"]
     assert sup["search_failures"] == dist["search_failures"] == 0
-    for name in ("alpha", "beta", "gamma", "E"):
+    for name in ("E", "alpha", "beta", "gamma"):
         assert sup["coefficients"][name]["identified"], (name, sup["coefficients"][name])
     for name in ("c0", "f1"):
         assert dist["coefficients"][name]["identified"], (name, dist["coefficients"][name])
@@ -82,8 +84,8 @@ def test_paper_families_identify_the_teacher_terms_not_the_student_term():
         assert not c["identified"] and c["decades"] >= 1, (name, c)
     assert {"A", "B", "alpha", "beta"} <= set(dist["not_identified"])
     assert dist["extrapolation"]["heldout"] == 72  # 10% of the 724 students
-    assert dist["extrapolation"]["error_vs_law_median"] < 0.01
-    assert sup["extrapolation"]["error_vs_law_median"] < 0.01
+    assert dist["extrapolation"]["error_vs_law_median"] < 0.005
+    assert sup["extrapolation"]["error_vs_law_median"] < 0.005
     assert "distillation law NOT identified" in doc["verdict"]
 
 

@@ -174,7 +174,6 @@ def design(
     the extrapolation error on the strongest runs. Returns a JSON-able document."""
     s = settings or DesignSettings()
     _check_settings(s)
-    search = SEARCHES[s.search]
     rng = np.random.default_rng(s.seed)
     fit_sup = _can_fit(grid.supervised, "N", "D", len(supervised_spec(s.form).params))
     fit_dist = _can_fit(grid.students, "N_S", "D_S", len(DISTILLATION_SPEC.params))
@@ -189,43 +188,14 @@ def design(
     elif not fit_dist:
         notes.append("Too few students (or one size or one budget) for a distillation fit.")
     records: dict[str, list[dict[str, Any]]] = {"supervised": [], "distillation": []}
-    common = dict(huber_delta=s.huber_delta, search=search, level=0.9, bootstrap=s.bootstrap)
     for r in range(s.replicates):
         sup, st = simulate(grid, truth, s.noise, rng)
-        sup_coef = truth["supervised"]
+        sup_coef = truth["supervised"]  # Ltilde_S when there is no supervised fit
         if fit_sup:
-            full = fit_supervised(sup, form=s.form, grid=_starts(s, "supervised"), seed=r, **common)
-            where = _holdout_where(sup, s.holdout)
-            extrap = (
-                fit_supervised(
-                    sup,
-                    form=s.form,
-                    grid=_starts(s, "supervised"),
-                    fit_where=where,
-                    **{**common, "bootstrap": 0},
-                )
-                if where
-                else None
-            )
-            records["supervised"].append(_record(full, extrap, sup, truth, "supervised"))
-            sup_coef = full["coefficients"]
+            records["supervised"].append(_replicate("supervised", sup, truth, s, r))
+            sup_coef = records["supervised"][-1]["coefficients"]
         if fit_dist:
-            full = fit_distillation(st, sup_coef, grid=_starts(s, "distillation"), seed=r, **common)
-            where = _holdout_where(st, s.holdout)
-            extrap = (
-                fit_distillation(
-                    st,
-                    sup_coef,
-                    grid=_starts(s, "distillation"),
-                    fit_where=where,
-                    **{**common, "bootstrap": 0},
-                )
-                if where
-                else None
-            )
-            records["distillation"].append(
-                _record(full, extrap, st, truth, "distillation", sup_coef)
-            )
+            records["distillation"].append(_replicate("distillation", st, truth, s, r, sup_coef))
     laws = {law: _summarise(recs, truth[law], s, law) for law, recs in records.items() if recs}
     doc = {
         "grid": grid.name,
@@ -251,6 +221,44 @@ def design(
     }
     doc["verdict"] = verdict(doc)
     return doc
+
+
+def _fit(
+    law: str,
+    frame: pd.DataFrame,
+    s: DesignSettings,
+    seed: int,
+    sup_coef: Mapping[str, float] | None,
+    fit_where: str | None = None,
+) -> dict[str, Any]:
+    """kdlab fit's own fit of one law; the extrapolation fit (``fit_where``) skips the
+    bootstrap, which only the full fit reports."""
+    kw: dict[str, Any] = dict(
+        huber_delta=s.huber_delta,
+        grid=_starts(s, law),
+        search=SEARCHES[s.search],
+        fit_where=fit_where,
+        bootstrap=0 if fit_where else s.bootstrap,
+        seed=seed,
+    )
+    if law == "supervised":
+        return fit_supervised(frame, form=s.form, **kw)
+    return fit_distillation(frame, sup_coef, **kw)
+
+
+def _replicate(
+    law: str,
+    frame: pd.DataFrame,
+    truth: Mapping[str, Any],
+    s: DesignSettings,
+    seed: int,
+    sup_coef: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """One draw's verdict on one law: the fit of every run, and the fit of the weaker."""
+    full = _fit(law, frame, s, seed, sup_coef)
+    where = _holdout_where(frame, s.holdout)
+    extrap = _fit(law, frame, s, seed, sup_coef, where) if where else None
+    return _record(full, extrap, frame, truth, law, sup_coef)
 
 
 def _check_settings(s: DesignSettings) -> None:
