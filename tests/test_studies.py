@@ -22,7 +22,7 @@ def test_pysrc_study_has_the_shape_it_was_designed_to(pysrc_jobs):
     teachers = [j for j in jobs if j.role == "teacher"]
     assert len({j.n_params for j in students}) == 4  # micro L1 to L4
     tpp = [j.tokens / j.n_params for j in jobs if j.role != "teacher"]
-    assert min(tpp) == pytest.approx(5) and max(tpp) == pytest.approx(320)
+    assert min(tpp) == pytest.approx(5) and max(tpp) >= 320
     assert min(j.steps for j in jobs) >= 500
     assert max(j.passes for j in jobs) < 1 and {j.passes_how for j in jobs} <= {
         "exact",

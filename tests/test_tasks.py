@@ -56,20 +56,25 @@ def test_task_configs_are_checked(spec, message):
         build_corpus(spec)
 
 
-def test_pysrc_holds_the_stdlib_and_the_installed_packages_in_a_fixed_order():
-    full = build_corpus("pysrc")
+def test_pysrc_holds_the_stdlib_and_the_named_packages_in_a_fixed_order():
+    full = build_corpus("pysrc")  # the stdlib and PyTorch
     files = full.files()
-    stdlib = set(build_corpus("stdlib").files())
-    assert stdlib < set(files)
-    assert any("site-packages" in p.parts for p in files)
+    assert set(build_corpus("stdlib").files()) < set(files)
+    torch_files = [p for p in files if "site-packages" in p.parts]
+    assert torch_files and all(
+        p.parts[p.parts.index("site-packages") + 1] == "torch" for p in torch_files
+    )
     assert not any({"tests", "test", "__pycache__"} & set(p.parts) for p in files)
-    assert files == build_corpus({"name": "pysrc"}).files()
+    assert files == build_corpus({"name": "pysrc", "packages": ["torch"]}).files()
+    assert full.describe()["versions"]["torch"].startswith("2.13.0")
+    assert full.byte_tokens_estimate() > 4 * build_corpus("stdlib").byte_tokens_estimate()
     capped = build_corpus({"name": "pysrc", "max_bytes": 3_000_000})
     info = capped.info()
     assert 2_500_000 < info.n_bytes <= 3_000_000
     # the size estimate from the files' sizes is the byte-token count itself
     assert capped.byte_tokens_estimate() == info.n_bytes + info.n_documents
-    assert full.byte_tokens_estimate() > 10 * build_corpus("stdlib").byte_tokens_estimate()
+    with pytest.raises(ValueError, match="package 'no_such_pkg' is not installed"):
+        build_corpus({"name": "pysrc", "packages": ["no_such_pkg"]}).files()
 
 
 def test_planned_token_counts_say_how_they_are_known(tmp_path):

@@ -3,8 +3,8 @@
 Every source shares one interface so that runs only ever name a corpus config:
 
 - ``stdlib``: the running Python's standard-library sources, always available offline;
-- ``pysrc``: the standard library plus every installed package's Python sources, offline
-  and about twenty times larger (a CPU study that must not repeat its data);
+- ``pysrc``: the standard library plus chosen installed packages' Python sources (PyTorch
+  by default), offline and five times larger (a CPU study that must not repeat its data);
 - ``markov``: tokens from a random Markov chain whose entropy rate (the irreducible loss)
   is known exactly, and whose transition matrix can act as an oracle teacher;
 - ``hf``: any Hugging Face dataset (C4 on clusters), optionally streamed and capped;
@@ -62,8 +62,9 @@ class CorpusConfig:
     """
 
     name: str = "stdlib"
-    # stdlib
+    # stdlib, pysrc
     include_tests: bool = False
+    packages: tuple[str, ...] = ("torch",)  # pysrc: site-packages directories read
     # markov
     n_states: int = 64
     n_tokens: int = 4_000_000  # and kernel, pointer
@@ -108,15 +109,17 @@ class CorpusConfig:
                 f"unknown corpus field(s) {', '.join(unknown)}; "
                 f"valid fields: {', '.join(sorted(known))}"
             )
-        if "paths" in data:
-            paths = data["paths"]
-            data["paths"] = (paths,) if isinstance(paths, str) else tuple(str(p) for p in paths)
+        for key in ("paths", "packages"):
+            if key in data:
+                value = data[key]
+                data[key] = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able) of all fields."""
         out = dataclasses.asdict(self)
         out["paths"] = list(self.paths)
+        out["packages"] = list(self.packages)
         return out
 
 
@@ -314,37 +317,65 @@ class StdlibCorpus(Corpus):
 
 
 class PysrcCorpus(Corpus):
-    """The standard library's and every installed package's ``.py`` sources.
+    """The standard library's ``.py`` sources plus those of chosen installed packages.
 
-    About 250 MB of Python on a machine with PyTorch installed, against the stdlib's
-    12 MB: enough that a CPU study's largest runs see every token once. The files are
-    the stdlib's (as ``stdlib``) plus those under the interpreter's site-packages
-    (``sysconfig`` purelib and platlib), test directories excluded unless
-    ``include_tests``. The order is a shuffle by sha256 of ``<stdlib|site-packages>/
-    <relative path>``, fixed for a given set of installed packages; ``max_bytes`` keeps
-    the corpus to its first files up to that size. What a machine has installed decides
-    the content, so a study records (and its results quote) the fingerprint.
+    By default the package is PyTorch, whose version the project pins (torch==2.13.0):
+    58 MB of Python with the stdlib, five times the stdlib alone, enough that a CPU
+    study's largest runs see every token at most once. Only the packages named in
+    ``packages`` are read (``["*"]``: every package in site-packages), so installing
+    something else does not change the corpus: a study spanning days on a shared machine
+    keeps its run keys. The order is a shuffle by sha256 of ``stdlib/<path>`` or
+    ``site-packages/<package>/<path>``; test directories are excluded unless
+    ``include_tests``; ``max_bytes`` keeps the first files up to that size. The
+    packages' versions are recorded with the corpus, and a study quotes its fingerprint.
     """
 
-    fields: ClassVar[tuple[str, ...]] = ("include_tests", "max_bytes")
+    fields: ClassVar[tuple[str, ...]] = ("packages", "include_tests", "max_bytes")
 
-    def roots(self) -> list[tuple[str, Path]]:
-        """(label, directory) of the trees read: the stdlib, then the site directories."""
-        paths = sysconfig.get_paths()
-        out = [("stdlib", Path(paths["stdlib"]))]
-        for key in ("purelib", "platlib"):
-            site = Path(paths[key])
-            if site.is_dir() and all(site.resolve() != p.resolve() for _, p in out):
-                out.append(("site-packages", site))
+    def __init__(self, config: CorpusConfig) -> None:
+        super().__init__(config)
+        if not config.packages:
+            raise ValueError("pysrc corpus needs 'packages' (e.g. [torch], or ['*'] for all)")
+
+    @property
+    def site(self) -> Path:
+        return Path(sysconfig.get_paths()["purelib"])
+
+    def package_dirs(self) -> list[Path]:
+        """The site-packages directories read, in name order; a missing one is an error."""
+        if list(self.config.packages) == ["*"]:
+            return sorted(p for p in self.site.iterdir() if p.is_dir() and p.name not in _SKIP_DIRS)
+        out = []
+        for name in sorted(set(self.config.packages)):
+            path = self.site / name
+            if not path.is_dir():
+                raise ValueError(f"pysrc corpus: package {name!r} is not installed in {self.site}")
+            out.append(path)
         return out
+
+    def versions(self) -> dict[str, str]:
+        """Installed version of each package read (what decides the content)."""
+        from importlib import metadata
+
+        out = {}
+        for path in self.package_dirs():
+            try:
+                out[path.name] = metadata.version(path.name)
+            except metadata.PackageNotFoundError:
+                out[path.name] = "unknown"
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "python": sys.version.split()[0], "versions": self.versions()}
 
     def files(self) -> list[Path]:
         """The files of the corpus, in corpus order (before the ``max_bytes`` cap)."""
         skip = _SKIP_DIRS if self.config.include_tests else _SKIP_DIRS | _TEST_DIRS
-        labelled: dict[str, Path] = {}
-        for label, root in self.roots():
-            for rel in python_files(root, skip):
-                labelled.setdefault(f"{label}/{rel}", root / rel)
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        labelled = {f"stdlib/{rel}": stdlib / rel for rel in python_files(stdlib, skip)}
+        for package in self.package_dirs():
+            for rel in python_files(package, skip):
+                labelled[f"site-packages/{package.name}/{rel}"] = package / rel
         return [labelled[name] for name in _shuffled(list(labelled))]
 
     def documents(self) -> Iterator[str]:
@@ -364,8 +395,7 @@ class PysrcCorpus(Corpus):
 
     def source_key(self) -> str:
         listing = [(str(p), p.stat().st_size) for p in self.files()]
-        c = self.config
-        return short_hash("pysrc", sys.version, listing, c.include_tests, c.max_bytes)
+        return short_hash("pysrc", sys.version, listing, self.describe())
 
 
 # --------------------------------------------------------------------------- markov
