@@ -99,7 +99,7 @@ def test_the_micro_grid_identifies_nothing_of_the_distillation_law():
     dist = doc["laws"]["distillation"]
     assert dist["search_failures"] == 0
     assert dist["not_identified"] == list(dist["coefficients"])  # all nine
-    assert dist["coefficients"]["A"]["decades"] >= 1
+    assert all(c["reason"] for c in dist["coefficients"].values())
     assert not doc["laws"]["supervised"]["coefficients"]["E"]["identified"]
     assert doc["verdict"].startswith("supervised law NOT identified (E")
 
