@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kdlab import sweep_design
 from kdlab.accelerators import ACCELERATORS, GIB, get_accelerator
 from kdlab.cluster_plan import (
     USABLE,
@@ -57,6 +58,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed MFU (default 0.4)")
     plan.set_defaults(func=_plan)
+    sweep_design.add_command(sub)
     run = sub.add_parser("run", help="launch a grid (kdlab-train -m) after checking it")
     run.add_argument("sweep")
     run.add_argument("overrides", nargs="*")
@@ -81,7 +83,8 @@ def _fmt_seconds(seconds: float | None) -> str:
 
 def print_plan(title: str, jobs: list[JobPlan]) -> None:
     table = Table(title=title)
-    for column in ("#", "role", "model", "N", "D", "M", "teacher", "FLOPs", "est. time", "status"):
+    columns = ("#", "role", "model", "N", "D", "M", "passes", "teacher", "FLOPs", "est. time")
+    for column in (*columns, "status"):
         table.add_column(column, justify="right" if column not in ("role", "status") else "left")
     for i, job in enumerate(jobs):
         table.add_row(
@@ -91,6 +94,7 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
             f"{job.n_params:.3g}",
             f"{job.tokens:.3g}",
             f"{job.tokens / job.n_params:.3g}",
+            "-" if job.passes is None else f"{job.passes:.2g}",
             job.teacher or "-",
             f"{job.flops:.3g}",
             _fmt_seconds(job.seconds),
@@ -104,6 +108,19 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
         f"total {sum(j.flops for j in jobs):.3g} FLOPs, to run {sum(j.flops for j in todo):.3g}"
         + (f", about {_fmt_seconds(sum(seconds))} at the measured rate" if seconds else "")
     )
+    warn_repeats(jobs)
+
+
+def warn_repeats(jobs: list[JobPlan]) -> None:
+    """One line when a job would see its split more than once (its data repeats)."""
+    over = [j for j in jobs if j.passes is not None and j.passes > 1]
+    if over:
+        how = over[0].passes_how
+        console.print(
+            f"[bold red]warning:[/] {len(over)} job(s) pass over their data split more than "
+            f"once (up to {max(j.passes for j in over):.3g} times: the data repeats)"
+            + ("" if how == "exact" else f"; corpus size {how}")
+        )
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -205,15 +222,24 @@ def _run(args: argparse.Namespace) -> int:
     return launch(path, args.overrides)
 
 
-def run_study(name: str, overrides: Sequence[str] = ()) -> int:
-    """Each stage in order with a progress bar; stops at the first stage that fails."""
+def study_stages(name: str) -> list[Path] | None:
+    """The sweep files of a study's stages in order; None when ``name`` is no study."""
     folder = SWEEPS_DIR / name
     if not (folder / "study.yaml").is_file():
+        return None
+    return [
+        sweep_file(str(folder / stage)) for stage in OmegaConf.load(folder / "study.yaml").stages
+    ]
+
+
+def run_study(name: str, overrides: Sequence[str] = ()) -> int:
+    """Each stage in order with a progress bar; stops at the first stage that fails."""
+    paths = study_stages(name)
+    if paths is None:
         known = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/study.yaml"))
         raise ConfigError(f"no study named '{name}'; known studies: {', '.join(known)}")
-    stages = list(OmegaConf.load(folder / "study.yaml").stages)
-    for stage in stages:
-        path = sweep_file(str(folder / stage))
+    for path in paths:
+        stage = path.stem
         plan = plan_sweep(path, overrides)
         todo = sum(j.status != "done" for j in plan.jobs)
         console.rule(f"[bold]{name}/{stage}[/]: {len(plan.jobs)} jobs, {todo} to run")

@@ -9,6 +9,9 @@ costed on a laptop, and a student sweep whose teachers are missing is refused up
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -28,9 +31,12 @@ from omegaconf.errors import OmegaConfBaseException
 from kdlab.cluster_plan import Workload, configured_layout
 from kdlab.composition import composition_error
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
+from kdlab.data import build_corpus, split_layout
+from kdlab.data.cache import TokenCount, planned_token_count
+from kdlab.data.corpora import to_plain
 from kdlab.errors import ConfigError, error_exit
 from kdlab.features import layer_pairs, training_flops_per_token
-from kdlab.identity import objective_identity, run_tokens, teacher_config
+from kdlab.identity import ROLE_SPLIT, objective_identity, run_tokens, teacher_config
 from kdlab.locking import writable_folder
 from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_params
 from kdlab.models.memory import Layout
@@ -107,6 +113,10 @@ class JobPlan:
     teacher_tokens: int | None = None
     teacher_signature: dict | None = None
     teacher_overrides: list[str] = dataclasses.field(default_factory=list)  # see plan_job
+    teacher_params: int | None = None  # N_T
+    steps: int = 0  # optimizer steps
+    passes: float | None = None  # D over the tokens of one pass over its split
+    passes_how: str = ""  # how the corpus's size is known (kdlab.data.TokenCount.how)
     status: str = "todo"
     seconds: float | None = None
     shape: ModelShape | None = None
@@ -146,8 +156,9 @@ def _signature(cfg: DictConfig) -> dict:
 def _shape(model_cfg: DictConfig, cfg: DictConfig) -> ModelShape:
     tokenizer = cfg.data.module.get("tokenizer")
     vocab = tokenizer.get("vocab_size") if isinstance(tokenizer, DictConfig) else None
-    if cfg.data.module.corpus.get("name") == "markov":
-        vocab = cfg.data.module.corpus.n_states
+    corpus = build_corpus(cfg.data.module.corpus)  # reads nothing
+    if corpus.kind == "tokens":  # Markov and the synthetic tasks name their own vocabulary
+        vocab = corpus.vocab_size
     return instantiate(model_cfg, vocab_size=vocab)
 
 
@@ -169,6 +180,9 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
             OmegaConf.to_container(cfg.trainer, resolve=True), cfg.data.module.batch_size
         ),
     )
+    plan.passes, plan.passes_how = _passes(cfg, shape.n_ctx, tokens)
+    batches = math.ceil(tokens / (cfg.data.module.batch_size * shape.n_ctx))
+    plan.steps = math.ceil(batches / cfg.trainer.get("accumulate_grad_batches", 1))
     if cfg.role == "student" and cfg.teacher.get("model"):
         tcfg = teacher_config(cfg)
         tshape = _shape(tcfg.model, cfg)
@@ -177,6 +191,7 @@ def plan_job(cfg: DictConfig, overrides: list[str]) -> JobPlan:
         plan.teacher_signature = _signature(tcfg)
         plan.teacher_overrides = _teacher_overrides(cfg, overrides)
         plan.teacher_shape = tshape
+        plan.teacher_params = non_embedding_params(tshape)
         plan.flops += _student_extra_flops(cfg, shape, tshape, tokens)
     for member in cfg.teacher.get("teachers") or () if cfg.role == "student" else ():
         if member.get("model"):  # every teacher of a mixture runs per student token
@@ -201,6 +216,30 @@ def _student_extra_flops(
         attention = bool(features.get("attention_weight"))
         extra += training_flops_per_token(shape, teacher, pairs, attention) * tokens
     return extra
+
+
+def _passes(cfg: DictConfig, seq_len: int, tokens: int) -> tuple[float | None, str]:
+    """How many times the job goes over its split, from the corpus's planned size."""
+    module = cfg.data.module
+    count = _token_count(
+        json.dumps(to_plain(module.corpus), sort_keys=True),
+        json.dumps(to_plain(module.tokenizer), sort_keys=True),
+        str(cfg.paths.cache_dir),
+    )
+    if count.n_tokens is None:
+        return None, count.how
+    try:
+        split = split_layout(count.n_tokens, module.val_tokens)[ROLE_SPLIT[cfg.role]]
+    except ValueError:  # a corpus too small for its validation tokens: no pass at all
+        return float("inf"), count.how
+    per_pass = (len(split) - 1) // seq_len * seq_len
+    return (tokens / per_pass if per_pass > 0 else float("inf")), count.how
+
+
+@functools.lru_cache(maxsize=64)
+def _token_count(corpus: str, tokenizer: str, cache_dir: str) -> TokenCount:
+    """A corpus's planned size, once per plan (every job of a sweep shares its corpus)."""
+    return planned_token_count(build_corpus(json.loads(corpus)), json.loads(tokenizer), cache_dir)
 
 
 # what teacher_config replaces in a student's config; everything else the teacher shares

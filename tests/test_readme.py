@@ -24,12 +24,16 @@ COVERED = {
     "kdlab-train data=markov objective=distill teacher=oracle": "tests/test_distill.py",
     "kdlab-train -m -cd sweeps/nano": "tests/test_sweeps.py",
     "kdlab study nano": "tests/test_demo.py",
+    # hours of CPU: their stages are planned (shape, steps, passes) by tests/test_studies.py
+    "kdlab study pysrc": "tests/test_studies.py",
+    "kdlab study kernel": "tests/test_studies.py",
+    "kdlab study pointer": "tests/test_studies.py",
     "kdlab fit supervised --form paper": "tests/test_laws_cli.py (database input)",
     "kdlab fit distillation --supervised": "tests/test_laws_cli.py",
     "kdlab report": "tests/test_report.py",
     "kdlab dashboard": "tests/test_dashboard.py (serves until stopped)",
     "kdlab runs compute": "tests/test_teacher_cache.py::test_students_share_one_cache_counted_once",
-    "kdlab runs": "tests/test_rundb.py::test_cli_list_show_export",
+    "kdlab runs": "tests/test_rundb.py::test_cli_list_show_export, tests/test_transfer.py",
     "kdlab teacher cache": "tests/test_teacher_cache.py",
     "kdlab-train objective=distill teacher=cache": "tests/test_teacher_cache.py",
     "kdlab-train data=markov objective=seqkd": "tests/test_generate.py",
@@ -38,6 +42,7 @@ COVERED = {
     "kdlab-train objective=distill teacher=hf": "tests/test_hf.py",
     "kdlab generate": "tests/test_generate.py",
     "kdlab export hf": "tests/test_hf.py::test_export_command_writes_a_finished_runs_checkpoint",
+    "kdlab sweep design": "tests/test_design.py (smaller replicates; the pysrc line in RESULTS)",
     # cluster-only: need SLURM, a PostgreSQL URL and a W&B account; the overrides are
     # composed here by test_readme_cluster_command_composes
     "export ": "cluster environment",

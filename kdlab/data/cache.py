@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kdlab.data.corpora import Corpus, CorpusInfo, DocumentHasher
-from kdlab.data.tokenizers import Tokenizer, token_dtype
+from kdlab.data.tokenizers import Tokenizer, TokenizerConfig, resolve_kind, token_dtype
 from kdlab.locking import atomic_write_json, build_once, temp_path_for
 
 DEFAULT_CACHE_DIR = "runs/cache"
@@ -53,6 +53,42 @@ def corpus_info(
     data = json.loads(path.read_text())
     fields = {f.name for f in dataclasses.fields(CorpusInfo)}
     return CorpusInfo(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """A corpus's size in tokens as known before training: ``how`` says how it is known."""
+
+    n_tokens: int | None
+    how: str  # "exact" | "estimate: <how>" | "unknown: <why>"
+
+    @property
+    def exact(self) -> bool:
+        return self.how == "exact"
+
+
+def planned_token_count(
+    corpus: Corpus, tokenizer: Any, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR
+) -> TokenCount:
+    """The corpus's token count without tokenizing it (``kdlab sweep plan``'s passes).
+
+    Token corpora say it (``n_tokens``); under the byte tokenizer (one token per byte plus
+    one per document) the corpus facts memoised by an earlier run say it exactly, and
+    file corpora are estimated from their files' sizes. A BPE's count is unknown until
+    the corpus is tokenized.
+    """
+    if corpus.kind == "tokens":
+        return TokenCount(int(corpus.config.n_tokens), "exact")
+    if resolve_kind(TokenizerConfig.from_any(tokenizer), corpus) != "byte":
+        return TokenCount(None, "unknown: a BPE's token count is known once it has run")
+    memo = Path(cache_dir) / "corpora" / f"{corpus.name}-{corpus.source_key()}.json"
+    if corpus.memoize_info and memo.is_file():
+        info = json.loads(memo.read_text())
+        return TokenCount(int(info["n_bytes"]) + int(info["n_documents"]), "exact")
+    estimate = getattr(corpus, "byte_tokens_estimate", None)
+    if estimate is not None:
+        return TokenCount(int(estimate()), "estimate: from the files' sizes")
+    return TokenCount(None, f"unknown: the {corpus.name} corpus has not been read yet")
 
 
 @dataclass(frozen=True)
@@ -196,8 +232,10 @@ def _changed(corpus: Corpus, info: CorpusInfo) -> str:
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "TokenCache",
+    "TokenCount",
     "corpus_info",
     "open_token_cache",
+    "planned_token_count",
     "token_cache_path",
     "unigram_entropy",
 ]

@@ -1,12 +1,15 @@
 """Corpora: where the training text (or tokens) of a study comes from.
 
-Four sources share one interface so that runs only ever name a corpus config:
+Every source shares one interface so that runs only ever name a corpus config:
 
 - ``stdlib``: the running Python's standard-library sources, always available offline;
+- ``pysrc``: the standard library plus chosen installed packages' Python sources (PyTorch
+  by default), offline and five times larger (a CPU study that must not repeat its data);
 - ``markov``: tokens from a random Markov chain whose entropy rate (the irreducible loss)
   is known exactly, and whose transition matrix can act as an oracle teacher;
 - ``hf``: any Hugging Face dataset (C4 on clusters), optionally streamed and capped;
-- ``files``: local text / jsonl / parquet files.
+- ``files``: local text / jsonl / parquet files;
+- ``kernel``, ``pointer``: synthetic token tasks for the capacity gap (``kdlab.data.tasks``).
 
 Every corpus has a ``fingerprint``: the first 16 hex digits of a sha256 over its content
 (documents with length prefixes, or the token array), so runs record *what* they trained
@@ -25,7 +28,7 @@ import os
 import sys
 import sysconfig
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,7 +36,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-CORPUS_NAMES = ("stdlib", "markov", "hf", "files")
+CORPUS_NAMES = ("stdlib", "markov", "hf", "files", "pysrc", "kernel", "pointer")
 _HF_OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # the hub libraries' offline switches
 FINGERPRINT_HEX = 16
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
@@ -60,14 +63,21 @@ class CorpusConfig:
     """
 
     name: str = "stdlib"
-    # stdlib
+    # stdlib, pysrc
     include_tests: bool = False
+    packages: tuple[str, ...] = ("torch",)  # pysrc: site-packages directories read
     # markov
     n_states: int = 64
-    n_tokens: int = 4_000_000
+    n_tokens: int = 4_000_000  # and kernel, pointer
     alpha: float = 0.1
     smoothing: float = 1e-3
-    seed: int = 0
+    seed: int = 0  # and kernel, pointer
+    # kernel, pointer (kdlab.data.tasks)
+    base: int = 16
+    order: int = 3
+    waves: int = 8
+    smoothness: float = 1.0
+    noise: float = 0.05
     # hf
     path: str | None = None
     config: str | None = None
@@ -100,15 +110,17 @@ class CorpusConfig:
                 f"unknown corpus field(s) {', '.join(unknown)}; "
                 f"valid fields: {', '.join(sorted(known))}"
             )
-        if "paths" in data:
-            paths = data["paths"]
-            data["paths"] = (paths,) if isinstance(paths, str) else tuple(str(p) for p in paths)
+        for key in ("paths", "packages"):
+            if key in data:
+                value = data[key]
+                data[key] = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able) of all fields."""
         out = dataclasses.asdict(self)
         out["paths"] = list(self.paths)
+        out["packages"] = list(self.packages)
         return out
 
 
@@ -230,6 +242,42 @@ def token_fingerprint(ids: np.ndarray, vocab_size: int) -> str:
 # --------------------------------------------------------------------------- stdlib
 
 
+def python_files(root: Path, skip: frozenset[str]) -> list[str]:
+    """Relative paths (with ``/``) of the ``.py`` files under ``root``, not entering
+    directories named in ``skip``; in walk order (callers sort)."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        rel_dir = os.path.relpath(dirpath, root)
+        for fname in filenames:
+            if fname.endswith(".py"):
+                rel = os.path.normpath(os.path.join(rel_dir, fname))
+                found.append(rel.replace(os.sep, "/"))
+    return found
+
+
+def _shuffled(names: list[str]) -> list[str]:
+    """Sorted by sha256 of the name: the same order on every machine, yet a shuffle."""
+    return sorted(names, key=lambda rel: (hashlib.sha256(rel.encode()).hexdigest(), rel))
+
+
+def _read_documents(paths: Iterable[Path], max_bytes: int | None) -> Iterator[str]:
+    """Each file's UTF-8 text in order (undecodable files skipped), stopping before the
+    file that would take the total past ``max_bytes``."""
+    total = 0
+    for path in paths:
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if max_bytes is not None:
+            if total + len(data) > max_bytes:
+                return
+            total += len(data)
+        yield text
+
+
 class StdlibCorpus(Corpus):
     """The ``.py`` sources of the running Python's standard library.
 
@@ -248,31 +296,107 @@ class StdlibCorpus(Corpus):
     def root(self) -> Path:
         return Path(sysconfig.get_paths()["stdlib"])
 
+    def _skip(self) -> frozenset[str]:
+        return _SKIP_DIRS if self.config.include_tests else _SKIP_DIRS | _TEST_DIRS
+
     def files(self) -> list[Path]:
         """The files of the corpus, in corpus order."""
         root = self.root
-        skip = _SKIP_DIRS if self.config.include_tests else _SKIP_DIRS | _TEST_DIRS
-        found: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in skip)
-            rel_dir = os.path.relpath(dirpath, root)
-            for fname in filenames:
-                if fname.endswith(".py"):
-                    rel = os.path.normpath(os.path.join(rel_dir, fname))
-                    found.append(rel.replace(os.sep, "/"))
-        found.sort(key=lambda rel: (hashlib.sha256(rel.encode()).hexdigest(), rel))
-        return [root / rel for rel in found]
+        return [root / rel for rel in _shuffled(python_files(root, self._skip()))]
 
     def documents(self) -> Iterator[str]:
-        for path in self.files():
-            try:
-                yield path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                continue
+        return _read_documents(self.files(), None)
+
+    def byte_tokens_estimate(self) -> int:
+        """Byte tokens (bytes plus one separator per file) from the files' sizes, without
+        reading them: exact unless a file is not valid UTF-8 (then it is skipped)."""
+        return sum(p.stat().st_size + 1 for p in self.files())
 
     def source_key(self) -> str:
         listing = [(str(p.relative_to(self.root)), p.stat().st_size) for p in self.files()]
         return short_hash("stdlib", sys.version, str(self.root), listing)
+
+
+class PysrcCorpus(Corpus):
+    """The standard library's ``.py`` sources plus those of chosen installed packages.
+
+    By default the package is PyTorch, whose version the project pins (torch==2.13.0):
+    58 MB of Python with the stdlib, five times the stdlib alone, enough that a CPU
+    study's largest runs see every token at most once. Only the packages named in
+    ``packages`` are read (``["*"]``: every package in site-packages), so installing
+    something else does not change the corpus: a study spanning days on a shared machine
+    keeps its run keys. The order is a shuffle by sha256 of ``stdlib/<path>`` or
+    ``site-packages/<package>/<path>``; test directories are excluded unless
+    ``include_tests``; ``max_bytes`` keeps the first files up to that size. The
+    packages' versions are recorded with the corpus, and a study quotes its fingerprint.
+    """
+
+    fields: ClassVar[tuple[str, ...]] = ("packages", "include_tests", "max_bytes")
+
+    def __init__(self, config: CorpusConfig) -> None:
+        super().__init__(config)
+        if not config.packages:
+            raise ValueError("pysrc corpus needs 'packages' (e.g. [torch], or ['*'] for all)")
+
+    @property
+    def site(self) -> Path:
+        return Path(sysconfig.get_paths()["purelib"])
+
+    def package_dirs(self) -> list[Path]:
+        """The site-packages directories read, in name order; a missing one is an error."""
+        if list(self.config.packages) == ["*"]:
+            return sorted(p for p in self.site.iterdir() if p.is_dir() and p.name not in _SKIP_DIRS)
+        out = []
+        for name in sorted(set(self.config.packages)):
+            path = self.site / name
+            if not path.is_dir():
+                raise ValueError(f"pysrc corpus: package {name!r} is not installed in {self.site}")
+            out.append(path)
+        return out
+
+    def versions(self) -> dict[str, str]:
+        """Installed version of each package read (what decides the content)."""
+        from importlib import metadata
+
+        out = {}
+        for path in self.package_dirs():
+            try:
+                out[path.name] = metadata.version(path.name)
+            except metadata.PackageNotFoundError:
+                out[path.name] = "unknown"
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "python": sys.version.split()[0], "versions": self.versions()}
+
+    def files(self) -> list[Path]:
+        """The files of the corpus, in corpus order (before the ``max_bytes`` cap)."""
+        skip = _SKIP_DIRS if self.config.include_tests else _SKIP_DIRS | _TEST_DIRS
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        labelled = {f"stdlib/{rel}": stdlib / rel for rel in python_files(stdlib, skip)}
+        for package in self.package_dirs():
+            for rel in python_files(package, skip):
+                labelled[f"site-packages/{package.name}/{rel}"] = package / rel
+        return [labelled[name] for name in _shuffled(list(labelled))]
+
+    def documents(self) -> Iterator[str]:
+        return _read_documents(self.files(), self.config.max_bytes)
+
+    def byte_tokens_estimate(self) -> int:
+        """Byte tokens from the files' sizes (see StdlibCorpus), ``max_bytes`` applied."""
+        total = tokens = 0
+        cap = self.config.max_bytes
+        for path in self.files():
+            size = path.stat().st_size
+            if cap is not None and total + size > cap:
+                break
+            total += size
+            tokens += size + 1
+        return tokens
+
+    def source_key(self) -> str:
+        listing = [(str(p), p.stat().st_size) for p in self.files()]
+        return short_hash("pysrc", sys.version, listing, self.describe())
 
 
 # --------------------------------------------------------------------------- markov
@@ -549,13 +673,16 @@ _CORPORA: dict[str, type[Corpus]] = {
     "markov": MarkovCorpus,
     "hf": HFCorpus,
     "files": FilesCorpus,
+    "pysrc": PysrcCorpus,
 }
 
 
 def build_corpus(spec: CorpusConfig | Mapping[str, Any] | str) -> Corpus:
     """The corpus a config names (reads nothing yet). Unknown name -> ValueError."""
+    from kdlab.data import tasks  # the synthetic tasks subclass Corpus: imported late
+
     config = CorpusConfig.from_any(spec)
-    cls = _CORPORA.get(config.name)
+    cls = _CORPORA.get(config.name) or tasks.TASKS.get(config.name)
     if cls is None:
         raise ValueError(
             f"unknown corpus {config.name!r}; valid corpora: {', '.join(CORPUS_NAMES)}"
@@ -572,6 +699,7 @@ __all__ = [
     "FilesCorpus",
     "HFCorpus",
     "MarkovCorpus",
+    "PysrcCorpus",
     "StdlibCorpus",
     "build_corpus",
     "short_hash",

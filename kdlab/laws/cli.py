@@ -289,23 +289,49 @@ def _row_filter(args: argparse.Namespace) -> str | None:
     return args.fit_where
 
 
+def _print_warnings(warnings: list[str]) -> None:
+    """Degenerate results, in red, before the numbers they are about."""
+    from kdlab.console import console
+
+    for text in warnings:
+        console.print(f"[bold red]warning:[/] {text}")
+
+
+def _fit_warnings(coefs: dict[str, Any]) -> list[str]:
+    """The warnings of the fit(s) a prediction or plan is made from (none for the paper's)."""
+    from kdlab.laws.flags import fit_warnings
+
+    doc = coefs.get("doc") or {}
+    if doc.get("source") == "paper":
+        return []
+    return fit_warnings(doc.get("supervised") if doc.get("law") == "distillation" else None) + (
+        fit_warnings(doc)
+    )
+
+
 def _print_fit(doc: dict[str, Any], out: str | None) -> None:
     from rich.table import Table
 
     from kdlab.console import console
 
     level = doc.get("interval_level")
+    _print_warnings(doc.get("warnings", []))
+    flags = doc.get("flags") or {}
     title = f"{doc['law']} law ({doc['form']}), {doc['n_points']} runs"
     table = Table(title=title)
     table.add_column("coefficient")
     table.add_column("value", justify="right")
     if "intervals" in doc:
         table.add_column(f"{100 * level:g}% interval", justify="right")
+    if flags:
+        table.add_column("degenerate")
     for name, value in doc["coefficients"].items():
         row = [name, f"{value:.6g}"]
         if "intervals" in doc:
             lo_hi = doc["intervals"].get(name)
             row.append(f"{lo_hi[0]:.6g} - {lo_hi[1]:.6g}" if lo_hi else "fixed")
+        if flags:
+            row.append(flags.get(name) or flags.get(f"{name}'") or "")
         table.add_row(*row)
     console.print(table)
     console.print(
@@ -403,10 +429,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     else:
         loss = distillation_loss(n, d, l_t, coefs["distillation"], coefs["supervised"])
     loss = np.broadcast_to(loss, shape)
+    warnings = _fit_warnings(coefs)
     if args.json:
         value: Any = float(loss.ravel()[0]) if loss.size == 1 else [float(v) for v in loss]
-        print(json.dumps({"loss": value}))
+        print(json.dumps({"loss": value, **({"warnings": warnings} if warnings else {})}))
         return 0
+    _print_warnings(warnings)
     from rich.table import Table
 
     from kdlab.console import console
@@ -501,6 +529,7 @@ PLAN_JSON_KEYS = (
     "student_tokens",
     "compute_shares",
     "verdict",
+    "warnings",
 )
 
 
@@ -526,6 +555,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         coefs["bounds"] = tuple(args.bounds)
     if args.crossover:
         result = crossover(coefs, args.student, args.scenario, args.students, args.teacher_loss)
+        result["warnings"] = _fit_warnings(coefs)
         printed = result
     else:
         compute = args.compute
@@ -537,6 +567,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         if compute is None:
             raise LawInputError("plan needs --compute C or --tokens-per-param M (or --crossover).")
         result = plan(coefs, args.student, compute, args.scenario, args.students)
+        result["warnings"] = _fit_warnings(coefs) + result["warnings"]
         printed = {k: result[k] for k in PLAN_JSON_KEYS}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -552,10 +583,13 @@ def _print_plan(result: dict[str, Any]) -> None:
 
     from kdlab.console import console
 
+    _print_warnings(result.get("warnings", []))
     table = Table(title=f"plan: {result['scenario']}", show_header=False)
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for key, value in result.items():
+        if key == "warnings":
+            continue
         if key == "compute_shares":
             for part, share in value.items():
                 table.add_row(f"compute share: {part}", f"{share:.1%}")

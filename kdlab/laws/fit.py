@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from kdlab.laws.bootstrap import bootstrap_intervals
+from kdlab.laws.flags import coefficient_flags, fit_warnings
 from kdlab.laws.forms import (
     DISTILLATION_SPEC,
     LawSpec,
@@ -197,6 +198,8 @@ def _fit(
             )
         doc.update(boot)
         doc["bootstrap"]["seconds"] = round(time.perf_counter() - t1, 3)
+    doc["flags"] = coefficient_flags(doc)
+    doc["warnings"] = fit_warnings(doc)
     return doc
 
 

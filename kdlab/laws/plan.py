@@ -37,6 +37,7 @@ from kdlab.laws.compute import (
     get_scenario,
     supervised_tokens,
 )
+from kdlab.laws.flags import plan_warnings
 from kdlab.laws.forms import distillation_loss, supervised_loss, supervised_tokens_for_loss
 from kdlab.laws.io import PLAN_BOUNDS, LawInputError
 from kdlab.laws.search import FINAL_STEP, local_minima, newton_2d, pattern_search
@@ -411,4 +412,5 @@ def plan_batch(
                 "verdict": "distil" if l_s[i] < l_sup[i] else "train alone",
             }
         )
+        rows[-1]["warnings"] = plan_warnings(rows[-1], b.bounds)
     return rows

@@ -8,6 +8,8 @@ aspect ratio rho = d_model / n_layer and the head width, and grows all widths wi
   d_ff taken from its table (8/3 d_model rounded up to a multiple of 256).
 - ``nano``: minutes on 2 CPU cores. d_model = 16 L, head_dim 16, context 128.
 - ``micro``: the CPU reproduction. d_model = 32 L, head_dim 32, context 256.
+- ``toy``: the synthetic capacity-gap tasks (kdlab.data.tasks). d_model = 8 L,
+  head_dim 8, context 64.
 
 The small ladders are named by layer count ("L1".."L6"), use bytes (V = 256) unless the
 tokenizer says otherwise, and take d_ff = 8/3 d_model rounded up to a multiple of 16.
@@ -116,6 +118,7 @@ LADDERS: dict[str, dict[str, ModelShape]] = {
     "paper": _paper_ladder(),
     "nano": _small_ladder("nano", width_per_layer=16, head_dim=16, n_ctx=128),
     "micro": _small_ladder("micro", width_per_layer=32, head_dim=32, n_ctx=256),
+    "toy": _small_ladder("toy", width_per_layer=8, head_dim=8, n_ctx=64),
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdlab.laws.flags import fit_warnings
 from kdlab.laws.io import LawInputError
 from kdlab.report import figures as figs
 from kdlab.report import tables
@@ -23,6 +24,7 @@ from kdlab.report.planning import (
     PlanSet,
     build_plans,
     default_sizes,
+    on_search_bound,
     resolve_plan_coefficients,
 )
 from kdlab.rundb import shown_url
@@ -49,6 +51,7 @@ class Report:
     figures: list[FigureResult]
     parity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # degenerate results, shown first
     html: Path | None = None
 
     @property
@@ -155,10 +158,28 @@ def _draw_report(out: Path, data: ReportData, plan: PlanOptions | None) -> Repor
         except LawInputError as exc:
             result.skipped = f"Not drawn: {exc}"
         results.append(result)
-    report = Report(out, data, plans, results, parity, notes)
+    report = Report(out, data, plans, results, parity, notes, degenerate_results(data, plans))
     _write_tables(report)
     report.html = write_page(report, out / "index.html")
     return report
+
+
+def degenerate_results(data: ReportData, plans: PlanSet | None) -> list[str]:
+    """What the page must say before anything else: degenerate fits (kdlab.laws.flags),
+    IsoFLOP minima that no run brackets, plans that stopped on a search bound."""
+    dist = data.distillation_fit.doc if data.distillation_fit else None
+    out = fit_warnings(data.supervised_doc) + fit_warnings(dist)
+    out += figs.isoflop_warnings(data.supervised)
+    if plans is not None:
+        for what, frame in (("plan table", plans.table), ("map", plans.map)):
+            bound = int(on_search_bound(frame).sum())
+            if bound:
+                out.append(
+                    f"{bound} of the {len(frame)} plans of the {what} stop on the planner's "
+                    "search bound (a teacher or token count at its limit): those answers "
+                    "are the bound, not optima, and are marked."
+                )
+    return out
 
 
 def _write_tables(report: Report) -> None:
@@ -175,6 +196,8 @@ def _write_tables(report: Report) -> None:
     objectives = tables.objective_table(data)
     if not objectives.empty:
         objectives.to_csv(out / "objectives.csv", index=False)
+    if not data.students.empty:
+        tables.capacity_gap_table(data.students).to_csv(out / "capacity_gap.csv", index=False)
     if report.plans is not None:
         report.plans.table.to_csv(out / "plan.csv", index=False)
         report.plans.map.to_csv(out / "distillation_map.csv", index=False)
@@ -182,6 +205,7 @@ def _write_tables(report: Report) -> None:
         "figures": {f.name: f.path.name for f in report.made},
         "skipped": {f.name: f.skipped for f in report.figures if f.skipped},
         "notes": report.notes,
+        "warnings": report.warnings,
         "plan_coefficients": report.plans.source if report.plans else None,
         "plan_student": report.plans.student if report.plans else None,
         "supervised_fit": data.supervised_fit.path if data.supervised_fit else None,

@@ -27,11 +27,14 @@ from matplotlib.patches import Patch
 
 from kdlab.laws.compute import flops_per_token
 from kdlab.laws.fit import error_summary
+from kdlab.laws.flags import coefficient_flags
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.report.data import ReportData, fit_membership
-from kdlab.report.planning import SCENARIO_ORDER, SCENARIO_TITLES, PlanSet
+from kdlab.report.planning import SCENARIO_ORDER, SCENARIO_TITLES, PlanSet, on_search_bound
+from kdlab.report.tables import capacity_gap_table
 
 DPI = 150
+WARN_COLOR = "#b00020"
 LOSS_LABEL = "validation loss (nats/token)"
 STYLE = {
     "font.size": 12,
@@ -183,6 +186,29 @@ def _plain_axis(axis: Any) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _flagged(data: ReportData, *laws: str) -> dict[str, str]:
+    """Degenerate coefficients (kdlab.laws.flags) of the fits a figure draws."""
+    docs = {
+        "supervised": data.supervised_doc,
+        "distillation": data.distillation_fit.doc if data.distillation_fit else None,
+    }
+    out: dict[str, str] = {}
+    for law in laws:
+        if docs[law]:
+            out.update(coefficient_flags(docs[law]))
+    return out
+
+
+def _suptitle(fig: Figure, text: str, flagged: Mapping[str, str] | None = None) -> None:
+    """The figure's title; above it, in red, what in the figure is degenerate."""
+    if flagged:
+        text = (
+            f"DEGENERATE FIT: {', '.join(flagged)} not determined by the runs "
+            f"(see the report's warnings); its curves are not measurements\n{text}"
+        )
+    fig.suptitle(text, color=WARN_COLOR if flagged else "black")
+
+
 def _no_fit_note(ax: Any, what: str) -> None:
     ax.text(
         0.02,
@@ -264,7 +290,11 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
         ax_n.set_title("loss vs model size (curves at fixed M)")
         ax_d.set_xlabel("training tokens D")
         ax_d.set_title("loss vs training tokens (curves at fixed N)")
-        fig.suptitle(f"Supervised scaling: {len(sup)} runs{_form_suffix(data)}")
+        _suptitle(
+            fig,
+            f"Supervised scaling: {len(sup)} runs{_form_suffix(data)}",
+            _flagged(data, "supervised") if coef is not None else None,
+        )
     return _save(fig, out_dir, "supervised_loss")
 
 
@@ -372,11 +402,43 @@ def _law_argmin(
     return float(np.exp(minimize_scalar(loss, bounds=(lo, hi), method="bounded").x))
 
 
+def isoflop_minima(sup: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per IsoFLOP profile: its budget, runs, minimum and whether the runs bracket it.
+
+    A minimum is bracketed when the profile's lowest loss lies between a smaller and a
+    larger model. Otherwise the optimum may lie beyond the sizes run, and the minimum is
+    a bound, not a measurement (nor is an N* exponent fitted to such minima).
+    """
+    out = []
+    for c, g in isoflop_groups(sup) if not sup.empty else []:
+        n, loss = g["N"].to_numpy(float), g["loss"].to_numpy(float)
+        n_star, l_star = _parabola_minimum(n, loss)
+        i = int(np.argmin(loss))
+        out.append(
+            {"compute": c, "runs": g, "N": n_star, "loss": l_star, "bracketed": 0 < i < len(n) - 1}
+        )
+    return out
+
+
+def isoflop_warnings(sup: pd.DataFrame) -> list[str]:
+    """A sentence for the report when IsoFLOP minima are not bracketed by runs."""
+    minima = isoflop_minima(sup)
+    loose = [m for m in minima if not m["bracketed"]]
+    if not loose:
+        return []
+    where = ", ".join(f"{fmt_flops(m['compute'])} FLOPs" for m in loose)
+    return [
+        f"{len(loose)} of {len(minima)} IsoFLOP minima ({where}) are not bracketed by runs: "
+        "the lowest loss is the smallest or largest model run, so the optimum may lie "
+        "beyond it. Those minima are bounds, and no N* exponent is fitted to them."
+    ]
+
+
 def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
     """IsoFLOP profiles (loss vs N at fixed compute) with their minima, and N* against C."""
     sup = data.supervised
-    groups = isoflop_groups(sup) if not sup.empty else []
-    if not groups:
+    minima = isoflop_minima(sup)
+    if not minima:
         raise SkipFigure(
             "No IsoFLOP profile yet: it needs at least 3 finished supervised runs of "
             "different sizes with the same training FLOPs."
@@ -385,10 +447,11 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
     fpt = _fpt_function(sup, data.flops)
     fig, axes = _figure(1, 2, 14, 5.6)
     ax, ax_opt = axes[0]
-    c_norm = (colormaps["plasma"], _log_norm([c for c, _ in groups]))
-    data_opt, law_opt = [], []
+    c_norm = (colormaps["plasma"], _log_norm([m["compute"] for m in minima]))
+    law_opt = []
     with _style():
-        for c, g in groups:
+        for m in minima:
+            c, g = m["compute"], m["runs"]
             color = _color(c_norm, c, top=0.8)
             ax.plot(
                 g["N"],
@@ -400,11 +463,17 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
                 markersize=7,
                 label=f"C = {fmt_flops(c)} FLOPs",
             )
-            n_star, l_star = _parabola_minimum(g["N"].to_numpy(float), g["loss"].to_numpy(float))
             ax.plot(
-                n_star, l_star, "D", color=color, markeredgecolor="black", markersize=10, zorder=4
+                m["N"],
+                m["loss"],
+                "D",
+                color=color,
+                markerfacecolor=color if m["bracketed"] else "white",
+                markeredgecolor="black" if m["bracketed"] else WARN_COLOR,
+                markeredgewidth=1 if m["bracketed"] else 2,
+                markersize=10,
+                zorder=4,
             )
-            data_opt.append((c, n_star))
             if coef is not None:
                 n_grid = _span(g["N"], 1.3)
                 law = supervised_loss(n_grid, c / (3.0 * fpt(n_grid)), coef)
@@ -429,6 +498,17 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
         handles += [
             _runs_proxy("minimum (parabola in log N)", "D", 9, "0.5", markeredgecolor="black")
         ]
+        if not all(m["bracketed"] for m in minima):
+            handles.append(
+                _runs_proxy(
+                    "minimum NOT bracketed by runs (a bound)",
+                    "D",
+                    9,
+                    "white",
+                    markeredgecolor=WARN_COLOR,
+                    markeredgewidth=2,
+                )
+            )
         if coef is not None:
             handles += [
                 _law_proxy("fitted law at the same C"),
@@ -437,44 +517,82 @@ def isoflop_figure(data: ReportData, out_dir: Path) -> Path:
         else:
             _no_fit_note(ax, "supervised")
         ax.legend(handles=handles, loc="upper right", fontsize=9)
-
-        cs, ns = np.array(data_opt).T
-        ax_opt.plot(
-            cs,
-            ns,
-            "D",
-            color="#4c72b0",
-            markeredgecolor="black",
-            markersize=9,
-            label="runs: IsoFLOP minima",
+        _isoflop_optimum_axis(ax_opt, minima, law_opt, coef, fpt, sup)
+        loose = sum(not m["bracketed"] for m in minima)
+        title = (
+            f"IsoFLOP profiles: {len(minima)} budget(s), {sum(len(m['runs']) for m in minima)} runs"
         )
-        if len(cs) >= 2:
-            slope, icpt = np.polyfit(np.log(cs), np.log(ns), 1)
-            c_line = np.geomspace(cs.min() / 2, cs.max() * 2, 50)
-            ax_opt.plot(
-                c_line,
-                np.exp(icpt) * c_line**slope,
-                ":",
-                color="#4c72b0",
-                label=rf"power-law fit: $N^* \propto C^{{{slope:.2f}}}$",
+        if loose:
+            title = (
+                f"{loose} IsoFLOP minim{'um' if loose == 1 else 'a'} NOT bracketed by runs\n{title}"
             )
-        if coef is not None:
-            c_line = np.geomspace(cs.min() / 3, cs.max() * 3, 40)
-            n_range = (sup["N"].min() / 30, sup["N"].max() * 30)
-            n_opt = [_law_argmin(coef, fpt, c, n_range) for c in c_line]
-            ax_opt.plot(c_line, n_opt, color="black", linewidth=1.8, label="fitted law: argmin N")
-            ax_opt.plot(*np.array(law_opt).T, "*", color="black", markersize=12)
-        ax_opt.set_xscale("log")
-        ax_opt.set_yscale("log")
-        _count_axis(ax_opt.yaxis)
-        ax_opt.set_xlabel("training compute C (FLOPs)")
-        ax_opt.set_ylabel("loss-optimal parameters N*")
-        ax_opt.set_title("compute-optimal model size")
-        ax_opt.legend(loc="upper left")
-        fig.suptitle(
-            f"IsoFLOP profiles: {len(groups)} budget(s), {sum(len(g) for _, g in groups)} runs"
-        )
+        flagged = _flagged(data, "supervised") if coef is not None else {}
+        if flagged:
+            _suptitle(fig, title, flagged)
+        else:
+            fig.suptitle(title, color=WARN_COLOR if loose else "black")
     return _save(fig, out_dir, "isoflop")
+
+
+def _isoflop_optimum_axis(
+    ax: Any,
+    minima: list[dict[str, Any]],
+    law_opt: list[tuple[float, float]],
+    coef: Mapping[str, float] | None,
+    fpt: Callable,
+    sup: pd.DataFrame,
+) -> None:
+    """N* against C: the runs' minima (bracketed ones filled), a power law through the
+    bracketed ones only, and the fitted law's argmin."""
+    for bracketed in (True, False):
+        pts = [(m["compute"], m["N"]) for m in minima if m["bracketed"] == bracketed]
+        if pts:
+            ax.plot(
+                *np.array(pts).T,
+                "D",
+                color="#4c72b0" if bracketed else "white",
+                markeredgecolor="black" if bracketed else WARN_COLOR,
+                markeredgewidth=1 if bracketed else 2,
+                markersize=9,
+                label="runs: IsoFLOP minima"
+                + ("" if bracketed else " NOT bracketed (bounds, not fitted)"),
+            )
+    good = np.array([(m["compute"], m["N"]) for m in minima if m["bracketed"]])
+    if len(good) >= 2 and len(np.unique(good[:, 0])) >= 2:
+        slope, icpt = np.polyfit(np.log(good[:, 0]), np.log(good[:, 1]), 1)
+        c_line = np.geomspace(good[:, 0].min() / 2, good[:, 0].max() * 2, 50)
+        ax.plot(
+            c_line,
+            np.exp(icpt) * c_line**slope,
+            ":",
+            color="#4c72b0",
+            label=rf"power-law fit: $N^* \propto C^{{{slope:.2f}}}$",
+        )
+    elif len(minima) >= 2:
+        ax.text(
+            0.98,
+            0.02,
+            "no N* exponent: fewer than two minima bracketed by runs",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=10,
+            color=WARN_COLOR,
+        )
+    cs = np.array([m["compute"] for m in minima])
+    if coef is not None:
+        c_line = np.geomspace(cs.min() / 3, cs.max() * 3, 40)
+        n_range = (sup["N"].min() / 30, sup["N"].max() * 30)
+        n_opt = [_law_argmin(coef, fpt, c, n_range) for c in c_line]
+        ax.plot(c_line, n_opt, color="black", linewidth=1.8, label="fitted law: argmin N")
+        ax.plot(*np.array(law_opt).T, "*", color="black", markersize=12)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _count_axis(ax.yaxis)
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("loss-optimal parameters N*")
+    ax.set_title("compute-optimal model size")
+    ax.legend(loc="upper left")
 
 
 # ---------------------------------------------------------------- distillation
@@ -514,6 +632,7 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
     lo, hi = float(st["L_T"].min()), float(st["L_T"].max())
     lt_grid = np.linspace(lo - 0.2 * max(hi - lo, 0.1), hi + 0.15 * max(hi - lo, 0.1), 400)
     all_y = [st["loss"].to_numpy(float)]
+    noise_bars = False
     with _style():
         for n_s, d_s, g in groups:
             color = _color(n_norm, n_s)
@@ -530,6 +649,22 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
                 label=label,
                 zorder=3,
             )
+            seeds = capacity_gap_table(g)
+            repeated = seeds[seeds["seeds"] >= 2]
+            if len(repeated):
+                ax.errorbar(
+                    repeated["L_T"],
+                    repeated["loss"],
+                    yerr=repeated["loss_sd"],
+                    fmt="_",
+                    color=color,
+                    ecolor="black",
+                    elinewidth=1.2,
+                    capsize=5,
+                    markersize=16,
+                    zorder=4,
+                )
+                noise_bars = True
             if coefs is not None:
                 dist, sup = coefs
                 curve = distillation_loss(n_s, d_s, lt_grid, dist, sup)
@@ -550,6 +685,18 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
                 all_y.append(curve)
         ax.plot(lt_grid, lt_grid, "--", color="0.5", linewidth=1, label="L_S = L_T")
         handles, _ = ax.get_legend_handles_labels()
+        if noise_bars:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="black",
+                    marker="_",
+                    markersize=14,
+                    linestyle="-",
+                    label="mean ± 1 s.d. over seeds (same teacher)",
+                )
+            )
         if coefs is not None:
             handles += [
                 _law_proxy("fitted distillation law"),
@@ -566,7 +713,12 @@ def capacity_gap_figure(data: ReportData, out_dir: Path, most: int = 8) -> Path:
         ax.set_xlabel("teacher loss L_T (nats/token)")
         ax.set_ylabel("student loss L_S (nats/token)")
         more = f"; {hidden} more configuration(s) not shown" if hidden else ""
-        ax.set_title(f"Capacity gap: student vs teacher loss ({len(st)} students{more})")
+        title = f"Capacity gap: student vs teacher loss ({len(st)} students{more})"
+        flagged = _flagged(data, "supervised", "distillation") if coefs is not None else None
+        if flagged:
+            _suptitle(fig, title, flagged)
+        else:
+            ax.set_title(title)
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return _save(fig, out_dir, "capacity_gap")
 
@@ -659,7 +811,11 @@ def student_tokens_figure(data: ReportData, out_dir: Path, most: int = 4) -> Pat
         if sup_coef is not None:
             handles.append(_law_proxy("supervised law (student alone)", "--"))
         axes[0, 0].legend(handles=handles, loc="upper right", fontsize=9)
-        fig.suptitle("Distilled students against training alone, over student tokens")
+        _suptitle(
+            fig,
+            "Distilled students against training alone, over student tokens",
+            _flagged(data, "supervised", "distillation") if coefs is not None else None,
+        )
     return _save(fig, out_dir, "student_tokens")
 
 
@@ -741,7 +897,9 @@ def parity_figure(
             ax.set_ylabel("predicted loss (nats/token)")
             ax.set_title(f"{law} law: {len(frame)} runs")
             ax.legend(loc="upper left", fontsize=9)
-        fig.suptitle("Fit quality: predicted vs observed validation loss")
+        _suptitle(
+            fig, "Fit quality: predicted vs observed validation loss", _flagged(data, *frames)
+        )
     return _save(fig, out_dir, "parity")
 
 
@@ -752,6 +910,15 @@ def _ok_plans(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
     return frame[frame["error"].isna()] if "error" in frame.columns else frame
+
+
+def _bound_title(text: str, n_bound: int, n_all: int) -> tuple[str, str]:
+    if not n_bound:
+        return text, "black"
+    return (
+        f"{n_bound} of {n_all} plans sit on the planner's search bound (×): not optima\n{text}",
+        WARN_COLOR,
+    )
 
 
 def plan_shares_figure(plans: PlanSet, out_dir: Path) -> Path:
@@ -789,6 +956,16 @@ def plan_shares_figure(plans: PlanSet, out_dir: Path) -> Path:
             ax.set_title(SCENARIO_TITLES.get(scenario, scenario))
             twin = ax.twinx()
             twin.plot(c, g["teacher_params"], "k--", linewidth=1.6)
+            bound = on_search_bound(g).to_numpy()
+            if bound.any():
+                twin.plot(
+                    c[bound],
+                    g["teacher_params"].to_numpy(float)[bound],
+                    "x",
+                    color=WARN_COLOR,
+                    markersize=11,
+                    markeredgewidth=2.5,
+                )
             twin.axhline(plans.student, color="black", linestyle=":", linewidth=1)
             twin.set_yscale("log")
             _count_axis(twin.yaxis)
@@ -803,11 +980,21 @@ def plan_shares_figure(plans: PlanSet, out_dir: Path) -> Path:
             Line2D([], [], color="black", linestyle="--", label="optimal teacher size N_T"),
             Line2D([], [], color="black", linestyle=":", label="student size N_S"),
         ]
+        n_bound = int(on_search_bound(tab).sum())
+        if n_bound:
+            handles.append(
+                _runs_proxy(
+                    "on the search bound: not an optimum", "x", 10, WARN_COLOR, markeredgewidth=2.5
+                )
+            )
         fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=10)
-        fig.suptitle(
+        title, color = _bound_title(
             f"Compute-optimal distillation of a {fmt_count(plans.student)}-parameter "
-            f"student ({plans.label})"
+            f"student ({plans.label})",
+            n_bound,
+            len(tab),
         )
+        fig.suptitle(title, color=color)
     return _save(fig, out_dir, "plan_shares")
 
 
@@ -863,6 +1050,17 @@ def advantage_map_figure(plans: PlanSet, out_dir: Path) -> Path:
                 linewidth=1.2,
                 label="student alone at M = 20",
             )
+            bound = on_search_bound(g).to_numpy()
+            if bound.any():
+                ax.plot(
+                    g["student_params"].to_numpy(float)[bound],
+                    g["compute"].to_numpy(float)[bound],
+                    "x",
+                    color="black",
+                    markersize=6,
+                    linestyle="none",
+                    label="plan on the search bound",
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             _count_axis(ax.xaxis)
@@ -890,7 +1088,13 @@ def advantage_map_figure(plans: PlanSet, out_dir: Path) -> Path:
             label="distilled − alone (% of the loss alone); blue: distil",
         )
         bar.ax.set_yticklabels([f"{v:g}%" for v in levels])
-        fig.suptitle(f"Where compute-optimal distillation beats training alone ({plans.label})")
+        ok = _ok_plans(grid)
+        title, color = _bound_title(
+            f"Where compute-optimal distillation beats training alone ({plans.label})",
+            int(on_search_bound(ok).sum()),
+            len(ok),
+        )
+        fig.suptitle(title, color=color)
     return _save(fig, out_dir, "distillation_map")
 
 

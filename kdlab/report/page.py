@@ -80,6 +80,8 @@ figcaption { font-size: 14px; color: #444; max-width: 1100px; margin-top: 6px; }
 .skipped { background: #f6f6f6; border: 1px dashed #bbb; padding: 12px 16px; color: #555;
            margin: 18px 0; }
 .notes { background: #fff8e1; border: 1px solid #f0d890; padding: 8px 16px; }
+.warnings { background: #fde8ea; border: 2px solid #b00020; padding: 8px 16px; color: #5a0010; }
+td.degenerate { color: #b00020; font-weight: bold; }
 .facts td { text-align: left; }
 """
 
@@ -148,7 +150,7 @@ def coefficient_html(doc: Mapping[str, Any] | None, law: str) -> str:
             "paper 90% CI": [
                 _Raw(_interval(lo, hi)) for lo, hi in zip(tab.paper_lo, tab.paper_hi, strict=True)
             ],
-            "note": [_Raw(_e(n)) for n in tab["note"]],
+            "note": [_Raw(_degenerate(n)) for n in tab["note"]],
         }
     )
     facts = tables.fit_facts(doc)
@@ -183,6 +185,13 @@ def coefficient_html(doc: Mapping[str, Any] | None, law: str) -> str:
     return _table(shown, left=("coefficient", "note")) + "".join(parts)
 
 
+def _degenerate(note: str) -> str:
+    """A coefficient's note; a degenerate one in bold red, so it is read before its value."""
+    if note.startswith("DEGENERATE"):
+        return f'<span class="degenerate" style="color:#b00020;font-weight:bold">{_e(note)}</span>'
+    return _e(note)
+
+
 def plan_html(report: Report) -> str:
     plans = report.plans
     if plans is None:
@@ -203,7 +212,10 @@ def plan_html(report: Report) -> str:
             "student %": 100 * tab["share_student"],
             "logits %": 100 * tab["share_teacher_logits"],
             "teacher pretr. %": 100 * tab["share_teacher_pretraining"],
-            "verdict": [_Raw(_e(v)) for v in tab["verdict"]],
+            "verdict": [
+                _Raw(_degenerate(f"DEGENERATE: on the search bound; {v}") if b else _e(v))
+                for v, b in zip(tab["verdict"], tab["on_bound"], strict=True)
+            ],
         }
     ).round({"student %": 1, "logits %": 1, "teacher pretr. %": 1})
     head = (
@@ -252,6 +264,12 @@ def render_page(report: Report) -> str:
         "<code>kdlab report</code>; reproduces Busbridge et al. 2025, <i>Distillation "
         "Scaling Laws</i>.</p>",
     ]
+    if report.warnings:
+        items = "".join(f"<li>{_e(w)}</li>" for w in report.warnings)
+        out.append(
+            '<div class="warnings" id="warnings"><b>Degenerate results: read these before '
+            f"any number below</b><ul>{items}</ul></div>"
+        )
     if report.notes:
         items = "".join(f"<li>{_e(n)}</li>" for n in report.notes)
         out.append(f'<div class="notes"><b>Notes</b><ul>{items}</ul></div>')

@@ -49,6 +49,13 @@ class PlanSet:
     map: pd.DataFrame  # one row per (scenario, student, compute)
 
 
+def on_search_bound(frame: pd.DataFrame) -> pd.Series:
+    """Plans that stopped on the planner's search bound (kdlab.laws.flags.plan_flags)."""
+    if "warnings" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return frame["warnings"].map(lambda w: isinstance(w, list) and len(w) > 0)
+
+
 def resolve_plan_coefficients(spec: str, distillation_fit: str | None) -> tuple[str, dict]:
     """``auto`` (the distillation fit if given, else the paper), ``paper`` or a JSON path."""
     if spec == "auto":

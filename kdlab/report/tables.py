@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdlab.laws.flags import coefficient_flags
 from kdlab.laws.io import DISTILLATION_KEYS, matching_rows
 from kdlab.laws.published import (
     PAPER_DISTILLATION,
@@ -19,7 +20,7 @@ from kdlab.laws.published import (
     PAPER_SUPERVISED_CI90,
 )
 from kdlab.report.data import ReportData
-from kdlab.report.planning import PlanSet
+from kdlab.report.planning import PlanSet, on_search_bound
 from kdlab.rundb import shown_url
 
 SUPERVISED_NAMES = ("E", "A", "B", "alpha", "beta", "gamma")
@@ -38,7 +39,8 @@ def coefficient_table(doc: Mapping[str, Any] | None, law: str) -> pd.DataFrame:
     """One row per coefficient: this study's value and interval, and the paper's.
 
     Columns: coefficient, symbol, value, lo, hi, level, paper, paper_lo, paper_hi, note.
-    Without a fit the study's columns are empty, so the paper's values still show.
+    Without a fit the study's columns are empty, so the paper's values still show. The
+    note says when a coefficient is degenerate (kdlab.laws.flags).
     """
     if law == "supervised":
         names, paper, paper_ci = SUPERVISED_NAMES, PAPER_SUPERVISED, PAPER_SUPERVISED_CI90
@@ -47,12 +49,16 @@ def coefficient_table(doc: Mapping[str, Any] | None, law: str) -> pd.DataFrame:
     coef = dict((doc or {}).get("coefficients") or {})
     intervals = dict((doc or {}).get("intervals") or {})
     level = (doc or {}).get("interval_level")
+    flags = coefficient_flags({"law": law, **doc}) if doc else {}
     rows = []
     for name in names:
         lo_hi = intervals.get(name)
         note = ""
         if doc and name == "gamma" and law == "supervised" and doc.get("form") == "chinchilla":
             note = "fixed to 1 (Chinchilla form)"
+        flag = flags.get(name) or flags.get(f"{name}'")
+        if flag:
+            note = f"DEGENERATE: {flag}"
         rows.append(
             {
                 "coefficient": name,
@@ -99,6 +105,25 @@ def objective_table(data: ReportData) -> pd.DataFrame:
     table.columns.name = None
     names = {"n_params": "N_S", "tokens": "D_S", "teacher_model": "teacher", "teacher_loss": "L_T"}
     return table.rename(columns=names)
+
+
+def capacity_gap_table(students: pd.DataFrame) -> pd.DataFrame:
+    """Per student configuration (N_S, D_S) and teacher: the student's loss over its seeds.
+
+    Columns N_S, D_S, teacher_key, L_T, loss (mean), loss_sd (sample s.d., NaN for one
+    seed), seeds. Students of one teacher share its L_T (the teacher's seed is fixed), so
+    the spread is the student's own seed noise: what a capacity-gap effect must exceed.
+    """
+    if students.empty:
+        return pd.DataFrame(
+            columns=["N_S", "D_S", "teacher_key", "L_T", "loss", "loss_sd", "seeds"]
+        )
+    teacher = students["teacher_key"] if "teacher_key" in students else students["L_T"]
+    frame = students.assign(teacher_key=teacher.astype(str))
+    table = frame.groupby(["N_S", "D_S", "teacher_key"], as_index=False).agg(
+        L_T=("L_T", "mean"), loss=("loss", "mean"), loss_sd=("loss", "std"), seeds=("loss", "size")
+    )
+    return table.sort_values(["N_S", "D_S", "L_T"]).reset_index(drop=True)
 
 
 def fit_facts(doc: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -192,6 +217,7 @@ PLAN_COLUMNS = {
     "student_loss": "L_S",
     "supervised_loss": "L alone",
     "gain": "L_S − L alone",
+    "on_bound": "on search bound",
     "share_student": "student",
     "share_teacher_logits": "logits",
     "share_teacher_pretraining": "teacher pretr.",
@@ -214,5 +240,7 @@ def plan_table(plans: PlanSet, per_scenario: int = 4) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=list(PLAN_COLUMNS))
     out = pd.concat(parts)
-    out = out.assign(gain=out["student_loss"] - out["supervised_loss"])
+    out = out.assign(
+        gain=out["student_loss"] - out["supervised_loss"], on_bound=on_search_bound(out)
+    )
     return out[[c for c in PLAN_COLUMNS if c in out.columns]].reset_index(drop=True)

@@ -14,7 +14,8 @@ from kdlab.errors import ConfigError
 from kdlab.locking import temp_path_for
 from kdlab.rundb.query import runs_frame, study_compute
 from kdlab.rundb.store import RunStore, live_status
-from kdlab.rundb.url import announce, database_url, shown_url
+from kdlab.rundb.transfer import export_jsonl, import_jsonl
+from kdlab.rundb.url import announce, database_url, shown_url, sqlite_path
 
 LIST_COLUMNS = [
     "key",
@@ -45,8 +46,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     show = sub.add_parser("show", help="every field of one run and its curve")
     show.add_argument("key", help="run key or a unique prefix of it")
     show.set_defaults(func=_show)
-    export = sub.add_parser("export", help="all runs to CSV or Parquet")
-    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export = sub.add_parser("export", help="all runs to CSV, Parquet or JSON lines")
+    export.add_argument(
+        "--format",
+        choices=["csv", "parquet", "jsonl"],
+        default="csv",
+        help="jsonl: every column, the curves, and what `kdlab runs import` reads back",
+    )
+    export.add_argument(
+        "--weights", action="store_true", help="jsonl: with finished teachers' final weights"
+    )
     export.add_argument("--out", required=True)
     export.set_defaults(func=_export)
     compute = sub.add_parser(
@@ -54,6 +63,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     compute.add_argument("--study", help="only the runs of this study")
     compute.set_defaults(func=_compute)
+    imp = sub.add_parser("import", help="bring back the runs of a jsonl export the database lacks")
+    imp.add_argument("--from-export", required=True, metavar="FILE", help="a jsonl export")
+    imp.add_argument(
+        "--runs-dir",
+        help="where the runs' directories (teachers' weights) go; default: beside a SQLite "
+        "database",
+    )
+    imp.set_defaults(func=_import)
     migrate = sub.add_parser("migrate", help="bring the database's schema up to this kdlab's")
     migrate.set_defaults(func=_migrate)
 
@@ -106,7 +123,12 @@ def _show(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """Write the table under a temporary name beside ``--out`` and rename it: a path that
     cannot be written is one sentence, and a failed write leaves no partial file."""
-    frame = runs_frame(_url(args))
+    url = _url(args)
+    if args.format == "jsonl":
+        count = export_jsonl(url, args.out, weights=args.weights)
+        print(f"kdlab: wrote {count} runs to {args.out}")
+        return 0
+    frame = runs_frame(url)
     out = Path(args.out)
     try:
         tmp = temp_path_for(out)
@@ -145,4 +167,22 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"kdlab: {shown_url(url)} is already at schema revision {after}")
     else:
         print(f"kdlab: migrated {shown_url(url)} from schema revision {before} to {after}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    if not Path(args.from_export).is_file():
+        raise ConfigError(f"there is no export file {args.from_export}")
+    url = _url(args)
+    runs_dir = args.runs_dir
+    if runs_dir is None:
+        path = sqlite_path(url)
+        if path is None:
+            raise ConfigError("kdlab runs import into a server database needs --runs-dir")
+        runs_dir = path.parent
+    counts = import_jsonl(url, args.from_export, runs_dir)
+    print(
+        f"kdlab: imported {counts['added']} runs ({counts['weights']} with teacher weights) "
+        f"into {shown_url(url)}; {counts['skipped']} were already there"
+    )
     return 0

@@ -1,0 +1,50 @@
+"""The designed CPU studies keep the promises they were designed to (issue 13): planned
+from their sweep files, without compute."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdlab.study import study_stages
+from kdlab.sweep_design import grid_jobs
+
+
+@pytest.fixture(scope="module")
+def pysrc_jobs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pysrc")
+    jobs, _ = grid_jobs("pysrc", [f"paths.root_dir={root}"])
+    return jobs
+
+
+def test_pysrc_study_has_the_shape_it_was_designed_to(pysrc_jobs):
+    jobs = pysrc_jobs
+    students = [j for j in jobs if j.role == "student"]
+    teachers = [j for j in jobs if j.role == "teacher"]
+    assert len({j.n_params for j in students}) == 4  # micro L1 to L4
+    tpp = [j.tokens / j.n_params for j in jobs if j.role != "teacher"]
+    assert min(tpp) == pytest.approx(5) and max(tpp) >= 320
+    assert min(j.steps for j in jobs) >= 500
+    assert max(j.passes for j in jobs) < 1 and {j.passes_how for j in jobs} <= {
+        "exact",
+        "estimate: from the files' sizes",
+    }
+    # teachers from one as small as the smallest student to 25x it
+    assert min(j.n_params for j in teachers) == min(j.n_params for j in students)
+    assert max(j.teacher_params for j in students) >= 24 * min(j.n_params for j in students)
+    seeds = {j.signature["seed"] for j in jobs}
+    assert seeds == {0, 1, 2}
+    # the capacity-gap student: L1 at M = 160 from six teachers, four with three seeds
+    gap = [j for j in students if j.n_params == 13472 and j.tokens == 160 * 13472]
+    assert len(gap) == 14 and len({j.teacher for j in gap}) == 6
+    assert all(j.signature["teacher"]["seed"] == 0 for j in students)
+
+
+@pytest.mark.parametrize("task", ["kernel", "pointer"])
+def test_the_capacity_gap_studies_plan(task, tmp_path):
+    jobs, _ = grid_jobs(task, [f"paths.root_dir={tmp_path}"])
+    teachers = [j for j in jobs if j.role == "teacher"]
+    students = [j for j in jobs if j.role == "student"]
+    assert len(teachers) == 6 and len({j.teacher for j in students}) == 6
+    assert len(students) == 6 * 2 * 3  # teachers x budgets x seeds
+    assert max(j.passes for j in jobs) < 1
+    assert [p.stem for p in study_stages(task)] == ["teachers", "supervised", "students"]
