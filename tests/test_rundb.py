@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import subprocess
 import sys
@@ -185,12 +186,48 @@ def test_cli_list_show_export(url, tmp_path):
             text=True,
         )
 
+    store.update("abcdef0123456789", study="nano", family="teachers", corpus="stdlib")
+    _teacher(store, "abc9990000000000", 200, 40000, 2.5)
+    store.update("abc9990000000000", study="pysrc", corpus="pysrc", teacher_model=None)
+
     out = kdlab("list")
-    assert out.returncode == 0 and "abcdef0123456789" in out.stdout
+    assert out.returncode == 0, out.stderr
+    header = next(line for line in out.stdout.splitlines() if " key " in line)
+    cells = [c.strip() for c in header.strip("┃│ ").split("┃")]
+    assert cells == [
+        *("key", "status", "study", "family", "role", "corpus", "model"),
+        *("N", "D", "M", "teacher", "val loss"),
+    ]
+    row = next(line for line in out.stdout.splitlines() if "abc9990000000000" in line)
+    assert [c.strip() for c in row.strip("│ ").split("│")][2:8] == [
+        "pysrc",
+        "-",
+        "teacher",
+        "pysrc",
+        "-",
+        "200",
+    ]
+    assert "4e+04" in row  # D in engineering form
+    only = kdlab("list", "--study", "nano")
+    assert "abcdef0123456789" in only.stdout and "abc9990000000000" not in only.stdout
+    by_corpus = kdlab("list", "--corpus", "pysrc")
+    assert "abc9990000000000" in by_corpus.stdout and "abcdef0123456789" not in by_corpus.stdout
+
     shown = kdlab("show", "abcd")
-    assert shown.returncode == 0 and '"val_loss": 3.0' in shown.stdout
+    assert shown.returncode == 0, shown.stderr
+    lines = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in shown.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert (lines["val_loss"], lines["n_params"], lines["study"]) == ("3", "100", "nano")
+    as_json = json.loads(kdlab("show", "abcd", "--json").stdout)
+    assert as_json["val_loss"] == 3.0 and as_json["curve"] == []
     missing = kdlab("show", "zzz")
     assert missing.returncode == 2 and "no run matches key 'zzz'" in missing.stderr
+    several = kdlab("show", "abc")
+    assert several.returncode == 2
+    assert "2 runs match key 'abc'" in several.stderr and "abc9990000000000" in several.stderr
     for fmt in ("csv", "parquet"):
         target = tmp_path / f"runs.{fmt}"
         assert kdlab("export", "--format", fmt, "--out", str(target)).returncode == 0

@@ -85,7 +85,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--db", help="run database URL (default: KDLAB_DB_URL, else runs/kdlab.db under the root)"
     )
-    src.add_argument("--corpus", help="database: only runs of this corpus")
+    src.add_argument("--corpus", help="database: only runs of this corpus (name or fingerprint)")
     src.add_argument("--tokenizer", help="database: only runs of this tokenizer")
     src.add_argument("--n-ctx", type=whole(1), help="database: only runs of this context length")
     src.add_argument(

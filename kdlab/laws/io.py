@@ -134,7 +134,10 @@ def matching_rows(df: Any, equals: Mapping[str, Any]) -> Any:
     a None value or a column the frame lacks selects nothing out."""
     for key, value in equals.items():
         if value is not None and key in df.columns:
-            df = df[df[key].astype(str) == str(value)]
+            same = df[key].astype(str) == str(value)
+            if key == "corpus" and "corpus_name" in df.columns:  # a name or a fingerprint
+                same |= df["corpus_name"].astype(str) == str(value)
+            df = df[same]
     return df
 
 
@@ -147,6 +150,9 @@ def check_comparable(df: pd.DataFrame, source: str) -> dict[str, Any]:
         if col not in df.columns:
             continue
         values = sorted(df[col].dropna().astype(str).unique())
+        if len(values) > 1 and col == "corpus" and "corpus_name" in df.columns:
+            names = dict(zip(df[col].astype(str), df["corpus_name"].astype(str), strict=True))
+            values = [f"{v} ({names[v]})" for v in values]  # the name selects it too
         if len(values) > 1:
             mixed.append(f"{col} in {{{', '.join(values)}}}")
         elif values:

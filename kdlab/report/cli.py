@@ -40,7 +40,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         help="distillation fit JSON (kdlab fit distillation --out)",
     )
     src.add_argument("--study", help="only runs of this study")
-    src.add_argument("--corpus", help="only runs of this corpus fingerprint")
+    src.add_argument("--corpus", help="only runs of this corpus (its name or fingerprint)")
     src.add_argument("--tokenizer", help="only runs of this tokenizer")
     src.add_argument("--n-ctx", type=whole(1), help="only runs of this context length")
     src.add_argument("--recipe", metavar="LABEL", help="only runs of this training recipe")

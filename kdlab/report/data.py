@@ -132,6 +132,10 @@ def _choose_selection(
             continue
         if wanted.get(fit_key) is not None:
             selection[col] = wanted[fit_key]
+            if col == "corpus_fingerprint" and "corpus" in runs.columns:  # given by name
+                named = runs.loc[runs["corpus"].astype(str) == str(wanted[fit_key]), col]
+                if named.dropna().astype(str).nunique() == 1:
+                    selection[col] = named.dropna().iloc[0]
             continue
         from_fit = [
             f.doc["data"][fit_key]

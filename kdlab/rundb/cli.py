@@ -17,16 +17,22 @@ from kdlab.rundb.store import RunStore, live_status
 from kdlab.rundb.transfer import export_jsonl, import_jsonl
 from kdlab.rundb.url import announce, database_url, shown_url, sqlite_path
 
+# (column, heading): what tells runs apart when a study is compared
 LIST_COLUMNS = [
-    "key",
-    "status",
-    "role",
-    "model",
-    "n_params",
-    "tokens",
-    "tokens_per_param",
-    "val_loss",
+    ("key", "key"),
+    ("status", "status"),
+    ("study", "study"),
+    ("family", "family"),
+    ("role", "role"),
+    ("corpus", "corpus"),
+    ("model", "model"),
+    ("n_params", "N"),
+    ("tokens", "D"),
+    ("tokens_per_param", "M"),
+    ("teacher_model", "teacher"),
+    ("val_loss", "val loss"),
 ]
+FILTERS = ("status", "role", "study", "family", "corpus")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -42,9 +48,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="interrupted: stopped by a signal, or running with no live process",
     )
     listing.add_argument("--role", choices=["teacher", "supervised", "student"])
+    listing.add_argument("--study", help="only the runs of this study")
+    listing.add_argument("--family", help="only the runs of this sweep family")
+    listing.add_argument("--corpus", help="only the runs of this corpus (its name)")
     listing.set_defaults(func=_list)
     show = sub.add_parser("show", help="every field of one run and its curve")
     show.add_argument("key", help="run key or a unique prefix of it")
+    show.add_argument("--json", action="store_true", help="the row and curve as JSON")
     show.set_defaults(func=_show)
     export = sub.add_parser("export", help="all runs to CSV, Parquet or JSON lines")
     export.add_argument(
@@ -83,17 +93,17 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _filters(args: argparse.Namespace) -> dict:
-    return {k: v for k in ("status", "role") if (v := getattr(args, k, None))}
+    return {k: v for k in FILTERS if (v := getattr(args, k, None))}
 
 
 def _list(args: argparse.Namespace) -> int:
     url = _url(args)
     frame = runs_frame(url, **_filters(args))
     table = Table(title=f"{len(frame)} runs in {shown_url(url)}")
-    for column in LIST_COLUMNS:
-        table.add_column(column)
+    for _, heading in LIST_COLUMNS:
+        table.add_column(heading, justify="right" if heading in ("N", "D", "M") else "left")
     for _, row in frame.iterrows():
-        table.add_row(*(_fmt(row.get(c)) for c in LIST_COLUMNS))
+        table.add_row(*(_fmt(row.get(column)) for column, _ in LIST_COLUMNS))
     console.print(table)
     return 0
 
@@ -103,6 +113,8 @@ def _fmt(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:.3g}"  # N and D read as 3.41e+03, not 16384 vs 163840
     return str(value)
 
 
@@ -111,12 +123,38 @@ def _show(args: argparse.Namespace) -> int:
     store = RunStore(url, create=False)
     matches = store.find_key_prefix(args.key)
     if len(matches) != 1:
-        found = "no run" if not matches else f"{len(matches)} runs"
-        raise ConfigError(f"{found} matches key '{args.key}' in {shown_url(url)}")
+        if not matches:
+            raise ConfigError(f"no run matches key '{args.key}' in {shown_url(url)}")
+        keys = ", ".join(sorted(m["key"] for m in matches)[:10])
+        raise ConfigError(
+            f"{len(matches)} runs match key '{args.key}' in {shown_url(url)} ({keys}); "
+            "give more of the key"
+        )
     row = matches[0]
     row["status"] = live_status(row)
-    row["curve"] = store.curve(row["key"])
-    print(json.dumps(row, indent=2, default=str))
+    curve = store.curve(row["key"])
+    if args.json:
+        print(json.dumps({**row, "curve": curve}, indent=2, default=str))
+        return 0
+    config = row.pop("config", None)
+    fields = Table(title=f"run {row['key']} in {shown_url(url)}", show_header=False)
+    fields.add_column("field", style="bold")
+    fields.add_column("value")
+    for name, value in row.items():
+        if value is not None:
+            fields.add_row(name, _fmt(value))
+    console.print(fields)
+    points = Table(title=f"validation curve ({len(curve)} points)")
+    for heading in ("step", "tokens", "val loss"):
+        points.add_column(heading, justify="right")
+    for point in curve:
+        points.add_row(str(point["step"]), _fmt(point["tokens"]), f"{point['val_loss']:.4f}")
+    console.print(points)
+    if config:
+        print("config (all of it: kdlab runs show --json):")
+        for group in ("model", "data", "optim", "objective", "teacher"):
+            if config.get(group):
+                print(f"  {group}: {json.dumps(config[group], default=str)}")
     return 0
 
 

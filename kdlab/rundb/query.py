@@ -134,10 +134,20 @@ def fit_points(url: str, law: str) -> pd.DataFrame:
     and vocab_size and rho (d_model / n_layer) for the fit's F(N).
     """
     frame = runs_frame(url, status="done")
-    keep = ["corpus_fingerprint", "tokenizer", "n_ctx", "recipe", "vocab_size", "rho", "key"]
+    keep = [
+        "corpus_fingerprint",
+        "corpus_name",
+        "tokenizer",
+        "n_ctx",
+        "recipe",
+        "vocab_size",
+        "rho",
+        "key",
+    ]
     if frame.empty:
         return pd.DataFrame(columns=["N", "D", "loss", "corpus", "tokenizer", "n_ctx", "run_key"])
-    frame = frame.assign(rho=frame["d_model"] / frame["n_layer"])  # for the fit's F(N)
+    # rho for the fit's F(N); the corpus's name beside its fingerprint, to select it by
+    frame = frame.assign(rho=frame["d_model"] / frame["n_layer"], corpus_name=frame["corpus"])
     if law == "supervised":
         frame = frame[frame["role"].isin(_SUPERVISED_ROLES)]
         out = frame[["n_params", "tokens", "val_loss", *keep]].rename(
