@@ -95,9 +95,9 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
             f"{job.tokens:.3g}",
             f"{job.tokens / job.n_params:.3g}",
             "-" if job.passes is None else f"{job.passes:.2g}",
-            job.teacher or "-",
+            _teacher_cell(job.teacher),
             f"{job.flops:.3g}",
-            _fmt_seconds(job.seconds),
+            "?" if job.seconds is None else _fmt_seconds(job.seconds),
             job.status,
         )
     console.print(table)
@@ -108,7 +108,21 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
         f"total {sum(j.flops for j in jobs):.3g} FLOPs, to run {sum(j.flops for j in todo):.3g}"
         + (f", about {_fmt_seconds(sum(seconds))} at the measured rate" if seconds else "")
     )
+    console.print(
+        "N: non-embedding parameters; D: training tokens; M = D/N; passes: times over the "
+        "job's data split; teacher: its size and tokens; est. time: from the throughput of "
+        "finished runs of that shape in the database (? where none has run yet)",
+        style="dim",
+    )
     warn_repeats(jobs)
+
+
+def _teacher_cell(teacher: str | None) -> str:
+    """'546M@10919408640' as '546M, D 1.09e+10'."""
+    if not teacher:
+        return "-"
+    model, _, tokens = teacher.partition("@")
+    return f"{model}, D {int(tokens):.3g}" if tokens.isdigit() else teacher
 
 
 def warn_repeats(jobs: list[JobPlan]) -> None:

@@ -607,6 +607,17 @@ def _print_plan(result: dict[str, Any]) -> None:
         elif value is not None:
             table.add_row(key, str(value))
     console.print(table)
+    per = result.get("students", 1)
+    console.print(
+        "compute_used: the plan's FLOPs over the budget (1 = all of it); compute shares: of "
+        "one student's budget"
+        + (
+            f", which pays 1/{per} of the teacher's pretraining (--students {per} share it)"
+            if per > 1
+            else ""
+        ),
+        style="dim",
+    )
     if result["scenario"] == "pretraining":  # logits computed once and reused
         console.print(
             "how it runs: `kdlab teacher cache` computes the teacher's top-k logits once over "
