@@ -38,6 +38,7 @@ from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.parallel import full_state_dict
 from kdlab.processes import stop_signals
+from kdlab.quiet import quiet_training_logs
 from kdlab.run_plan import RunPlan, plan_run
 from kdlab.rundb import announce, shown_url
 from kdlab.rundb.query import divergence_label
@@ -360,6 +361,7 @@ def _claimed(cfg: DictConfig, plan: RunPlan) -> Iterator[bool]:
 
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
+    quiet_training_logs()
     plan = plan_run(cfg)
     if _rank_zero():
         announce(plan.store.url, plan.db_source)

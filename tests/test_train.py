@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -316,3 +317,17 @@ def test_a_file_system_without_flock_trains_without_the_lock(train, tmp_path, ca
         f"kdlab: cannot lock {lock} (flock is not supported here: errno {errno.ENOLCK}); "
         "going on without the lock" in capsys.readouterr().err
     )
+
+
+def test_a_run_prints_each_line_once_and_no_library_chatter(tmp_path):
+    """A run from the command line: Lightning's lines once each (not once through its own
+    handler and again through Hydra's), no cloud-logger tip, no alembic INFO lines and no
+    warning about Lightning's internals; its own result line at the end."""
+    result = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    assert sum("GPU available" in line for line in lines) == 1
+    chatter = ("Tip:", "litlogger", "alembic", "LeafSpec", "IterableDataset", "val_check_interval")
+    assert [line for line in lines if any(word in line for word in chatter)] == []
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"kdlab: run [0-9a-f]{16} done: val_loss \d\.\d{4}", last), last
