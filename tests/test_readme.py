@@ -17,6 +17,7 @@ from tests.conftest import REPO, run_cli
 
 # command prefix -> the test that runs it (with smaller budgets or a temporary root)
 COVERED = {
+    "pip install": "tests/test_install.py (slow: a wheel and git+file into fresh venvs)",
     "bash scripts/demo.sh": "tests/test_demo.py::test_demo_on_a_reduced_budget (kdlab demo)",
     "bash scripts/test.sh": ".ci/run",
     "kdlab-train model=": "tests/test_train.py",
