@@ -37,7 +37,8 @@ from kdlab.locking import claimed
 from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.parallel import full_state_dict
-from kdlab.processes import stop_signals
+from kdlab.preemption import PreemptionCheckpoint
+from kdlab.processes import RunInterrupted, stop_signals
 from kdlab.quiet import quiet_training_logs
 from kdlab.run_plan import RunPlan, plan_run
 from kdlab.rundb import announce, shown_url
@@ -233,6 +234,7 @@ def run_callbacks(
             enable_version_counter=False,  # always last.ckpt, the file resume looks for
         ),
         ThroughputMonitor(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel()),
+        PreemptionCheckpoint(attempt.dir),
     ]
 
 
@@ -500,6 +502,8 @@ def _interruption(err: BaseException, signum: int | None) -> tuple[str, int | No
     way up); Lightning's SIGTERMException where another handler owns SIGTERM (submitit's,
     under SLURM); Lightning's exit(1) after a KeyboardInterrupt; any other exit (submitit's,
     once it has requeued the job) keeps its code."""
+    if signum is None and isinstance(err, RunInterrupted):  # the pre-emption signal
+        signum = err.signum
     if signum is not None:
         return f"interrupted by {signal.Signals(signum).name}", 128 + signum
     if isinstance(err, SIGTERMException):

@@ -523,3 +523,34 @@ def test_the_report_shows_one_training_recipe(tmp_path):
     assert any("recipe" in note and BASE_RECIPE in note for note in data.notes), data.notes
     chosen = load_report_data(url, recipe=BASE_RECIPE.replace("lr=0.01", "lr=0.1"))
     assert sorted(chosen.supervised["key"]) == ["hot0", "hot1"]
+
+
+# -- issue 10.7: the pre-emption signal saves a checkpoint at the next step ---------------
+
+
+def test_the_preemption_signal_checkpoints_the_step_it_lands_on(tmp_path):
+    """SIGUSR2 (submitit's pre-emption signal) mid-run, with periodic checkpoints far
+    apart: the run writes hpc_ckpt_<step> at the end of the step in progress, records
+    itself interrupted, and its relaunch resumes from that step, not from the start."""
+    args = [f"paths.root_dir={tmp_path}", *FAST, *LONG, "checkpoint.every_n_steps=100000"]
+    args.append("val.points=80")  # a curve point every 10 steps: the run's progress
+    run = _launch(tmp_path, *args)
+    row = _wait_for(lambda: _running_row(tmp_path), "the run's row")
+    _wait_for(lambda: _db(tmp_path).curve(row["key"]), "a first validation point")
+    run.send_signal(signal.SIGUSR2)
+    assert run.wait(timeout=60) == 128 + signal.SIGUSR2
+    [saved] = (tmp_path / "runs" / row["key"]).glob("hpc_ckpt_*.ckpt")
+    step = int(saved.stem.removeprefix("hpc_ckpt_"))
+    checkpoint = torch.load(saved, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == step and 10 <= step < 800
+    assert not list((tmp_path / "runs" / row["key"]).glob("checkpoints/*.ckpt"))  # none other
+    after = _db(tmp_path).get(row["key"])
+    assert (after["status"], after["failure"]) == ("interrupted", "interrupted by SIGUSR2")
+
+    (tmp_path / "out.txt").write_bytes(b"")
+    resumed = _launch(tmp_path, *args)
+    _wait_for(lambda: b"Restored all states" in (tmp_path / "out.txt").read_bytes(), "resume")
+    resumed.send_signal(signal.SIGTERM)
+    resumed.wait(timeout=60)
+    out = (tmp_path / "out.txt").read_text()
+    assert f"from the checkpoint path at {saved}" in out
