@@ -80,6 +80,7 @@ def bench_pair(pair: str, root: Path, args: argparse.Namespace) -> dict:
             f"teacher.checkpoint={weights}",
             f"objective.top_k={args.k}",
         ),
+        "online full": ("objective=distill", f"teacher.checkpoint={weights}"),
         "cached": cache_overrides(weights, args.k, tokens),
     }
     built = {}
