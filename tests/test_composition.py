@@ -29,3 +29,19 @@ def test_mistyped_command_line_is_one_sentence(argv, sentence, tmp_path):
     ]
     assert f"kdlab-train: error: {sentence}" in out.stderr
     assert not list(tmp_path.iterdir())  # nothing was created: no runs/, no database
+
+
+def test_a_users_config_folder_adds_to_the_shipped_configs(tmp_path):
+    """`-cd DIR` with only the user's own group files: they compose with the shipped
+    train.yaml and groups (Hydra search path), and a name in neither is one sentence."""
+    mine = tmp_path / "my_conf" / "model"
+    mine.mkdir(parents=True)
+    (mine / "my_nano.yaml").write_text(
+        "_target_: kdlab.models.ladder.get_shape\nladder: nano\nname: L2\nn_ctx: null\n"
+    )
+    job = run_cli("kdlab.train", "-cd", str(tmp_path / "my_conf"), "model=my_nano", "--cfg", "job")
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "ladder: nano\n  name: L2" in job.stdout and "optim:" in job.stdout
+    wrong = run_cli("kdlab.train", "-cd", str(tmp_path / "my_conf"), "model=my_nan", "--cfg", "job")
+    assert wrong.returncode == 2
+    assert "my_nano" in wrong.stderr.strip().splitlines()[-1]  # the nearest name, the user's
