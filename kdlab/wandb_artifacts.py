@@ -1,5 +1,6 @@
 """W&B artifacts kdlab logs (a run's weights, a fit JSON, a report) and the record it keeps
-of each.
+of each (the run row's ``wandb_artifacts``, a fit JSON's ``wandb_artifact``, a report's
+report.json).
 
 An artifact's name says what it holds and of which run; its digest (a hash of its files)
 identifies the content. W&B numbers versions (v0, v1, ...) only once its server has the
@@ -9,6 +10,7 @@ later. No Lightning here: ``kdlab fit`` and ``kdlab report`` use it too.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -83,3 +85,34 @@ def _missing(value: Any) -> bool:
 
 def _text(value: Any) -> Any:
     return value if isinstance(value, (str, bool, int, float)) else str(value)
+
+
+def log_fit(path: Path, doc: dict[str, Any], project: str, entity: str | None) -> dict[str, Any]:
+    """A W&B run of job type ``fit`` holding the fit JSON at ``path`` as an artifact (its
+    coefficients in the run's summary, so W&B's table compares fits); returns the
+    artifact's record. The run's folder goes beside the JSON."""
+    import wandb
+
+    law, data = str(doc.get("law", "supervised")), doc.get("data") or {}
+    run = wandb.init(
+        project=project,
+        entity=entity,
+        name=f"fit-{law}-{path.stem}",
+        job_type="fit",
+        dir=str(path.parent),
+        config={"law": law, "form": doc.get("form"), "source": data.get("source")},
+    )
+    try:
+        run.summary.update(doc.get("coefficients") or {})
+        meta = {"law": law, "form": doc.get("form"), "runs": len(data.get("run_keys") or [])}
+        return log_artifact(run, artifact_name("fit", law, path.stem), "fit", [path], meta)
+    finally:
+        run.finish()
+
+
+def add_record(path: Path, key: str, record: Any) -> None:
+    """Write an artifact's record into the JSON file it was logged from (the digest is that
+    of the file as logged, before the record was added)."""
+    doc = json.loads(path.read_text())
+    doc[key] = record
+    path.write_text(json.dumps(doc, indent=2) + "\n")

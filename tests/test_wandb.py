@@ -5,6 +5,7 @@ resumed and a forced re-run log to. The CSV logger gets the same keys."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import lightning as L
@@ -155,3 +156,41 @@ def test_unknown_artifact_is_refused_before_any_row(tmp_path):
         "weights and teacher_cache"
     )
     assert not (tmp_path / "runs" / "kdlab.db").exists()
+
+
+def test_fit_logs_its_json_as_an_artifact_and_records_it(tmp_path):
+    from kdlab.laws.synthetic import paper_like_supervised_runs
+
+    paper_like_supervised_runs(noise=0.005, seed=0).to_csv(tmp_path / "sup.csv", index=False)
+    grid = tmp_path / "grid.json"  # one start: the fit itself is tested elsewhere
+    grid.write_text(
+        json.dumps(
+            {"e": [0.5], "a": [8.0], "b": [10.0], "alpha": [0.4]} | {"beta": [0.4], "gamma": [0.5]}
+        )
+    )
+    out = tmp_path / "fits" / "sup.json"
+    runs = str(tmp_path / "sup.csv")
+    fit = ["kdlab.cli", "fit", "supervised", "--csv", runs, "--grid", str(grid)]
+    refused = run_cli(*fit, "--wandb")  # nowhere to log from: refused before fitting
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "kdlab: error: --wandb logs the fit JSON as a W&B artifact; name it with --out."
+    )
+    done = run_cli(*fit, "--out", str(out), "--wandb", "--wandb-project", "kd-fits")
+    assert done.returncode == 0, done.stderr
+    [offline] = sorted((tmp_path / "fits").glob("wandb/offline-run-*"))
+    run, config, _ = wandb_offline_run(offline)
+    assert (run["project"], run["job_type"], config["law"]) == ("kd-fits", "fit", "supervised")
+    records = wandb_records(offline)
+    [artifact] = [r.artifact for r in records if r.artifact.name]
+    assert (artifact.name, artifact.type) == ("fit-supervised-sup", "fit")
+    [entry] = artifact.manifest.contents
+    doc = json.loads(out.read_text())
+    record = doc.pop("wandb_artifact")
+    assert record == {"name": artifact.name, "type": "fit", "digest": artifact.digest} | {
+        "version": None  # numbered by W&B when the offline run is synced
+    }
+    # what was logged is the fit as written before its record was added
+    assert entry.path == "sup.json" and entry.size == len(json.dumps(doc, indent=2) + "\n")
+    # the coefficients are the run's summary: W&B's runs table compares fits
+    summary = {i.key: json.loads(i.value_json) for r in records for i in r.summary.update}
+    assert {k: summary[k] for k in doc["coefficients"]} == doc["coefficients"]
