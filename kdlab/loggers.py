@@ -15,7 +15,7 @@ throughput, so runs of different batch sizes overlay; and, as W&B draws a metric
 one axis, the losses once more as ``by_flops/train_loss`` and ``by_flops/val_loss``
 against ``flops``: a sweep's IsoFLOP view. The config holds the numbers runs are compared
 by (N, D, M, flops, role, key, study, family and the science settings), the group is the
-sweep (study/family), the tags its family and scale, the job type the role. The CSV
+sweep (study/family), the tags its study and family, the job type the role. The CSV
 logger's hparams.yaml holds the same config.
 
 Attempts: a forced re-run (attempt n > 1) is a W&B run of its own, id ``<key>-<n>``, whose

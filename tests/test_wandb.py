@@ -194,3 +194,31 @@ def test_fit_logs_its_json_as_an_artifact_and_records_it(tmp_path):
     # the coefficients are the run's summary: W&B's runs table compares fits
     summary = {i.key: json.loads(i.value_json) for r in records for i in r.summary.update}
     assert {k: summary[k] for k in doc["coefficients"]} == doc["coefficients"]
+
+
+def test_cached_student_logs_the_logit_cache_it_read(train, tmp_path):
+    from kdlab.cli import main
+    from tests.conftest import FAST
+
+    teacher = ["model=nano_L2", "data.tokens=32768", "data.tokens_per_param=null"]
+    student = ["objective=distill", *TINY, "teacher.model=nano_L2", "teacher.tokens=32768"]
+    folder = tmp_path / "cache"
+    cache = ["teacher=cache", "teacher.cache.k=32", "teacher.cache.dtype=float32"]
+    cache.append("teacher.cache.tokens=16384")
+    cache.append(f"teacher.cache.dir={folder}")
+    assert train(*teacher)["status"] == "done"
+    assert main(["teacher", "cache", f"paths.root_dir={tmp_path}", *FAST, *student, *cache]) == 0
+    row = train(*student, *cache, "logger=wandb", "logger.wandb.artifacts=[teacher_cache]")
+    assert row["status"] == "done"
+    [offline] = _offline_runs(Path(row["run_dir"]))
+    [artifact] = [r.artifact for r in wandb_records(offline) if r.artifact.name]
+    assert (artifact.name, artifact.type) == (
+        f"teacher-logits-{row['teacher_inference_key']}",
+        "teacher-logits",
+    )
+    files = {e.path: e.size for e in artifact.manifest.contents}
+    on_disk = {
+        f"cache/{p.relative_to(folder)}": p.stat().st_size for p in folder.rglob("*") if p.is_file()
+    }
+    assert files == on_disk and "cache/manifest.json" in files
+    assert [a["name"] for a in row["wandb_artifacts"]] == [artifact.name]
