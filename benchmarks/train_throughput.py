@@ -5,7 +5,7 @@ For each size, in one process and on the same batches:
 - kdlab: the run's ``PretrainModule`` (``kdlab.runner.build_module``) trained by the
   ``lightning.Trainer`` of ``kdlab-train`` (``conf/trainer/cpu.yaml``: fp32, gradient
   clipping 1.0 by norm, progress bar, ``log_every_n_steps`` 10; the runner's callbacks:
-  TrainClock, CurveRecorder, ModelCheckpoint, ThroughputMonitor);
+  TrainClock, CurveRecorder, ModelCheckpoint, TrainingProgress);
 - plain: ``GPT`` with the same seed (same init), the same AdamW muP groups, LambdaLR
   schedule, loss function and ``clip_grad_norm_``, in a bare ``for`` loop.
 

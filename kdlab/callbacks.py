@@ -1,4 +1,4 @@
-"""Callbacks that feed the run database while a run trains."""
+"""Callbacks that feed the run database and the experiment loggers while a run trains."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 
+from kdlab.hardware import matmul_peak_flops
 from kdlab.rundb import RunStore
 from kdlab.rundb.store import HEARTBEAT_S
 
@@ -51,6 +53,71 @@ class TrainClock(L.Callback):
     @property
     def tokens_per_sec(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def device_peak(trainer: L.Trainer, module: L.LightningModule) -> float:
+    """One device's matmul peak in the precision the run computes in."""
+    dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+    return matmul_peak_flops(str(module.device), dtype)
+
+
+def _exact(value: float) -> torch.Tensor:
+    """float64: Lightning keeps it, where a float would become float32 (7 digits)."""
+    return torch.tensor(value, dtype=torch.float64)
+
+
+class TrainingProgress(L.Callback):
+    """Logs, beside the losses, the axes runs are compared on and how training goes.
+
+    In every row Lightning hands the loggers (each ``log_every_n_steps`` steps, and each
+    validation): ``tokens`` and ``flops`` after this step; in training rows also the
+    learning rate each optimizer group stepped with (``lr/<group>``) and the throughput
+    since the last such row, timed by ``clock`` over training steps only.
+    kdlab.loggers says which axis W&B draws each against.
+    """
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, clock: TrainClock) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.clock = clock
+        self._step_at_start = -1
+        self._last = (0, 0.0)  # the clock's tokens and seconds at the last training row
+
+    def _log_axes(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        tokens = trainer.global_step * self.tokens_per_step
+        module.log("tokens", _exact(tokens))
+        module.log("flops", _exact(tokens * self.flops_per_token))
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        self._step_at_start = trainer.global_step
+        every = trainer.log_every_n_steps
+        if every > 0 and (trainer.global_step + 1) % every == 0:  # this step's row is logged
+            for i, group in enumerate(trainer.optimizers[0].param_groups):
+                module.log(f"lr/{group.get('name', i)}", _exact(group["lr"]))
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, idx: int
+    ) -> None:
+        every = trainer.log_every_n_steps
+        stepped = trainer.global_step > self._step_at_start  # not inside an accumulation
+        if not stepped or every <= 0 or trainer.global_step % every:
+            return
+        self._log_axes(trainer, module)
+        tokens, seconds = self.clock.tokens - self._last[0], self.clock.seconds - self._last[1]
+        self._last = (self.clock.tokens, self.clock.seconds)
+        if seconds <= 0:
+            return
+        flops_per_sec = tokens / seconds * module.train_flops_per_token()
+        module.log("throughput/tokens_per_sec", tokens / seconds)
+        module.log("throughput/flops_per_sec", flops_per_sec)
+        peak = trainer.world_size * device_peak(trainer, module)
+        module.log("throughput/mfu", flops_per_sec / peak)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log_axes(trainer, module)
 
 
 class CurveRecorder(L.Callback):

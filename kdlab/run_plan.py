@@ -29,6 +29,7 @@ from kdlab.models.ladder import ModelShape, flops_per_token, non_embedding_param
 from kdlab.rundb import RunStore, configured_url
 from kdlab.teacher import Teacher
 from kdlab.teachers import check_objective, resolve
+from kdlab.wandb_artifacts import asked_artifacts
 
 
 @dataclasses.dataclass
@@ -160,6 +161,7 @@ def open_store(cfg: DictConfig) -> tuple[RunStore, str]:
 
 def _plan_run(cfg: DictConfig) -> RunPlan:
     _check_launch(cfg)
+    asked_artifacts(cfg)
     role = cfg.role
     if role not in ROLE_SPLIT:
         raise ConfigError(f"role must be one of {sorted(ROLE_SPLIT)}, not '{role}'")

@@ -23,17 +23,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from kdlab.callbacks import CurveRecorder, Heartbeat, TrainClock
+from kdlab.callbacks import CurveRecorder, Heartbeat, TrainClock, TrainingProgress, device_peak
 from kdlab.checkpoints import AtomicCheckpointIO, resume_point
-from kdlab.configs import build
-from kdlab.hardware import matmul_peak_flops
 from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
+from kdlab.loggers import build_loggers, finish_loggers, log_run_artifacts, wandb_url
 from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.parallel import full_state_dict
@@ -48,6 +47,7 @@ from kdlab.teachers import connect
 
 LOCK_FILE = ".lock"
 ATTEMPT_DIR = "attempt-"  # run_dir/attempt-<n>: a forced re-run, until it replaces the run
+WANDB_DIR = "wandb"  # wandb.init(dir=...) writes its runs there
 SHARDED_METADATA = "meta.pt"  # Lightning's FSDP strategy writes it last in a sharded checkpoint
 
 
@@ -74,45 +74,6 @@ def jobs_threads() -> int | None:
     if not n_jobs or n_jobs < 2:
         return None
     return max(1, (os.cpu_count() or 1) // n_jobs)
-
-
-def _loggers(cfg: DictConfig, plan: RunPlan, attempt: Attempt) -> list[Any]:
-    """The run's loggers, writing into the attempt's directory; a re-run's W&B run is a
-    new one (its own id), not more points on the run it re-runs."""
-    loggers = []
-    wandb_id = plan.key if attempt.number == 1 else f"{plan.key}-{attempt.number}"
-    for name, node in (cfg.logger or {}).items():
-        if name == "wandb":
-            sweep = [v for v in (cfg.study, cfg.family) if v]
-            loggers.append(
-                build(
-                    node,
-                    group=node.group or "/".join(sweep) or None,
-                    tags=[*node.tags, *sweep],
-                    name=f"{plan.role}-{plan.shape.ladder}-{plan.shape.name}-{plan.key}",
-                    id=wandb_id,
-                    save_dir=str(attempt.dir),
-                    job_type=plan.role,
-                )
-            )
-            loggers[-1].log_hyperparams(_wandb_config(plan))
-        else:
-            loggers.append(build(node, save_dir=str(attempt.dir)))
-    return loggers
-
-
-def _wandb_config(plan: RunPlan) -> dict[str, Any]:
-    """The numbers runs are compared by, flat so W&B's table shows them as columns."""
-    return {
-        "key": plan.key,
-        "role": plan.role,
-        "model": plan.shape.name,
-        "N": plan.n_params,
-        "D": plan.tokens,
-        "M": plan.tokens_per_param,
-        "flops": plan.train_flops,
-        **plan.science,
-    }
 
 
 def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
@@ -223,8 +184,9 @@ def run_callbacks(
     """The callbacks every run trains with; the first is its TrainClock."""
     attempt = attempt or Attempt(1, plan.run_dir)
     tokens_per_step = plan.data.batch_size * plan.shape.n_ctx * plan.accumulate
+    clock = TrainClock()
     return [
-        TrainClock(),
+        clock,
         CurveRecorder(plan.store, plan.key, tokens_per_step, attempt.number),
         ModelCheckpoint(
             dirpath=attempt.dir / "checkpoints",
@@ -233,7 +195,7 @@ def run_callbacks(
             every_n_train_steps=cfg.checkpoint.every_n_steps,
             enable_version_counter=False,  # always last.ckpt, the file resume looks for
         ),
-        ThroughputMonitor(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel()),
+        TrainingProgress(tokens_per_step, plan.train_flops / plan.tokens, clock),
         PreemptionCheckpoint(attempt.dir),
     ]
 
@@ -262,12 +224,6 @@ def build_trainer(
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer
-
-
-def _device_peak(trainer: L.Trainer, module: L.LightningModule) -> float:
-    """One device's matmul peak in the precision the run computes in."""
-    dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-    return matmul_peak_flops(str(module.device), dtype)
 
 
 def _rank_zero() -> bool:
@@ -318,12 +274,18 @@ def _promote(plan: RunPlan, attempt: Attempt) -> None:
     """Move a finished re-run's files over the run's and remove its directory.
 
     The row already names the new attempt; the weights arrive by one atomic rename, and a
-    crash part-way is finished by the next launch (``_finish_promotion``)."""
+    crash part-way is finished by the next launch (``_finish_promotion``). W&B's folder is
+    merged, not replaced: an offline W&B run's files are its only copy until synced, and
+    each attempt is a W&B run of its own."""
     for entry in sorted(attempt.dir.iterdir(), key=lambda p: p.name != WEIGHTS):
         if entry.name == LOCK_FILE:
             continue
         target = plan.run_dir / entry.name
-        if entry.is_dir() and target.is_dir():
+        if entry.name == WANDB_DIR and target.is_dir():
+            for item in entry.iterdir():
+                os.replace(item, target / item.name)  # offline-run-<time>-<id>: new names
+            entry.rmdir()
+        elif entry.is_dir() and target.is_dir():
             old = plan.run_dir / f".superseded-{entry.name}"
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
@@ -410,7 +372,7 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
                 )
             elif record:
                 plan.store.start(plan.key, attempt=attempt.number, **_row_fields(cfg, plan))
-            loggers = _loggers(cfg, plan, attempt)
+            loggers = build_loggers(cfg, plan, attempt.number, attempt.dir)
             trainer = build_trainer(
                 cfg, plan, callbacks, logger=loggers or False, default_root_dir=str(attempt.dir)
             )
@@ -470,6 +432,7 @@ def _record(
         _stopped(plan, attempt, "failed", reason, loggers, **measured)
         return plan.store.get(plan.key)
     weights_sha256 = save_weights(module.model, attempt.dir, submodule_state(state, "model."))
+    artifacts = log_run_artifacts(cfg, plan, loggers, attempt.dir)
     flops_per_sec = clock.tokens_per_sec * module.train_flops_per_token()
     plan.store.finish(
         plan.key,
@@ -483,15 +446,23 @@ def _record(
         val_ece=final.get("val/ece"),
         **_measured_teacher_loss(plan, final),
         tokens_per_sec=clock.tokens_per_sec,
-        mfu=flops_per_sec / (trainer.world_size * _device_peak(trainer, module)),
+        mfu=flops_per_sec / (trainer.world_size * device_peak(trainer, module)),
         wall_time_s=wall,
-        wandb_url=_wandb_url(loggers),
+        wandb_url=_promoted(wandb_url(loggers), plan, attempt),
+        wandb_artifacts=artifacts,
     )
+    finish_loggers(loggers, row=plan.store.get(plan.key))  # closed before its files move
     if attempt.staged:
         _promote(plan, attempt)
-    _finish_loggers(loggers)
     print(f"kdlab: run {plan.key} done: val_loss {val_loss:.4f}")
     return plan.store.get(plan.key)
+
+
+def _promoted(path: str | None, plan: RunPlan, attempt: Attempt) -> str | None:
+    """Where a path in a re-run's directory will be once the re-run replaces the run."""
+    if path is None or not attempt.staged:
+        return path
+    return path.replace(str(attempt.dir), str(plan.run_dir), 1)
 
 
 def _interruption(err: BaseException, signum: int | None) -> tuple[str, int | None] | None:
@@ -535,23 +506,4 @@ def _stopped(
             mark = plan.store.interrupt if status == "interrupted" else plan.store.fail
             with contextlib.suppress(KeyError):  # stopped before its row was written
                 mark(plan.key, reason, **fields)
-    _finish_loggers(loggers, "failed")
-
-
-def _wandb_url(loggers: list[Any]) -> str | None:
-    for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        url = getattr(experiment, "url", None)
-        if url or hasattr(experiment, "dir"):
-            return url or f"file://{experiment.dir}"
-    return None
-
-
-def _finish_loggers(loggers: list[Any], status: str = "success") -> None:
-    """Close each logger so the next job in the same process starts a new W&B run."""
-    for logger in loggers:
-        logger.finalize(status)
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
+    finish_loggers(loggers, "failed")

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from kdlab.laws.compute import flops_per_token
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_FLOPS, PAPER_SUPERVISED
 from kdlab.rundb import RunStore
-from tests.conftest import ALL_FIGURES, assert_figure, run_cli, wandb_offline_run
+from tests.conftest import (
+    ALL_FIGURES,
+    assert_figure,
+    run_cli,
+    wandb_offline_run,
+    wandb_records,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -341,7 +348,7 @@ def test_wandb_offline_run_holds_the_figures(full_report: Path) -> None:
     assert config["distillation_fit"].endswith("distillation.json")
     assert config["db"] == f"sqlite:///{full_report.parent / 'runs.db'}"
     [logged] = rows
-    tables = ("coefficients_supervised", "coefficients_distillation", "plan")
+    tables = ("coefficients_supervised", "coefficients_distillation", "plan", "runs")
     # wandb writes a logged media object as one item per field (report/<name>/<field>)
     assert {"/".join(k.split("/")[:2]) for k in logged if k.startswith("report/")} == {
         f"report/{name}" for name in (*ALL_FIGURES, *tables)
@@ -353,6 +360,29 @@ def test_wandb_offline_run_holds_the_figures(full_report: Path) -> None:
         logged_png = runs[0] / "files" / image["path"]
         assert (image["width"], image["height"]) == Image.open(full_report / f"{name}.png").size
         assert_figure(logged_png)
+    # the run table: one row per run of the database, as W&B's table shows runs
+    with sqlite3.connect(full_report.parent / "runs.db") as db:
+        n_runs = db.execute("select count(*) from runs").fetchone()[0]
+    assert (logged["report/runs/_type"], logged["report/runs/nrows"]) == ("table-file", n_runs)
+    # artifacts: the page with its figures, and each fit JSON, recorded in report.json
+    logged_artifacts = [r.artifact for r in wandb_records(runs[0]) if r.artifact.name]
+    # (wandb stores each logged table as an artifact of its own, of type run_table)
+    artifacts = {a.name: a for a in logged_artifacts if a.type != "run_table"}
+    assert set(artifacts) == {
+        "report-synthetic",
+        "fit-supervised-supervised",
+        "fit-distillation-distillation",
+    }
+    page = {e.path: e.size for e in artifacts["report-synthetic"].manifest.contents}
+    assert {f"{name}.png" for name in ALL_FIGURES} | {"index.html"} <= set(page)
+    assert page["index.html"] == (full_report / "index.html").stat().st_size
+    fit = artifacts["fit-supervised-supervised"]
+    assert [e.path for e in fit.manifest.contents] == ["supervised.json"]
+    recorded = json.loads((full_report / "report.json").read_text())["wandb_artifacts"]
+    assert recorded == [
+        {"name": a.name, "type": a.type, "digest": a.digest, "version": None}
+        for a in artifacts.values()
+    ]
 
 
 def test_report_without_students_skips_distillation_cleanly(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--out", help="write the fit JSON here")
     out.add_argument("--n-vocab", type=number, help="vocabulary size stored for plan's F(N)")
     out.add_argument("--json", action="store_true", help="print the fit JSON, not a table")
+    out.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the fit JSON (--out) to W&B as an artifact (WANDB_MODE=offline honoured)",
+    )
+    out.add_argument("--wandb-project", default="kdlab")
+    out.add_argument("--wandb-entity")
     p.set_defaults(func=run_fit)
 
 
@@ -188,6 +196,8 @@ def _run_fit(args: argparse.Namespace) -> int:
         from kdlab.locking import writable_folder
 
         writable_folder(Path(args.out).parent, choose="another --out", make=False)
+    if args.wandb and not args.out:
+        raise LawInputError("--wandb logs the fit JSON as a W&B artifact; name it with --out.")
     if args.law == "distillation" and not args.supervised:
         raise LawInputError(
             "fit distillation needs --supervised paper or a supervised fit JSON for Ltilde_S."
@@ -273,6 +283,23 @@ def _run_fit(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         _print_fit(doc, args.out)
+    return _log_fit(args, doc) if args.wandb else 0
+
+
+def _log_fit(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    """The fit JSON as a W&B artifact, its record added to the JSON; a W&B failure leaves
+    the fit written and exits 1."""
+    from kdlab.wandb_artifacts import add_record, log_fit
+
+    path = Path(args.out)
+    try:
+        record = log_fit(path, doc, args.wandb_project, args.wandb_entity)
+    except Exception as exc:  # W&B fails in many ways (network, auth); the fit stands
+        failed = f"the fit is written, but logging it to W&B failed: {exc}"
+        print(f"kdlab: error: {failed}", file=sys.stderr)
+        return 1
+    add_record(path, "wandb_artifact", record)
+    print(f"logged the fit to W&B as artifact {record['name']} (digest {record['digest']})")
     return 0
 
 

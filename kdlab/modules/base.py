@@ -48,6 +48,9 @@ class LanguageModelModule(L.LightningModule):
         flops_per_token: float = 0.0,
     ) -> None:
         super().__init__()
+        # the loggers' config and the checkpoint get the plain settings (a subclass's
+        # too); the shape goes as kdlab_shape, and no module object is copied
+        self.save_hyperparameters(ignore=["shape", "teacher", "teacher_shape"])
         self.shape = shape
         self.model: GPT | None = None  # built in configure_model
         # the weights are drawn from the RNG state at construction, whenever Lightning
@@ -61,7 +64,6 @@ class LanguageModelModule(L.LightningModule):
         self.z_loss = z_loss
         self.flops_per_token = flops_per_token
         self.val_ce = MeanMetric()
-        self.flops_per_batch = 0.0  # read by Lightning's ThroughputMonitor
 
     def configure_model(self) -> None:
         """Build the GPT: on the meta device under FSDP, which materialises it shard by
@@ -109,8 +111,6 @@ class LanguageModelModule(L.LightningModule):
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        x = batch[0]  # (x, y), or (x, y, cached teacher)
-        self.flops_per_batch = self.train_flops_per_token() * x.numel()
         loss, logs = self.training_loss(batch)
         reason = self._divergence(loss)
         if reason:

@@ -28,6 +28,7 @@ from kdlab.report.planning import (
     resolve_plan_coefficients,
 )
 from kdlab.rundb import shown_url
+from kdlab.wandb_artifacts import add_record, artifact_name, log_artifact, table
 
 
 @dataclass
@@ -261,8 +262,24 @@ def log_to_wandb(
             )
         if report.plans is not None:
             payload["report/plan"] = wandb.Table(dataframe=tables.plan_table(report.plans, 100))
+        # every run of the database as W&B's table shows runs (its config JSON aside)
+        payload["report/runs"] = table(data.all_runs.drop(columns=["config"], errors="ignore"))
         run.log(payload)
+        records = _log_report_artifacts(run, report)
         where = run.url or run.dir
     finally:
         run.finish()
+    add_record(report.out_dir / "report.json", "wandb_artifacts", records)
     return str(where)
+
+
+def _log_report_artifacts(run: Any, report: Report) -> list[dict[str, Any]]:
+    """The page with its figures and tables, and each fit JSON it shows, as artifacts."""
+    data, study = report.data, report.data.study or "study"
+    page = [p for p in sorted(report.out_dir.iterdir()) if p.is_file()]
+    records = [log_artifact(run, artifact_name("report", study), "report", page)]
+    for fit in (data.supervised_fit, data.distillation_fit):
+        if fit is not None:
+            name = artifact_name("fit", fit.law, Path(fit.path).stem)
+            records.append(log_artifact(run, name, "fit", [Path(fit.path)], {"law": fit.law}))
+    return records

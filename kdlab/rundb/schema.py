@@ -95,6 +95,9 @@ runs = Table(
     # provenance
     Column("git_rev", String(64)),
     Column("wandb_url", Text),
+    # W&B artifacts the run logged (logger.wandb.artifacts): name, type, digest, version
+    # (the version once W&B's server has it; none for an offline run not yet synced)
+    Column("wandb_artifacts", JSON),
     Column("run_dir", Text),
     Column("weights_sha256", String(64)),  # of run_dir/model.pt as saved: checked on loading
     Column("config", JSON),
