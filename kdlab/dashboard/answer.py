@@ -22,6 +22,7 @@ from kdlab.dashboard.inputs import FieldError, Inputs
 from kdlab.dashboard.laws import Laws
 from kdlab.laws.cli import PLAN_JSON_KEYS
 from kdlab.laws.compute import SCENARIOS
+from kdlab.laws.flags import source_warnings
 from kdlab.laws.io import LawInputError
 from kdlab.laws.plan import Teacher, plan
 from kdlab.laws.tradeoffs import crossover, loss_curve, robustness, smallest_student
@@ -151,7 +152,11 @@ def answer(inputs: Inputs, laws: Laws) -> dict[str, Any]:
         "mfu": inputs.mfu,
         "student": {"params": student, "how": student_note},
         "rows": rows,
-        "plan_json": {key: chosen[key] for key in PLAN_JSON_KEYS},
+        # as `kdlab plan --json` prints it: the fit's own warnings before the plan's
+        "plan_json": {
+            **{key: chosen[key] for key in PLAN_JSON_KEYS},
+            "warnings": source_warnings(laws.coefs) + chosen.get("warnings", []),
+        },
         "command": _command(laws, chosen),
         "curve": {
             "compute": [r["compute"] for r in curve],

@@ -316,24 +316,18 @@ def _row_filter(args: argparse.Namespace) -> str | None:
     return args.fit_where
 
 
+def _source_warnings(coefs: dict[str, Any]) -> list[str]:
+    from kdlab.laws.flags import source_warnings  # late: numpy, which --help does not need
+
+    return source_warnings(coefs)
+
+
 def _print_warnings(warnings: list[str]) -> None:
     """Degenerate results, in red, before the numbers they are about."""
     from kdlab.console import console
 
     for text in warnings:
         console.print(f"[bold red]warning:[/] {text}")
-
-
-def _fit_warnings(coefs: dict[str, Any]) -> list[str]:
-    """The warnings of the fit(s) a prediction or plan is made from (none for the paper's)."""
-    from kdlab.laws.flags import fit_warnings
-
-    doc = coefs.get("doc") or {}
-    if doc.get("source") == "paper":
-        return []
-    return fit_warnings(doc.get("supervised") if doc.get("law") == "distillation" else None) + (
-        fit_warnings(doc)
-    )
 
 
 def _print_fit(doc: dict[str, Any], out: str | None) -> None:
@@ -456,7 +450,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     else:
         loss = distillation_loss(n, d, l_t, coefs["distillation"], coefs["supervised"])
     loss = np.broadcast_to(loss, shape)
-    warnings = _fit_warnings(coefs)
+    warnings = _source_warnings(coefs)
     if args.json:
         value: Any = float(loss.ravel()[0]) if loss.size == 1 else [float(v) for v in loss]
         print(json.dumps({"loss": value, **({"warnings": warnings} if warnings else {})}))
@@ -582,7 +576,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         coefs["bounds"] = tuple(args.bounds)
     if args.crossover:
         result = crossover(coefs, args.student, args.scenario, args.students, args.teacher_loss)
-        result["warnings"] = _fit_warnings(coefs)
+        result["warnings"] = _source_warnings(coefs)
         printed = result
     else:
         compute = args.compute
@@ -594,7 +588,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         if compute is None:
             raise LawInputError("plan needs --compute C or --tokens-per-param M (or --crossover).")
         result = plan(coefs, args.student, compute, args.scenario, args.students)
-        result["warnings"] = _fit_warnings(coefs) + result["warnings"]
+        result["warnings"] = _source_warnings(coefs) + result["warnings"]
         printed = {k: result[k] for k in PLAN_JSON_KEYS}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -117,3 +117,14 @@ def plan_warnings(result: Mapping[str, Any], bounds: Sequence[float]) -> list[st
         + ". The law keeps improving toward that bound (a degenerate fit, or a scenario "
         "where the teacher is free), so the answer is the bound, not a recommendation."
     ]
+
+
+def source_warnings(coefs: Mapping[str, Any]) -> list[str]:
+    """The warnings of the fit(s) a prediction or plan is made from (none for the paper's
+    published coefficients): kdlab plan --json and the dashboard print the same."""
+    doc = coefs.get("doc") or {}
+    if doc.get("source") == "paper":
+        return []
+    return fit_warnings(doc.get("supervised") if doc.get("law") == "distillation" else None) + (
+        fit_warnings(doc)
+    )

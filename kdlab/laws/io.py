@@ -151,8 +151,9 @@ def check_comparable(df: pd.DataFrame, source: str) -> dict[str, Any]:
             continue
         values = sorted(df[col].dropna().astype(str).unique())
         if len(values) > 1 and col == "corpus" and "corpus_name" in df.columns:
-            names = dict(zip(df[col].astype(str), df["corpus_name"].astype(str), strict=True))
-            values = [f"{v} ({names[v]})" for v in values]  # the name selects it too
+            named = df.dropna(subset=["corpus_name"])
+            names = dict(zip(named[col].astype(str), named["corpus_name"].astype(str), strict=True))
+            values = [f"{v} ({names[v]})" if v in names else v for v in values]  # by name too
         if len(values) > 1:
             mixed.append(f"{col} in {{{', '.join(values)}}}")
         elif values:
