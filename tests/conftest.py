@@ -68,8 +68,9 @@ def train(tmp_path):
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):
-    """A console command as a user types it (python -m keeps it on this interpreter)."""
-    full_env = {**os.environ, **(env or {})}
+    """A console command as a user types it (python -m keeps it on this interpreter);
+    ``env`` adds to this process's environment, and a None value removes the variable."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=cwd,

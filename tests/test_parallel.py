@@ -38,8 +38,13 @@ def process_group(monkeypatch):
     """A world of one, as Lightning's FSDP starts it in this process; ended afterwards so
     later tests start without one. One thread: Lightning's launcher resets torch's
     threads unless OMP_NUM_THREADS is set, and two threads on a busy machine are ~5x
-    slower here."""
+    slower here. Lightning writes the world's address into os.environ (MASTER_PORT...):
+    they go again afterwards, or a later test's DDP child would inherit that port."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # recorded: undone after the test
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
     yield
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

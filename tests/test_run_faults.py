@@ -249,6 +249,9 @@ def test_the_heartbeat_beats_while_the_block_runs(tmp_path):
 def test_signals_become_an_interruption_only_where_nobody_else_handles_them():
     from kdlab.processes import RunInterrupted, stop_signals
 
+    # the precondition, whatever an earlier test in this process installed: nobody handles
+    # SIGINT but Python's default
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.raises(RunInterrupted) as stopped, stop_signals():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # the handler raises before this ends
@@ -263,6 +266,7 @@ def test_signals_become_an_interruption_only_where_nobody_else_handles_them():
             _wait_for(lambda: seen, "the other handler", 5)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     assert seen == [signal.SIGTERM]
 
 

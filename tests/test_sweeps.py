@@ -180,6 +180,20 @@ def test_a_misspelt_override_is_one_sentence():
     )
 
 
+def _fresh_world() -> dict[str, str | None]:
+    """The environment of a DDP launch from a clean shell: in-process Lightning tests
+    before this one leave their world (LOCAL_RANK, NODE_RANK, MASTER_PORT...) in
+    os.environ, and a child that inherits LOCAL_RANK believes it was launched as one rank
+    and waits for a second that never comes."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    names = ("MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+    return {**dict.fromkeys(names), "MASTER_PORT": port}
+
+
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     out = run_cli(
         "kdlab.train",
@@ -190,6 +204,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
         "model=nano_L1",
         "data.tokens=32768",
         "data.tokens_per_param=null",
+        env=_fresh_world(),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MEMBER: 2/2" in out.stdout + out.stderr  # two ranks really ran
@@ -213,6 +228,7 @@ def test_ddp_run_diverging_on_one_rank_stops_every_rank(tmp_path):
         "data.tokens_per_param=null",
         "objective._target_=tests.diverging.NanOnLastRank",
         timeout=300,
+        env=_fresh_world(),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MEMBER: 2/2" in out.stdout + out.stderr  # the NaN was on rank 1 of 2

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from kdlab.losses import next_token_loss
@@ -51,6 +52,9 @@ class LanguageModelModule(L.LightningModule):
         # the loggers' config and the checkpoint get the plain settings (a subclass's
         # too); the shape goes as kdlab_shape, and no module object is copied
         self.save_hyperparameters(ignore=["shape", "teacher", "teacher_shape"])
+        for name, value in list(self.hparams.items()):  # Hydra hands some settings as configs:
+            if isinstance(value, DictConfig | ListConfig):  # plain values, so a checkpoint
+                self.hparams[name] = OmegaConf.to_container(value, resolve=True)  # loads as data
         self.shape = shape
         self.model: GPT | None = None  # built in configure_model
         # the weights are drawn from the RNG state at construction, whenever Lightning
