@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import signal
@@ -421,9 +422,12 @@ def _record(
     results recorded (a re-run's replacing the run it re-ran)."""
     val_loss = float(final["val/loss"])
     plan.store.add_curve_point(plan.key, trainer.global_step, plan.tokens, val_loss, attempt.number)
-    floor = plan.data.unigram_loss
+    # the loss of guessing uniformly, ln V: a run not below it learned nothing at all (a
+    # garbage learning rate, a one-token budget). The unigram loss of its split, a stricter
+    # floor, also fails short runs that learned something (the demo's smallest baselines)
+    floor = math.log(plan.data.vocab_size)
     if not val_loss < floor:  # NaN included
-        reason = f"did not learn: loss {val_loss:.4f} >= unigram loss {floor:.4f}"
+        reason = f"did not learn: loss {val_loss:.4f} >= uniform loss ln V {floor:.4f}"
         measured = {
             "val_loss": val_loss,
             "wall_time_s": wall,

@@ -35,7 +35,7 @@ ALL_FIGURES = (
     "distillation_map",
 )
 # Small, fast settings shared by the training tests. A batch of 4 windows gives a tiny
-# budget enough optimizer steps to beat the unigram loss (a run that does not is recorded
+# budget enough optimizer steps to learn (a run whose loss is not below ln V is recorded
 # as failed: it learned nothing a law could be fitted to).
 FAST = [
     "trainer.enable_progress_bar=false",

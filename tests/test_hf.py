@@ -5,6 +5,7 @@ from a config (no download), with its own tokenizer."""
 from __future__ import annotations
 
 import json
+import math
 import sysconfig
 from pathlib import Path
 
@@ -135,9 +136,11 @@ def test_a_local_transformers_model_teaches_with_its_own_tokenizer(train, tmp_pa
     corpus = _text_corpus(tmp_path)
     vocab = _tiny_hf_model(tmp_path / "llama", corpus)
     student = train(*_hf_student(corpus, tmp_path / "llama"))
-    # a random teacher teaches nothing: the student is recorded, as failed, with the reason
-    assert student["status"] == "failed" and student["teacher_kind"] == "hf"
-    assert student["failure"].startswith("did not learn: loss ")
+    # a random teacher: its student is done only where it got below the uniform loss ln V
+    # (kdlab/runner.py); either way its row names the teacher
+    learned = student["val_loss"] < math.log(vocab)
+    assert student["status"] == ("done" if learned else "failed"), student["failure"]
+    assert student["teacher_kind"] == "hf"
     assert student["teacher_key"].startswith("hf:") and student["teacher_model"] == "llama"
     assert student["vocab_size"] == vocab and student["tokenizer"].startswith(f"bpe-{vocab}-")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "llama")

@@ -66,7 +66,7 @@ def _check_installed(bin_dir: Path, tmp: Path) -> None:
         "-cd",
         str(tmp / "my_conf"),
         "model=my_nano",
-        "data.tokens=32768",  # 64 steps of 4 windows: enough to beat the unigram loss
+        "data.tokens=32768",  # 64 steps of 4 windows: enough to learn
         "data.tokens_per_param=null",
         "data.module.batch_size=4",
         "data.module.val_tokens=8192",
