@@ -342,13 +342,6 @@ def distill_loss(
     check_distill_options(divergence, tau, beta, alpha, hard, top_k, top_p)
     if divergence == "taid" and not hard and (taid_t is None or not 0.0 <= taid_t <= 1.0):
         raise ValueError(f"taid needs taid_t in [0, 1], got {taid_t}")
-    truncated = top_k is not None or (top_p is not None and top_p < 1.0)
-    if (
-        truncated
-        and not hard
-        and (divergence == "reverse_kl" or (divergence == "skew_reverse_kl" and alpha == 0.0))
-    ):
-        raise ValueError(f"{divergence} against a truncated teacher is infinite")
     s_flat, tgt = _flatten(student_logits, targets)
     teacher = _flat_teacher(teacher_logits, student_logits.shape)
     mask = tgt != ignore_index
