@@ -12,6 +12,7 @@ import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
@@ -25,6 +26,14 @@ from kdlab.errors import ConfigError
 
 _UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
 
+
+
+def swept_params(config: DictConfig) -> dict[str, Any]:
+    """The grid under ``hydra.sweeper.params`` as plain values. A file that sweeps nothing
+    has None or an empty config there, and an empty config is falsy: ``or {}`` would hand
+    OmegaConf a plain dict, which it refuses."""
+    swept = config.hydra.sweeper.params
+    return OmegaConf.to_container(swept, resolve=False) if swept else {}
 
 def _closest(word: str, choices: Sequence[str]) -> str:
     near = difflib.get_close_matches(word, choices, n=3, cutoff=0.75)
@@ -114,8 +123,7 @@ def check_command_line(argv: Sequence[str]) -> None:
     from kdlab.sweeps import job_overrides  # the sweeper's own expansion of a grid
 
     head = compose_or_explain(name, [], config_dir, return_hydra_config=True)
-    swept = head.hydra.sweeper.params  # None or an empty config when the file sweeps nothing
-    params = OmegaConf.to_container(swept, resolve=False) if swept else {}
+    params = swept_params(head)
     seen: set[str] = set()
     for job in job_overrides(params, args.overrides):  # each value of each override once
         if not set(job) <= seen:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdlab.cluster_plan import Workload, configured_layout
-from kdlab.composition import composition_error
+from kdlab.composition import composition_error, swept_params
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
 from kdlab.data import build_corpus, split_layout
 from kdlab.data.cache import TokenCount, planned_token_count
@@ -90,7 +90,7 @@ def expand(path: Path, overrides: Sequence[str] = ()) -> list[Job]:
         head = None
         try:
             head = compose(config_name=path.stem, overrides=[searchpath], return_hydra_config=True)
-            params = OmegaConf.to_container(head.hydra.sweeper.params or {}, resolve=False)
+            params = swept_params(head)
             return _compose_jobs(path.stem, params, [searchpath, *overrides])
         except (HydraException, OmegaConfBaseException) as err:  # a typo in an override
             reason = composition_error(err, [path.parent, CONF_DIR], head)
@@ -383,7 +383,7 @@ class PreflightCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_bad_database(config)
         _writable_root(config)
-        params = OmegaConf.to_container(config.hydra.sweeper.params or {}, resolve=False)
+        params = swept_params(config)
         overrides = list(config.hydra.overrides.task)
         name = config.hydra.job.config_name
         expanded = _compose_jobs(name, params, overrides)
