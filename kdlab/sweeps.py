@@ -53,14 +53,27 @@ from kdlab.rundb import (
 def sweep_file(name: str) -> Path:
     """``nano/teachers``, ``sweeps/nano/teachers.yaml`` or a path: the sweep file."""
     for candidate in (Path(name), SWEEPS_DIR / name, SWEEPS_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate.resolve()
-        if candidate.with_suffix(".yaml").is_file():
-            return candidate.with_suffix(".yaml").resolve()
+        for path in (candidate, candidate.with_suffix(".yaml")):
+            if path.is_file():
+                return _not_a_study(path.resolve())
     known = sorted(
-        str(p.relative_to(SWEEPS_DIR).with_suffix("")) for p in SWEEPS_DIR.rglob("*.yaml")
+        str(p.relative_to(SWEEPS_DIR).with_suffix(""))
+        for p in SWEEPS_DIR.rglob("*.yaml")
+        if p.name != "study.yaml" and not p.name.startswith("_")
     )
     raise ConfigError(f"no sweep named '{name}'; known sweeps: {', '.join(known)}")
+
+
+def _not_a_study(path: Path) -> Path:
+    """A study.yaml lists stages and composes no job: name the commands that take it."""
+    if path.name != "study.yaml":
+        return path
+    folder = path.parent.name
+    stages = ", ".join(OmegaConf.load(path).get("stages", []))
+    raise ConfigError(
+        f"{path} is a study, not a sweep: `kdlab study {folder}` runs its stages and "
+        f"`kdlab sweep plan {folder}/<stage>` plans one ({stages})"
+    )
 
 
 def job_overrides(params: dict[str, Any], overrides: Sequence[str]) -> list[list[str]]:

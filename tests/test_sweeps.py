@@ -235,3 +235,13 @@ def test_ddp_run_diverging_on_one_rank_stops_every_rank(tmp_path):
     [row] = _db(tmp_path).find()
     assert row["status"] == "failed" and row["failure"].startswith("diverged"), row["failure"]
     assert "at step 3" in row["failure"]
+
+
+def test_sweep_plan_of_a_study_names_the_commands_that_take_it():
+    """A study.yaml lists stages and composes no job; planning it used to end in a traceback."""
+    result = run_cli("kdlab.cli", "sweep", "plan", "pysrc/study")
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert message.startswith("kdlab: error: ") and "is a study, not a sweep" in message
+    assert "`kdlab study pysrc`" in message and "students_l4" in message
+    assert len(message.splitlines()) == 1
