@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +21,13 @@ from kdlab.laws.forms import supervised_loss
 from kdlab.rundb import RunStore, sqlite_url
 from kdlab.rundb.query import fit_points
 from kdlab.rundb.wandb_import import run_key
-from tests.conftest import assert_figure, run_cli
+from tests.conftest import REPO, assert_figure, run_cli
 
 # Chinchilla-like truth (Hoffmann et al. 2022, eq. 2 with their fitted values, rounded)
 TRUTH = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}
 SIZES = (2e6, 5e6, 1.2e7, 3e7)
-MAPPING = """
-keys:
-  n: model.params_nonembed
-  d: train.tokens
-  loss: eval/loss
-declare:
-  corpus: their-web-text
-  tokenizer: gpt2
-  n_ctx: 1024
-  vocab_size: 50257
-"""
+# the README's mapping (its W&B section), so the example there is the one that works
+MAPPING = re.search(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
 # starts near and away from the truth (log E, log A, log B, alpha, beta): a small search
 GRID = {"e": [0.0, 0.5], "a": [5.0, 6.0], "b": [5.0, 6.0], "alpha": [0.3], "beta": [0.3]}
 FIT = ["--form", "chinchilla", "--keep", "0", "--final-keep", "0", "--huber-delta", "1e-3"]
