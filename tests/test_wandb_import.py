@@ -242,11 +242,15 @@ def test_students_carry_their_teacher(tmp_path, capsys):
     ]
     runs[0]["loss"] = 3.1
     runs[1].update(loss=3.6, teacher_params=3e7, teacher_tokens=6e8, teacher_val_loss=3.1)
+    # a run whose loss is not below ln V (ln 50257 = 10.82) learned nothing: failed
+    runs.append({"Name": "u", "ID": "c3", "State": "finished", "kind": "teacher", "loss": 11.0})
+    runs[-1].update(N=1e6, D=1e6)
     write_export(tmp_path / "export.csv", runs)
     (tmp_path / "map.yaml").write_text(
         "keys: {n: N, d: D, loss: loss, role: kind, teacher_n: teacher_params,\n"
         "       teacher_d: teacher_tokens, teacher_loss: teacher_val_loss}\n"
-        "declare: {corpus: their-web-text, tokenizer: gpt2, n_ctx: 512, study: kd}\n"
+        "declare: {corpus: their-web-text, tokenizer: gpt2, n_ctx: 512, study: kd,\n"
+        "          vocab_size: 50257}\n"
     )
     url = sqlite_url(tmp_path / "kdlab.db")
     args = ["runs", "--db", url, "import", "--wandb", str(tmp_path / "export.csv")]
@@ -260,6 +264,11 @@ def test_students_carry_their_teacher(tmp_path, capsys):
     assert student["role"] == "student" and student["study"] == "kd"
     assert (student["teacher_n_params"], student["teacher_tokens"]) == (3 * 10**7, 6 * 10**8)
     assert student["teacher_loss"] == 3.1 and student["teacher_kind"] == "imported"
+    unlearned = RunStore(url).get(run_key("c3"))
+    assert unlearned["status"] == "failed" and unlearned["failure"] == (
+        "did not learn: loss 11.0000 is not below ln V (V = 50257)"
+    )
+    assert len(fit_points(url, "supervised")) == 1  # the teacher, not the failed run
     [point] = fit_points(url, "distillation").itertuples()
     assert (point.N_S, point.D_S, point.L_T, point.loss) == (5e6, 1e8, 3.1, 3.6)
 
@@ -301,6 +310,11 @@ def _error(capsys) -> str:
             "loss_history, role, teacher_n, teacher_d, teacher_loss)",
         ),
         (
+            "no size",
+            "run n2e+06-m5 ({tmp}/export.csv line 2) has 0.0 under 'n_embd_free_params', not a "
+            "positive number",
+        ),
+        (
             "not a number",
             "run crashed-one ({tmp}/export.csv line 14) has 'many' under "
             "'n_embd_free_params', not a number",
@@ -322,6 +336,8 @@ def test_bad_input_is_one_sentence_and_no_row(case, expected, tmp_path, capsys):
         keys[2] = "loss_history=val_loss"
     elif case == "unknown field":
         keys.append("params=n_embd_free_params")
+    elif case == "no size":
+        runs[0]["n_embd_free_params"] = 0
     elif case == "not a number":
         runs[-1]["n_embd_free_params"] = "many"
     write_export(tmp_path / "export.csv", runs)

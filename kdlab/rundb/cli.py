@@ -273,8 +273,11 @@ def _import(args: argparse.Namespace) -> int:
 
 def _import_wandb(args: argparse.Namespace) -> int:
     """Read and check every run before the database is opened: bad input writes nothing."""
-    from kdlab.rundb.wandb_import import import_rows, load_mapping, read_source, write_rows
+    from kdlab.rundb.wandb_import import import_rows, load_mapping, write_rows
+    from kdlab.rundb.wandb_sources import read_source
 
+    if args.runs_dir is not None:
+        raise ConfigError("--runs-dir is for --from-export: a W&B import brings no weights")
     mapping = load_mapping(args.map, args.map_key, args.declare)
     runs = read_source(args.wandb, mapping.keys.get("loss_history"))
     rows = import_rows(runs, mapping)
