@@ -77,8 +77,8 @@ def wandb_records(run_dir: Path) -> list[Any]:
 def read_offline_run(run_dir: Path) -> OfflineRun:
     """A W&B run folder read from its ``.wandb`` file.
 
-    Keys nested in the summary (``nested_key``) are joined with '.', as W&B's tables show
-    them; a history key with '/' in it (``val/loss``) is one key and stays as it is.
+    A nested key (``nested_key``: a logged media object's fields, W&B's own ``_wandb``
+    entries) is joined with '/', as W&B names logged keys (``val/loss``).
     """
     out = OfflineRun(path=wandb_file(run_dir), run={}, config={})
     for record in wandb_records(run_dir):
@@ -92,7 +92,7 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
             "history": record.history.item,
             "summary": record.summary.update,
         }.get(kind, [])
-        values = {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in items}
+        values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
         if kind == "history":
             out.rows.append(values)
             out.summary.update(values)
