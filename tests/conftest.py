@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from kdlab.configs import CONF_DIR
+from kdlab.wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,62 +100,11 @@ def assert_figure(path: Path, min_width: int = 800, min_height: int = 500) -> No
     assert ink > 0.025 and colour.mean() > 0.001 and spread > 0.2, (path.name, ink, spread)
 
 
-def wandb_records(run_dir: Path) -> list:
-    """The protobuf ``Record``s of an offline W&B run's ``.wandb`` file, in order.
-
-    The file is wandb's transaction log: a 7-byte header (``:W&B``, 0xBEE1, version), then
-    LevelDB-style blocks of 32 KiB, each record a 7-byte header (checksum, length, type:
-    1 whole, 2 first, 3 middle, 4 last part) before its protobuf ``Record``.
-    """
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    [path] = run_dir.glob("*.wandb")
-    raw = path.read_bytes()
-    assert raw[:6] == b":W&B\xe1\xbe", raw[:7]
-    block, pos, parts, records = 32768, 7, [], []
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # a block's tail too short for a header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
-        parts.append(raw[pos + 7 : pos + 7 + length])
-        pos += 7 + length
-        if kind not in (1, 4):
-            continue
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(b"".join(parts))
-        parts = []
-        records.append(record)
-    return records
-
-
 def wandb_offline_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
-    """An offline W&B run read from its ``.wandb`` file: the run's own fields (id, name,
-    group, job type, tags), its config, and the rows it logged."""
-    import json
-
-    run: dict = {}
-    config: dict = {}
-    rows: list[dict] = []
-    for record in wandb_records(run_dir):
-        kind = record.WhichOneof("record_type")
-        items = {
-            "run": record.run.config.update,
-            "config": record.config.update,
-            "history": record.history.item,
-        }.get(kind, [])
-        values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
-        if kind == "history":
-            rows.append(values)
-        else:
-            config.update(values)
-        if kind == "run":
-            fields = ("run_id", "project", "display_name", "run_group", "job_type")
-            run = {name: getattr(record.run, name) for name in fields}
-            run["tags"] = list(record.run.tags)
-    return run, config, rows
+    """An offline W&B run read from its ``.wandb`` file (kdlab.wandb_offline): the run's own
+    fields (id, name, group, job type, tags), its config, and the rows it logged."""
+    run = read_offline_run(run_dir)
+    return run.run, run.config, run.rows
 
 
 # -- the suite leaves no file in the repository ---------------------------------------

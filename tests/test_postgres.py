@@ -259,3 +259,28 @@ def test_a_password_on_the_command_line_is_refused_before_hydra_saves_it(
         assert password not in result.stdout + result.stderr
     leaks = [f for f, data in _everything_under(tmp_path).items() if password.encode() in data]
     assert leaks == []
+
+
+def test_wandb_import_into_postgresql(fresh_database, tmp_path):
+    """Imported runs on a server: the same rows, imported again in place, a kdlab row kept."""
+    from kdlab.cli import main as kdlab_main
+    from kdlab.rundb.wandb_import import run_key
+    from tests.test_wandb_import import CSV_DECLARED, CSV_KEYS, export_runs, grid_runs, write_export
+
+    write_export(tmp_path / "export.csv", export_runs())
+    args = ["runs", "--db", fresh_database, "import", "--wandb", str(tmp_path / "export.csv")]
+    args += [a for pair in CSV_KEYS for a in ("--map-key", pair)]
+    args += [a for pair in CSV_DECLARED for a in ("--declare", pair)]
+    assert kdlab_main(args) == 0
+    assert kdlab_main(args) == 0  # again: updated in place
+    points = fit_points(fresh_database, "supervised")
+    expected = {(int(n), d): loss for n, d, loss in grid_runs((5, 20, 80))}
+    assert {(int(r.N), int(r.D)): r.loss for r in points.itertuples()} == pytest.approx(expected)
+    assert set(points["corpus"]) == {"declared:their-web-text"}
+    store = RunStore(fresh_database)
+    assert len(store.find()) == 13
+    key = run_key("crashed-one")
+    store.upsert(key, status="done", role="teacher", imported_from=None, val_loss=2.0)
+    before = store.get(key)
+    assert kdlab_main(args) == 2
+    assert store.get(key) == before

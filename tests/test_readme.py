@@ -33,6 +33,8 @@ COVERED = {
     "kdlab fit distillation --supervised": "tests/test_laws_cli.py",
     "kdlab report": "tests/test_report.py",
     "kdlab dashboard": "tests/test_dashboard.py (serves until stopped)",
+    "kdlab runs import --wandb": "tests/test_wandb_import.py (its mapping: the README's)",
+    "kdlab fit supervised --corpus": "tests/test_wandb_import.py (imported runs)",
     "kdlab runs compute": "tests/test_teacher_cache.py::test_students_share_one_cache_counted_once",
     "kdlab runs": "tests/test_rundb.py::test_cli_list_show_export, tests/test_transfer.py",
     "kdlab teacher cache": "tests/test_teacher_cache.py",

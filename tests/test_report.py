@@ -25,12 +25,12 @@ from kdlab.laws.compute import flops_per_token
 from kdlab.laws.forms import distillation_loss, supervised_loss
 from kdlab.laws.published import PAPER_DISTILLATION, PAPER_FLOPS, PAPER_SUPERVISED
 from kdlab.rundb import RunStore
+from kdlab.wandb_offline import wandb_records
 from tests.conftest import (
     ALL_FIGURES,
     assert_figure,
     run_cli,
     wandb_offline_run,
-    wandb_records,
 )
 
 REPO = Path(__file__).resolve().parent.parent

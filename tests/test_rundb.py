@@ -196,7 +196,7 @@ def test_cli_list_show_export(url, tmp_path):
     cells = [c.strip() for c in header.strip("┃│ ").split("┃")]
     assert cells == [
         *("key", "status", "study", "family", "role", "corpus", "model"),
-        *("N", "D", "M", "teacher", "val loss"),
+        *("N", "D", "M", "teacher", "val loss", "imported"),
     ]
     row = next(line for line in out.stdout.splitlines() if "abc9990000000000" in line)
     assert [c.strip() for c in row.strip("│ ").split("│")][2:8] == [
@@ -208,6 +208,7 @@ def test_cli_list_show_export(url, tmp_path):
         "200",
     ]
     assert "4e+04" in row  # D in engineering form
+    assert row.strip("│ ").split("│")[-1].strip() == "-"  # trained by kdlab, not imported
     only = kdlab("list", "--study", "nano")
     assert "abcdef0123456789" in only.stdout and "abc9990000000000" not in only.stdout
     by_corpus = kdlab("list", "--corpus", "pysrc")

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from kdlab.modules.base import warmup_cosine
-from tests.conftest import compose_run, run_cli, wandb_offline_run, wandb_records
+from kdlab.wandb_offline import wandb_records
+from tests.conftest import compose_run, run_cli, wandb_offline_run
 
 TINY = ["model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null"]  # 32 steps
 TOKENS_PER_STEP = 4 * 128  # conftest's FAST batch of 4 windows of 128

@@ -30,6 +30,7 @@ LIST_COLUMNS = [
     ("tokens_per_param", "M"),
     ("teacher_model", "teacher"),
     ("val_loss", "val loss"),
+    ("imported_from", "imported"),
 ]
 FILTERS = ("status", "role", "study", "family", "corpus")
 
@@ -72,8 +73,39 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     compute.add_argument("--study", help="only the runs of this study")
     compute.set_defaults(func=_compute)
-    imp = sub.add_parser("import", help="bring back the runs of a jsonl export the database lacks")
-    imp.add_argument("--from-export", required=True, metavar="FILE", help="a jsonl export")
+    imp = sub.add_parser(
+        "import",
+        help="bring back the runs of a jsonl export the database lacks, or bring in runs "
+        "another codebase logged to W&B",
+    )
+    what = imp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--from-export", metavar="FILE", help="a jsonl export")
+    what.add_argument(
+        "--wandb",
+        metavar="SOURCE",
+        help="an offline W&B run folder (or a folder of them, e.g. wandb/), a CSV export of "
+        "a W&B runs table, or entity/project (needs W&B's server)",
+    )
+    imp.add_argument(
+        "--map",
+        metavar="YAML",
+        help="--wandb: which keys give N, D, the loss... (keys:) and the declared corpus, "
+        "tokenizer, n_ctx (declare:)",
+    )
+    imp.add_argument(
+        "--map-key",
+        action="append",
+        default=[],
+        metavar="FIELD=KEY",
+        help="--wandb: e.g. n=model.n_params, d=tokens, loss=val/loss (over --map)",
+    )
+    imp.add_argument(
+        "--declare",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="--wandb: e.g. corpus=fineweb, tokenizer=gpt2, n_ctx=1024, role=teacher",
+    )
     imp.add_argument(
         "--runs-dir",
         help="where the runs' directories (teachers' weights) go; default: beside a SQLite "
@@ -102,6 +134,7 @@ def _list(args: argparse.Namespace) -> int:
     rows = RunStore(url, create=False).find(**equals)  # rows, not pandas: listing stays quick
     for row in rows:
         row["status"] = live_status(row)
+        row["imported_from"] = "W&B" if row["imported_from"] else None  # whence: runs show
     rows = [row for row in rows if status is None or row["status"] == status]
     table = Table(title=f"{len(rows)} runs in {shown_url(url)}")
     for _, heading in LIST_COLUMNS:
@@ -217,6 +250,10 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    if args.wandb is not None:
+        return _import_wandb(args)
+    if args.map or args.map_key or args.declare:
+        raise ConfigError("--map, --map-key and --declare are for --wandb imports")
     if not Path(args.from_export).is_file():
         raise ConfigError(f"there is no export file {args.from_export}")
     url = _url(args)
@@ -230,5 +267,27 @@ def _import(args: argparse.Namespace) -> int:
     print(
         f"kdlab: imported {counts['added']} runs ({counts['weights']} with teacher weights) "
         f"into {shown_url(url)}; {counts['skipped']} were already there"
+    )
+    return 0
+
+
+def _import_wandb(args: argparse.Namespace) -> int:
+    """Read and check every run before the database is opened: bad input writes nothing."""
+    from kdlab.rundb.wandb_import import import_rows, load_mapping, write_rows
+    from kdlab.rundb.wandb_sources import read_source
+
+    if args.runs_dir is not None:
+        raise ConfigError("--runs-dir is for --from-export: a W&B import brings no weights")
+    mapping = load_mapping(args.map, args.map_key, args.declare)
+    runs = read_source(args.wandb, mapping.keys.get("loss_history"))
+    rows = import_rows(runs, mapping)
+    url = _url(args)
+    counts = write_rows(RunStore(url), rows)
+    failed = sorted(r["failure"] for r in rows.values() if r["status"] == "failed")
+    print(
+        f"kdlab: imported {len(rows)} W&B runs from {args.wandb} into {shown_url(url)} "
+        f"({counts['added']} new, {counts['updated']} imported before; corpus "
+        f"{mapping.declared['corpus']}); {len(failed)} recorded as failed"
+        + (f": {'; '.join(failed[:5])}" if failed else "")
     )
     return 0

@@ -99,6 +99,9 @@ runs = Table(
     # (the version once W&B's server has it; none for an offline run not yet synced)
     Column("wandb_artifacts", JSON),
     Column("run_dir", Text),
+    # null for a run kdlab trained; for one `kdlab runs import --wandb` brought in from
+    # another codebase, its W&B source and run id (its N, D and loss as the mapping read them)
+    Column("imported_from", Text),
     Column("weights_sha256", String(64)),  # of run_dir/model.pt as saved: checked on loading
     Column("config", JSON),
     Column("created_at", DateTime),
