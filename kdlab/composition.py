@@ -27,13 +27,13 @@ from kdlab.errors import ConfigError
 _UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
 
 
-
 def swept_params(config: DictConfig) -> dict[str, Any]:
     """The grid under ``hydra.sweeper.params`` as plain values. A file that sweeps nothing
     has None or an empty config there, and an empty config is falsy: ``or {}`` would hand
     OmegaConf a plain dict, which it refuses."""
     swept = config.hydra.sweeper.params
     return OmegaConf.to_container(swept, resolve=False) if swept else {}
+
 
 def _closest(word: str, choices: Sequence[str]) -> str:
     near = difflib.get_close_matches(word, choices, n=3, cutoff=0.75)
