@@ -95,9 +95,10 @@ def require_prepared(cfg: Any, corpus: Any, tokenizer: Any, cache_dir: str | Pat
         return
     others = prepared_tokenizers(corpus, cache_dir)
     built = f" (it has one for tokenizer {', '.join(others)} only)" if others else ""
+    folder = os.path.abspath(cache_dir)
     raise ConfigError(
         f"the {corpus.name} corpus has no token cache for tokenizer {_label(tokenizer)} in "
-        f"{cache_dir}{built}: build it before the runs with `{prepare_command(cfg)}`"
+        f"{folder}{built}: build it before the runs with `{prepare_command(cfg)}`"
     )
 
 
@@ -116,12 +117,28 @@ def prepare_command(cfg: Any) -> str:
     config reads: its data choice, then every corpus and tokenizer setting that differs
     from that choice's (however the run got it: command line, sweep file or interpolation),
     and the cache folder."""
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    choice = _data_choice(cfg)
+    from kdlab.configs import CONF_DIR
+
+    ours = OmegaConf.to_container(cfg.data.module, resolve=True)
+    if HydraConfig.initialized():  # a job of kdlab-train: Hydra recorded its choice
+        choices = [HydraConfig.get().runtime.choices.get("data")]
+    else:  # composed elsewhere: the data config it differs from least
+        choices = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+    overrides = min((_data_overrides(choice, ours) for choice in choices), key=len)
+    folder = os.path.abspath(ours["cache_dir"])  # the same folder from any working directory
+    overrides.append(f"paths.cache_dir={hydra_value(folder)}")
+    return shlex.join(["kdlab", "data", "prepare", *overrides])
+
+
+def _data_overrides(choice: str | None, ours: dict[str, Any]) -> list[str]:
+    """``data=<choice>`` and the settings that make its corpus and tokenizer ``ours``."""
+    from omegaconf import OmegaConf
+
     overrides = [f"data={choice}"] if choice else []
     base = _compose_train(overrides)
-    ours = OmegaConf.to_container(cfg.data.module, resolve=True)
     theirs = OmegaConf.to_container(base.data.module, resolve=True)
     for name, value in ours["corpus"].items():
         if theirs["corpus"].get(name, _ABSENT) != value:
@@ -130,8 +147,7 @@ def prepare_command(cfg: Any) -> str:
     if theirs.get("tokenizer") != ours.get("tokenizer"):
         # the whole node: a name and a mapping of settings cannot be merged
         overrides.append(f"++data.module.tokenizer={hydra_value(ours.get('tokenizer'))}")
-    overrides.append(f"paths.cache_dir={hydra_value(str(ours['cache_dir']))}")
-    return shlex.join(["kdlab", "data", "prepare", *overrides])
+    return overrides
 
 
 def _compose_train(overrides: list[str]) -> Any:
@@ -151,18 +167,6 @@ def _compose_train(overrides: list[str]) -> Any:
         if app is not None:
             GlobalHydra.instance().clear()
             GlobalHydra.instance().initialize(app)
-
-
-def _data_choice(cfg: Any) -> str | None:
-    """The data config a run chose (Hydra's record of it, else the one its corpus names)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from kdlab.configs import CONF_DIR
-
-    if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices.get("data")
-    name = cfg.data.module.corpus.name
-    return name if (CONF_DIR / "data" / f"{name}.yaml").is_file() else None
 
 
 _ABSENT = object()
