@@ -17,7 +17,8 @@ import pytest
 
 import kdlab.data.tokenize as tokenize_module
 from kdlab.cli import main as kdlab_main
-from kdlab.data import build_corpus
+from kdlab.data import build_corpus, build_tokenizer, corpus_info, open_token_cache
+from kdlab.data.cli import hydra_value
 from kdlab.data.corpora import FilesCorpus
 from kdlab.errors import ConfigError
 from tests.conftest import run_cli
@@ -58,32 +59,42 @@ def _cache_files(cache: Path) -> dict[str, bytes]:
     }
 
 
+# the BPE is trained on 100 kB: a prefix, decided once 400 kB have been read
+SMALL_BPE = {"kind": "bpe", "vocab_size": 300, "train_bytes": 100_000}
+
+
 @pytest.mark.parametrize(
     ("write", "tokenizer"),
-    [(_jsonl, "data.module.tokenizer=byte"), (_parquet, "data.module.tokenizer=bpe-300")],
+    [(_jsonl, "byte"), (_parquet, SMALL_BPE)],
     ids=["jsonl-byte", "parquet-bpe"],
 )
 def test_one_and_three_processes_write_the_same_cache(tmp_path, capsys, write, tokenizer):
     """~2.5 MB of text: a few worker batches of 1 MB each, so three processes all work."""
     docs = _documents(2500, seed=0)
     path = write(tmp_path, docs)
-    data = ["data=files", f"data.module.corpus.paths=[{path}]", tokenizer]
+    setting = tokenizer if isinstance(tokenizer, str) else hydra_value(tokenizer)
+    data = ["data=files", f"data.module.corpus.paths=[{path}]", f"data.module.tokenizer={setting}"]
     assert _prepare(tmp_path / "one", *data, num_proc=1) == 0
     assert _prepare(tmp_path / "three", *data, num_proc=3) == 0
     one, three = _cache_files(tmp_path / "one"), _cache_files(tmp_path / "three")
     assert one == three
+    # the same files as the runs' own single-process path (the corpus's facts first, then
+    # the tokenizer, trained on them, then the tokens)
+    reference = tmp_path / "reference"
+    corpus = build_corpus({"name": "files", "paths": [str(path)]})
+    info = corpus_info(corpus, reference)
+    reads = build_tokenizer(tokenizer, corpus, info=info, cache_dir=reference)
+    open_token_cache(corpus, reads, reference)
+    assert _cache_files(reference) == one
     [bin_name] = [name for name in one if name.endswith(".bin")]
     meta = json.loads(one[bin_name.replace(".bin", ".json")])
     # the recorded fingerprint is the corpus's own (a separate full pass over it)
     assert meta["fingerprint"] == build_corpus({"name": "files", "paths": [str(path)]}).fingerprint
     assert meta["n_documents"] == len(docs)
     tokens = np.frombuffer(one[bin_name], dtype=meta["dtype"])
-    assert tokens.size == meta["n_tokens"] and set(one) == {
-        bin_name,
-        bin_name.replace(".bin", ".json"),
-        *[n for n in one if n.startswith("corpora/") or n.startswith("tokenizers/")],
-    }
-    if "byte" in tokenizer:  # each document's bytes, then byte 0
+    assert tokens.size == meta["n_tokens"]
+    assert sorted(n for n in one if n.startswith("tokens/")) == [bin_name, bin_name[:-4] + ".json"]
+    if tokenizer == "byte":  # each document's bytes, then byte 0
         expected = b"".join(d.encode() + b"\0" for d in docs)
         assert tokens.astype(np.uint8).tobytes() == expected
     else:  # each document's BPE ids then the EOS, the first ones the training text's

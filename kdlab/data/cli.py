@@ -53,9 +53,8 @@ def _prepare(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from kdlab.data.cache import build_token_cache, corpus_info
     from kdlab.data.corpora import build_corpus
-    from kdlab.data.tokenizers import TokenizerConfig, build_tokenizer, resolve_kind
+    from kdlab.data.tokenizers import TokenizerConfig
 
     if args.num_proc < 1:
         raise ConfigError(f"--num-proc must be a positive whole number, not {args.num_proc}")
@@ -68,11 +67,7 @@ def _prepare(args: argparse.Namespace) -> int:
         cache_dir = Path(module["cache_dir"])
         corpus = build_corpus(module["corpus"])
         config = TokenizerConfig.from_any(module.get("tokenizer"))
-        # a BPE trained here needs the corpus's size first; other tokenizers read it once
-        trained = resolve_kind(config, corpus) == "bpe" and config.path is None
-        info = corpus_info(corpus, cache_dir) if trained else None
-        tokenizer = build_tokenizer(config, corpus, info=info, cache_dir=cache_dir)
-        path = build_token_cache(corpus, tokenizer, cache_dir, args.num_proc, info)
+        path = _tokenized(corpus, config, cache_dir, args.num_proc)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
@@ -84,6 +79,32 @@ def _prepare(args: argparse.Namespace) -> int:
         f"{meta['tokenizer']}: {meta['n_tokens']:,} tokens in {path}"
     )
     return 0
+
+
+def _tokenized(corpus: Any, config: Any, cache_dir: Path, num_proc: int) -> Path:
+    """Build the token cache, reading the corpus once (a BPE trained here reads a prefix
+    first, and is cached, keyed by the fingerprint, once the pass has found it)."""
+    from kdlab.data.cache import build_token_cache, corpus_info, info_memo_path
+    from kdlab.data.tokenizers import (
+        bpe_cache_path,
+        build_tokenizer,
+        resolve_kind,
+        save_bpe,
+        train_bpe,
+    )
+
+    trained = resolve_kind(config, corpus) == "bpe" and config.path is None
+    if not trained or info_memo_path(corpus, cache_dir).is_file():
+        info = corpus_info(corpus, cache_dir) if trained else None
+        tokenizer = build_tokenizer(config, corpus, info=info, cache_dir=cache_dir)
+        return build_token_cache(corpus, tokenizer, cache_dir, num_proc, info)
+    bpe = train_bpe(config, corpus)
+    path = build_token_cache(corpus, bpe[0], cache_dir, num_proc)
+    info = corpus_info(corpus, cache_dir)  # memoised by the pass
+    saved = bpe_cache_path(config, info, cache_dir)
+    if not saved.is_file():
+        save_bpe(bpe, config, info, saved)
+    return path
 
 
 def require_prepared(cfg: Any, corpus: Any, tokenizer: Any, cache_dir: str | Path) -> None:
