@@ -105,13 +105,19 @@ def main() -> None:
                 again = prepare(corpus, tokenizer, cache, args.procs[-1])
                 times.setdefault(f"{label} prepared already", []).append(again)
         results = {}
-        print(f"corpus: {n_bytes / 1e6:.1f} MB of jsonl text; load: {os.getloadavg()}")
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"corpus: {n_bytes / 1e6:.1f} MB of jsonl text; load average now: {load}")
         for label, values in times.items():
             median = statistics.median(values)
             base = statistics.median(times[f"{label.split()[0]} x{args.procs[0]}"])
             results[label] = {"seconds": values, "median": median, "speedup": base / median}
-            rate = "" if "already" in label else f"  {n_bytes / 1e6 / median:6.2f} MB/s"
-            print(f"{label:28s} {median:8.1f} s{rate}  x{base / median:.2f} vs 1 process")
+            if "already" in label:  # the fixed cost: no throughput to compare
+                print(f"{label:28s} {median:8.1f} s")
+                continue
+            rate = n_bytes / 1e6 / median
+            print(
+                f"{label:28s} {median:8.1f} s {rate:6.2f} MB/s  x{base / median:.2f} vs 1 process"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps({"bytes": n_bytes, **results}, indent=2) + "\n")
 
