@@ -17,10 +17,17 @@ import pytest
 
 import kdlab.data.tokenize as tokenize_module
 from kdlab.cli import main as kdlab_main
-from kdlab.data import build_corpus, build_tokenizer, corpus_info, open_token_cache
+from kdlab.data import (
+    build_corpus,
+    build_tokenizer,
+    corpus_info,
+    open_token_cache,
+    split_layout,
+)
 from kdlab.data.cli import hydra_value
 from kdlab.data.corpora import FilesCorpus
 from kdlab.errors import ConfigError
+from kdlab.sweeps import _token_count
 from tests.conftest import run_cli
 from tests.test_bad_input import assert_nothing_recorded
 
@@ -244,3 +251,34 @@ def test_kdlab_train_refuses_on_the_command_line_before_any_row(tmp_path):
     )
     assert line.startswith("kdlab-train: error: the files corpus has no token cache")
     assert_nothing_recorded(tmp_path, database=True, logs=True)
+
+
+def test_sweep_plan_counts_passes_over_a_prepared_bpe_corpus(tmp_path, capsys):
+    """A BPE's token count is unknown until the corpus is tokenized; once prepared, the
+    plan's passes are exact and a job that would repeat its data is warned about."""
+    path = _jsonl(tmp_path, _documents(400, seed=6))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "defaults:\n  - train\n  - _self_\ndata:\n  tokens_per_param: null\n"
+        "hydra:\n  sweeper:\n    params:\n      data.tokens: 10000,2000000\n"
+    )
+    data = ["data=files", f"data.module.corpus.paths=[{path}]", "data.module.tokenizer=bpe-300"]
+    plan = ["sweep", "plan", str(sweep), "model=nano_L1", *data, f"paths.root_dir={tmp_path}"]
+    assert kdlab_main([*plan, f"paths.cache_dir={tmp_path / 'cache'}"]) == 0
+    printed = capsys.readouterr()
+    assert "teacher │ nano_L1" in printed.out  # the plan's table, its passes unknown ("-")
+    assert "warning" not in printed.out + printed.err  # nothing known to warn about
+    assert _prepare(tmp_path / "cache", *data) == 0
+    [meta] = (tmp_path / "cache" / "tokens").glob("*.json")
+    n_tokens = json.loads(meta.read_text())["n_tokens"]
+    capsys.readouterr()
+    _token_count.cache_clear()  # a plan's memo of corpus sizes: a new plan, in this process
+    assert kdlab_main([*plan, f"paths.cache_dir={tmp_path / 'cache'}"]) == 0
+    printed = capsys.readouterr()
+    out = " ".join((printed.out + printed.err).split())
+    teacher = split_layout(n_tokens, 65536).teacher  # data=files keeps stdlib's val_tokens
+    passes = 2_000_000 / ((len(teacher) - 1) // 128 * 128)  # whole windows of nano's 128
+    assert out.endswith(
+        "warning: 1 job(s) pass over their data split more than once "
+        f"(up to {passes:.3g} times: the data repeats)"
+    )
