@@ -34,8 +34,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--num-proc",
         type=int,
-        default=usable_cpus(),
-        help="tokenizing processes (default: the CPUs this job may use, %(default)s here)",
+        help=f"tokenizing processes (default: for a BPE, the CPUs this job may use, "
+        f"{usable_cpus()} here; for bytes, 1: encoding them costs less than sending them to "
+        "another process, BENCHMARKS.md data_prepare)",
     )
     prepare.add_argument("overrides", nargs="*", help="kdlab-train overrides that choose the data")
     prepare.set_defaults(func=_prepare)
@@ -56,7 +57,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from kdlab.data.corpora import build_corpus
     from kdlab.data.tokenizers import TokenizerConfig
 
-    if args.num_proc < 1:
+    if args.num_proc is not None and args.num_proc < 1:
         raise ConfigError(f"--num-proc must be a positive whole number, not {args.num_proc}")
     try:
         cfg = _compose_train(args.overrides)
@@ -81,7 +82,7 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokenized(corpus: Any, config: Any, cache_dir: Path, num_proc: int) -> Path:
+def _tokenized(corpus: Any, config: Any, cache_dir: Path, num_proc: int | None) -> Path:
     """Build the token cache, reading the corpus once (a BPE trained here reads a prefix
     first, and is cached, keyed by the fingerprint, once the pass has found it)."""
     from kdlab.data.cache import build_token_cache, corpus_info, info_memo_path
@@ -93,7 +94,10 @@ def _tokenized(corpus: Any, config: Any, cache_dir: Path, num_proc: int) -> Path
         train_bpe,
     )
 
-    trained = resolve_kind(config, corpus) == "bpe" and config.path is None
+    kind = resolve_kind(config, corpus)
+    if num_proc is None:
+        num_proc = usable_cpus() if kind == "bpe" else 1
+    trained = kind == "bpe" and config.path is None
     if not trained or info_memo_path(corpus, cache_dir).is_file():
         info = corpus_info(corpus, cache_dir) if trained else None
         tokenizer = build_tokenizer(config, corpus, info=info, cache_dir=cache_dir)
