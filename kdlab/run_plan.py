@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kdlab.configs import build
+from kdlab.data.cli import require_prepared
 from kdlab.errors import ConfigError
 from kdlab.features import check_settings as check_feature_settings
 from kdlab.features import layer_pairs, training_flops_per_token
@@ -176,6 +177,7 @@ def _plan_run(cfg: DictConfig) -> RunPlan:
         )
     shape = instantiate(cfg.model)
     data = build(cfg.data.module, split=ROLE_SPLIT[role], seq_len=shape.n_ctx, train_tokens=1)
+    require_prepared(cfg, data.corpus, data.tokenizer_config, data.cache_dir)
     shape = instantiate(cfg.model, vocab_size=data.vocab_size)
     tokens = run_tokens(shape, cfg.data, cfg.data.get("budget_scale", 1.0))
     data.train_tokens = tokens

@@ -117,18 +117,22 @@ def test_an_empty_jsonl_is_named(train, tmp_path, text_files):
     assert_nothing_recorded(tmp_path, database=True)
 
 
-def test_c4_offline_names_the_dataset_and_how_to_prepare_it(train, tmp_path):
+def test_c4_unprepared_names_the_command_that_prepares_it(train, tmp_path):
+    """A run reads a hub corpus only from its prepared token cache (never downloading it
+    while holding GPUs); preparing it offline names the dataset and why."""
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # set by conftest: no test reaches the hub
-    text = refused(train, *TINY, "data=c4", f"paths.cache_dir={tmp_path / 'cache'}")
-    assert text.startswith(
-        "the Hugging Face dataset allenai/c4 (en) cannot be downloaded here (HF_HUB_OFFLINE "
-        "and HF_DATASETS_OFFLINE set): prepare its token cache where the hub can be reached "
-        "(`kdlab data prepare`"
+    cache = tmp_path / "cache"
+    text = refused(train, *TINY, "data=c4", f"paths.cache_dir={cache}")
+    assert text == (
+        f"the hf corpus has no token cache for tokenizer bpe-32768 in {cache}: build it before "
+        f"the runs with `kdlab data prepare data=c4 paths.cache_dir={cache}`"
     )
     assert_nothing_recorded(tmp_path, database=True)
+    assert kdlab_main(["data", "prepare", "data=c4", f"paths.cache_dir={cache}"]) == 2
 
 
 def test_data_prepare_fills_the_cache_a_run_then_reads(tmp_path, capsys):
+    """Offline, preparing C4 names the dataset, why it cannot be read, and what to do."""
     cache = tmp_path / "cache"
     argv = ["data", "prepare", "data=markov", "data.module.corpus.n_tokens=20000"]
     assert kdlab_main([*argv, f"paths.cache_dir={cache}"]) == 0
@@ -137,7 +141,12 @@ def test_data_prepare_fills_the_cache_a_run_then_reads(tmp_path, capsys):
     assert printed.strip().endswith(f"20,000 tokens in {tokens}")
     assert tokens.stat().st_size == 20000 * 2  # 64 states: uint16
     assert kdlab_main(["data", "prepare", "data=c4", f"paths.cache_dir={cache}"]) == 2
-    assert "(`kdlab data prepare` with the same data" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "kdlab: error: the Hugging Face dataset allenai/c4 (en) cannot be downloaded here "
+        "(HF_HUB_OFFLINE and HF_DATASETS_OFFLINE set): prepare its token cache where the hub "
+        "can be reached (`kdlab data prepare` with the same data overrides) and use that "
+        "paths.cache_dir\n"
+    )
 
 
 # ------------------------------------------------------------------ teacher files

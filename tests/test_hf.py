@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdlab.cli import main as kdlab_main
 from kdlab.errors import ConfigError
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape, get_shape
@@ -120,7 +121,9 @@ def _tiny_hf_model(folder: Path, corpus: Path, extra_vocab: int = 0) -> int:
 
 
 def _hf_student(corpus: Path, model: Path) -> list[str]:
-    return [
+    """A student of the model on a files corpus, its token cache (under the model's
+    tokenizer) prepared first as a user does: a run of a files corpus reads it there."""
+    student = [
         "data=files",
         f"data.module.corpus.paths=[{corpus}]",
         "objective=distill",
@@ -130,6 +133,8 @@ def _hf_student(corpus: Path, model: Path) -> list[str]:
         "data.tokens=8192",
         "data.tokens_per_param=null",
     ]
+    assert kdlab_main(["data", "prepare", "--num-proc", "1", *FAST, *student]) == 0
+    return student
 
 
 def test_a_local_transformers_model_teaches_with_its_own_tokenizer(train, tmp_path):
@@ -156,11 +161,10 @@ def test_a_local_transformers_model_teaches_with_its_own_tokenizer(train, tmp_pa
 def test_a_model_whose_vocabulary_is_not_its_tokenizers_is_refused(train, tmp_path):
     corpus = _text_corpus(tmp_path)
     vocab = _tiny_hf_model(tmp_path / "llama", corpus, extra_vocab=8)
+    student = _hf_student(corpus, tmp_path / "llama")
     with pytest.raises(ConfigError, match=f"vocabulary {vocab + 8} vs the student's {vocab}"):
-        train(*_hf_student(corpus, tmp_path / "llama"))
-    out = run_cli(
-        "kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *_hf_student(corpus, tmp_path / "llama")
-    )
+        train(*student)
+    out = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *student)
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("kdlab-train: error: teacher hf:") and "vocabulary" in last

@@ -197,7 +197,7 @@ def test_corrupted_or_truncated_shard_is_never_read(train, tmp_path):
     assert train(*STUDENT, *_cache(folder))["status"] == "done"
 
 
-def test_another_teachers_tokenizers_or_ks_cache_is_refused(train, tmp_path):
+def test_another_teachers_tokenizers_contexts_or_ks_cache_is_refused(train, tmp_path):
     teacher = train(*TEACHER)
     other = train("model=nano_L1", "data.tokens=16384", "data.tokens_per_param=null")
     folder = tmp_path / "cache"
@@ -211,6 +211,7 @@ def test_another_teachers_tokenizers_or_ks_cache_is_refused(train, tmp_path):
         ),
         (["data=markov", *by_folder], "tokenizer byte vs the student's identity-64"),
         ([*by_folder, "data.module.val_tokens=16384"], "val_tokens 8192 vs the student's 16384"),
+        ([*by_folder, "model.n_ctx=64"], "context 128 vs the student's 64"),
         ([*STUDENT, *_cache(folder, k=16)], "k 32 vs the student's 16"),
         ([*by_folder, "seed=3"], "seed 0's first 128 samples and the student (seed 3)"),
         ([*STUDENT, *_cache(folder), "objective.top_k=64"], "top_k 64 is more than"),

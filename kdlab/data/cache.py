@@ -6,28 +6,39 @@ Layout under ``cache_dir`` (default ``runs/cache``)::
     tokenizers/bpe-<V>-<fingerprint>-<sel>.json   trained BPEs (see tokenizers.py)
     tokens/<fingerprint>-<tokenizer>.bin      raw little-endian uint16/uint32 token ids
     tokens/<fingerprint>-<tokenizer>.json     its metadata (written first)
+    tokens/.<corpus>-<source_key>-<tokenizer>.partial   a pass in progress (resumable)
 
 The ``.bin`` is opened as a read-only ``numpy.memmap``, so many runs (and DDP ranks) share
 one copy in the page cache. Files are built under an ``flock`` and published with an
-atomic rename, so concurrent runs wait for the first builder instead of duplicating work.
+atomic rename, so concurrent builders wait for the first instead of duplicating work.
+Corpora read from outside (files, the hub) are tokenized before the runs, by ``kdlab data
+prepare`` (in parallel); runs only build the caches of the built-in corpora.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kdlab.data.corpora import Corpus, CorpusInfo, DocumentHasher
-from kdlab.data.tokenizers import Tokenizer, TokenizerConfig, resolve_kind, token_dtype
-from kdlab.locking import atomic_write_json, build_once, temp_path_for
+from kdlab.data.corpora import Corpus, CorpusInfo
+from kdlab.data.tokenize import tokenize_documents
+from kdlab.data.tokenizers import (
+    BPETokenizer,
+    Tokenizer,
+    TokenizerConfig,
+    bpe_cache_path,
+    build_tokenizer,
+    resolve_kind,
+    token_dtype,
+)
+from kdlab.errors import ConfigError
+from kdlab.locking import atomic_file, atomic_write_json, build_once, file_lock
 
 DEFAULT_CACHE_DIR = "runs/cache"
 FORMAT = "kdlab-tokens-v1"
@@ -43,13 +54,21 @@ def corpus_info(
     """
     if not corpus.memoize_info:
         return corpus.info()
-    path = Path(cache_dir) / "corpora" / f"{corpus.name}-{corpus.source_key()}.json"
+    path = info_memo_path(corpus, cache_dir)
+    build_once(path, lambda: _write_info(path, corpus.info(), corpus))
+    return _read_info(path)
 
-    def build() -> None:
-        info = corpus.info()
-        atomic_write_json(path, {**dataclasses.asdict(info), "corpus": corpus.describe()})
 
-    build_once(path, build)
+def info_memo_path(corpus: Corpus, cache_dir: str | os.PathLike[str]) -> Path:
+    """Where ``corpus_info`` memoises a corpus's facts (keyed by its cheap source key)."""
+    return Path(cache_dir) / "corpora" / f"{corpus.name}-{corpus.source_key()}.json"
+
+
+def _write_info(path: Path, info: CorpusInfo, corpus: Corpus) -> None:
+    atomic_write_json(path, {**dataclasses.asdict(info), "corpus": corpus.describe()})
+
+
+def _read_info(path: Path) -> CorpusInfo:
     data = json.loads(path.read_text())
     fields = {f.name for f in dataclasses.fields(CorpusInfo)}
     return CorpusInfo(**{k: v for k, v in data.items() if k in fields})
@@ -72,16 +91,20 @@ def planned_token_count(
 ) -> TokenCount:
     """The corpus's token count without tokenizing it (``kdlab sweep plan``'s passes).
 
-    Token corpora say it (``n_tokens``); under the byte tokenizer (one token per byte plus
-    one per document) the corpus facts memoised by an earlier run say it exactly, and
-    file corpora are estimated from their files' sizes. A BPE's count is unknown until
-    the corpus is tokenized.
+    Token corpora say it (``n_tokens``), and so does a built token cache; under the byte
+    tokenizer (one token per byte plus one per document) the corpus facts memoised by an
+    earlier run say it exactly, and file corpora are estimated from their files' sizes.
+    A BPE's count is unknown until the corpus is tokenized (``kdlab data prepare``).
     """
     if corpus.kind == "tokens":
         return TokenCount(int(corpus.config.n_tokens), "exact")
+    prepared = prepared_token_cache(corpus, tokenizer, cache_dir)
+    if prepared is not None:
+        meta = json.loads(prepared.with_suffix(".json").read_text())
+        return TokenCount(int(meta["n_tokens"]), "exact")
     if resolve_kind(TokenizerConfig.from_any(tokenizer), corpus) != "byte":
         return TokenCount(None, "unknown: a BPE's token count is known once it has run")
-    memo = Path(cache_dir) / "corpora" / f"{corpus.name}-{corpus.source_key()}.json"
+    memo = info_memo_path(corpus, cache_dir)
     if corpus.memoize_info and memo.is_file():
         info = json.loads(memo.read_text())
         return TokenCount(int(info["n_bytes"]) + int(info["n_documents"]), "exact")
@@ -126,61 +149,126 @@ def open_token_cache(
     """Open the token array of ``corpus`` under ``tokenizer``, building it first if missing."""
     info = info or corpus_info(corpus, cache_dir)
     path = token_cache_path(cache_dir, info.fingerprint, tokenizer.name)
-    meta_path = path.with_suffix(".json")
-    build_once(path, lambda: _build(corpus, tokenizer, info, path, meta_path))
-    meta = json.loads(meta_path.read_text())
+    if not path.is_file():
+        build_token_cache(corpus, tokenizer, cache_dir, info=info)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if (meta.get("fingerprint"), meta.get("tokenizer")) != (info.fingerprint, tokenizer.name):
+        raise ConfigError(
+            f"the token cache {path} was built for corpus {meta.get('fingerprint')} and "
+            f"tokenizer {meta.get('tokenizer')}, not for this run's corpus {info.fingerprint} "
+            f"and tokenizer {tokenizer.name}: delete it and run `kdlab data prepare` again"
+        )
     tokens = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["n_tokens"],))
     return TokenCache(path, meta, tokens)
 
 
-def _build(
-    corpus: Corpus, tokenizer: Tokenizer, info: CorpusInfo, path: Path, meta_path: Path
-) -> None:
-    dtype = token_dtype(tokenizer.vocab_size)
-    tmp = temp_path_for(path)
-    prefix: int | None = None
-    try:
-        with open(tmp, "wb") as out:
-            if corpus.kind == "tokens":
-                ids = corpus.token_ids()
-                if corpus.info().fingerprint != info.fingerprint:
-                    raise RuntimeError(_changed(corpus, info))
-                np.ascontiguousarray(ids, dtype=dtype.newbyteorder("<")).tofile(out)
-                n_tokens, n_docs = int(ids.size), 1
-            else:
-                hasher = DocumentHasher()
-                docs = _hashed(corpus.documents(), hasher)
-                n_tokens = 0
-                mark = getattr(tokenizer, "train_documents", None)
-                if mark is not None:
-                    n_tokens += _write(
-                        tokenizer.encode_documents(itertools.islice(docs, mark)), out, dtype
-                    )
-                    prefix = n_tokens
-                n_tokens += _write(tokenizer.encode_documents(docs), out, dtype)
-                if hasher.hexdigest() != info.fingerprint:
-                    raise RuntimeError(_changed(corpus, info))
-                n_docs = hasher.n_documents
-            out.flush()
-            os.fsync(out.fileno())
-        if n_tokens == 0:
+def build_token_cache(
+    corpus: Corpus,
+    tokenizer: Tokenizer,
+    cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+    num_proc: int = 1,
+    info: CorpusInfo | None = None,
+) -> Path:
+    """Tokenize ``corpus`` into its token cache unless it is there; returns its path.
+
+    Without ``info`` (the corpus not read before) the pass that tokenizes also
+    fingerprints the corpus and memoises its facts, so the corpus is read once. A pass
+    that is killed resumes where it last committed (``kdlab.data.tokenize``).
+    """
+    staging = Path(cache_dir) / "tokens" / f".{corpus.name}-{corpus.source_key()}-{tokenizer.name}"
+    staging = staging.with_name(staging.name + ".partial")
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(staging.with_name(staging.name + ".lock")):
+        memo = info_memo_path(corpus, cache_dir)
+        if info is None and corpus.memoize_info and memo.is_file():
+            info = _read_info(memo)
+        if info is not None:
+            path = token_cache_path(cache_dir, info.fingerprint, tokenizer.name)
+            if path.is_file():  # built while this call waited for the lock
+                return path
+        meta: dict[str, Any] = {"train_prefix_tokens": None, "n_documents": 1}
+        if corpus.kind == "tokens":
+            ids = corpus.token_ids()
+            found = corpus.info()
+            if info is not None and found.fingerprint != info.fingerprint:
+                raise RuntimeError(_changed(corpus, info))
+            info = found
+            dtype = token_dtype(tokenizer.vocab_size).newbyteorder("<")
+            with atomic_file(staging) as out:
+                np.ascontiguousarray(ids, dtype=dtype).tofile(out)
+            meta["n_tokens"] = int(ids.size)
+        else:
+            done = tokenize_documents(corpus.documents, tokenizer, staging, num_proc)
+            if info is not None and done.fingerprint != info.fingerprint:
+                staging.unlink()
+                raise RuntimeError(_changed(corpus, info))
+            if info is None:
+                info = CorpusInfo(done.fingerprint, done.n_documents, done.n_bytes)
+                if corpus.memoize_info:
+                    _write_info(memo, info, corpus)
+            meta.update(
+                n_tokens=done.n_tokens,
+                n_documents=done.n_documents,
+                train_prefix_tokens=done.train_prefix_tokens,
+            )
+        path = token_cache_path(cache_dir, info.fingerprint, tokenizer.name)
+        if meta["n_tokens"] == 0:
+            staging.unlink()
             raise ValueError(f"corpus {corpus.name!r} ({info.fingerprint}) produced no tokens")
-        meta = {
-            "format": FORMAT,
-            "fingerprint": info.fingerprint,
-            "tokenizer": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "eos_id": tokenizer.eos_id,
-            "dtype": dtype.newbyteorder("<").str,
-            "n_tokens": n_tokens,
-            "n_documents": n_docs,
-            "train_prefix_tokens": prefix,
-            "corpus": corpus.describe(),
-        }
-        atomic_write_json(meta_path, meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        meta.update(
+            format=FORMAT,
+            fingerprint=info.fingerprint,
+            tokenizer=tokenizer.name,
+            vocab_size=tokenizer.vocab_size,
+            eos_id=tokenizer.eos_id,
+            dtype=token_dtype(tokenizer.vocab_size).newbyteorder("<").str,
+            corpus=corpus.describe(),
+        )
+        atomic_write_json(path.with_suffix(".json"), meta)
+        os.replace(staging, path)
+    return path
+
+
+def prepared_token_cache(
+    corpus: Corpus,
+    tokenizer: TokenizerConfig | Any,
+    cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+) -> Path | None:
+    """The token cache of ``corpus`` under ``tokenizer`` if it has been built, found
+    without reading the corpus (its memoised facts name its fingerprint); else None."""
+    memo = info_memo_path(corpus, cache_dir)
+    if not memo.is_file():
+        return None
+    name = _tokenizer_name(TokenizerConfig.from_any(tokenizer), corpus, _read_info(memo), cache_dir)
+    if name is None:
+        return None
+    path = token_cache_path(cache_dir, _read_info(memo).fingerprint, name)
+    return path if path.is_file() and path.with_suffix(".json").is_file() else None
+
+
+def prepared_tokenizers(corpus: Corpus, cache_dir: str | os.PathLike[str]) -> list[str]:
+    """Names of the tokenizers ``corpus`` has a token cache for (none when unread)."""
+    memo = info_memo_path(corpus, cache_dir)
+    if not memo.is_file():
+        return []
+    fingerprint = _read_info(memo).fingerprint
+    folder = Path(cache_dir) / "tokens"
+    return sorted(
+        p.stem[len(fingerprint) + 1 :]
+        for p in folder.glob(f"{fingerprint}-*.bin")
+        if p.with_suffix(".json").is_file()
+    )
+
+
+def _tokenizer_name(
+    config: TokenizerConfig, corpus: Corpus, info: CorpusInfo, cache_dir: str | os.PathLike[str]
+) -> str | None:
+    """The tokenizer's name without training it (None: a BPE not trained yet)."""
+    kind = resolve_kind(config, corpus)
+    if kind != "bpe":
+        return build_tokenizer(config, corpus, info=info, cache_dir=cache_dir).name
+    path = Path(config.path) if config.path else bpe_cache_path(config, info, Path(cache_dir))
+    return BPETokenizer.from_file(path).name if path.is_file() else None
 
 
 def unigram_entropy(cache: TokenCache, start: int, stop: int, vocab_size: int) -> float:
@@ -208,20 +296,6 @@ def unigram_entropy(cache: TokenCache, start: int, stop: int, vocab_size: int) -
 _COUNT_CHUNK = 1 << 24  # tokens per bincount: bounded memory on a paper-scale split
 
 
-def _hashed(docs: Iterator[str], hasher: DocumentHasher) -> Iterator[str]:
-    for doc in docs:
-        hasher.update(doc)
-        yield doc
-
-
-def _write(chunks: Iterator[np.ndarray], out: Any, dtype: np.dtype) -> int:
-    n = 0
-    for chunk in chunks:
-        np.ascontiguousarray(chunk, dtype=dtype.newbyteorder("<")).tofile(out)
-        n += int(chunk.size)
-    return n
-
-
 def _changed(corpus: Corpus, info: CorpusInfo) -> str:
     return (
         f"corpus {corpus.name!r} no longer matches its memoised fingerprint {info.fingerprint}; "
@@ -233,9 +307,13 @@ __all__ = [
     "DEFAULT_CACHE_DIR",
     "TokenCache",
     "TokenCount",
+    "build_token_cache",
     "corpus_info",
+    "info_memo_path",
     "open_token_cache",
     "planned_token_count",
+    "prepared_token_cache",
+    "prepared_tokenizers",
     "token_cache_path",
     "unigram_entropy",
 ]

@@ -161,6 +161,9 @@ class Corpus(ABC):
     memoize_info: ClassVar[bool] = True
     #: the config fields this corpus reads (what ``describe`` records)
     fields: ClassVar[tuple[str, ...]] = ()
+    #: whether a run may tokenize the corpus itself when its token cache is missing (each
+    #: corpus says why); where not, runs refuse and ``kdlab data prepare`` builds it first
+    tokenized_by_runs: ClassVar[bool] = True
 
     def __init__(self, config: CorpusConfig) -> None:
         self.config = config
@@ -230,6 +233,10 @@ class DocumentHasher:
     def hexdigest(self) -> str:
         return self._h.hexdigest()[:FINGERPRINT_HEX]
 
+    def digest(self) -> str:
+        """The whole sha256 so far: what a resumed pass checks its documents against."""
+        return self._h.hexdigest()
+
 
 def token_fingerprint(ids: np.ndarray, vocab_size: int) -> str:
     """Content fingerprint of a token stream (dtype-independent)."""
@@ -291,6 +298,8 @@ class StdlibCorpus(Corpus):
 
     memoize_info: ClassVar[bool] = False  # ~12 MB: reading it costs as much as listing it
     fields: ClassVar[tuple[str, ...]] = ("include_tests",)
+    # tokenized by the runs: the installed Python's own files, byte-tokenized in seconds,
+    # the same on every machine with this Python (the demo and the tests rely on it)
 
     @property
     def root(self) -> Path:
@@ -332,6 +341,8 @@ class PysrcCorpus(Corpus):
     """
 
     fields: ClassVar[tuple[str, ...]] = ("packages", "include_tests", "max_bytes")
+    # tokenized by the runs: installed files, 58 MB byte-tokenized in about 10 s, the
+    # same wherever the packages' versions are (the CPU study's first run builds it)
 
     def __init__(self, config: CorpusConfig) -> None:
         super().__init__(config)
@@ -415,6 +426,7 @@ class MarkovCorpus(Corpus):
 
     kind: ClassVar[Literal["text", "tokens"]] = "tokens"
     fields: ClassVar[tuple[str, ...]] = ("n_states", "n_tokens", "alpha", "smoothing", "seed")
+    # tokenized by the runs: drawn from its seed in seconds, nothing to tokenize
 
     def __init__(self, config: CorpusConfig) -> None:
         super().__init__(config)
@@ -506,7 +518,14 @@ class MarkovCorpus(Corpus):
 
 
 class _CappedTextCorpus(Corpus):
-    """Shared iteration of a ``datasets`` dataset's text field under document/byte caps."""
+    """Shared iteration of a ``datasets`` dataset's text field under document/byte caps.
+
+    Read from outside kdlab (the hub, a user's files, of any size), so tokenized before
+    the runs by ``kdlab data prepare``, in parallel and once: a run that did it itself
+    would hold its GPUs for the whole pass while the rest of its sweep waits on its lock.
+    """
+
+    tokenized_by_runs: ClassVar[bool] = False
 
     def _dataset(self) -> Any:
         raise NotImplementedError

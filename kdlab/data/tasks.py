@@ -38,6 +38,7 @@ class _TaskCorpus(Corpus):
     """Shared parts: a token stream of ``n_tokens`` over ``base`` symbols from ``seed``."""
 
     kind: ClassVar[Literal["text", "tokens"]] = "tokens"
+    # tokenized by the runs: drawn from the seed in seconds, nothing to tokenize
 
     def __init__(self, config: CorpusConfig) -> None:
         super().__init__(config)

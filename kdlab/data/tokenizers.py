@@ -263,24 +263,52 @@ def _trained_bpe(
     config: TokenizerConfig, corpus: Corpus, info: CorpusInfo, cache_dir: Path
 ) -> BPETokenizer:
     path = bpe_cache_path(config, info, cache_dir)
-    meta_path = path.with_suffix(".meta.json")
-
-    def build() -> None:
-        budget = max(1, min(config.train_bytes, int(config.train_fraction * info.n_bytes)))
-        texts, n_docs = _text_prefix(corpus.documents(), budget)
-        hf = _train_byte_level_bpe(texts, config.vocab_size)
-        meta = {
-            "fingerprint": info.fingerprint,
-            "train_documents": n_docs,
-            "train_bytes": sum(len(t.encode("utf-8")) for t in texts),
-            "vocab_size": config.vocab_size,
-        }
-        atomic_write_json(meta_path, meta)
-        atomic_write_text(path, hf.to_str())
-
-    build_once(path, build)
-    meta = json.loads(meta_path.read_text())
+    build_once(path, lambda: save_bpe(train_bpe(config, corpus, info.n_bytes), config, info, path))
+    meta = json.loads(path.with_suffix(".meta.json").read_text())
     return BPETokenizer.from_file(path, train_documents=int(meta["train_documents"]))
+
+
+def train_bpe(
+    config: TokenizerConfig, corpus: Corpus, n_bytes: int | None = None
+) -> tuple[BPETokenizer, int]:
+    """A byte-level BPE trained on whole documents from the corpus's start, up to
+    min(train_bytes, train_fraction * corpus bytes), the last one cut; and the bytes of
+    that text.
+
+    Without ``n_bytes`` the corpus is read only until that bound is decided: to
+    train_bytes / train_fraction bytes, or its end (so ``kdlab data prepare`` reads a
+    prefix and then the corpus once, not the corpus twice)."""
+    head: list[str] = []
+    kept = seen = 0
+    for doc in corpus.documents():
+        size = len(doc.encode("utf-8"))
+        if kept < config.train_bytes:
+            head.append(doc)
+            kept += size
+        seen += size
+        decided = n_bytes is not None or seen * config.train_fraction >= config.train_bytes
+        if decided and kept >= config.train_bytes:
+            break
+    total = seen if n_bytes is None else n_bytes
+    budget = max(1, min(config.train_bytes, int(config.train_fraction * total)))
+    texts, n_docs = _text_prefix(head, budget)
+    hf = _train_byte_level_bpe(texts, config.vocab_size)
+    return BPETokenizer(hf, train_documents=n_docs), sum(len(t.encode("utf-8")) for t in texts)
+
+
+def save_bpe(
+    trained: tuple[BPETokenizer, int], config: TokenizerConfig, info: CorpusInfo, path: Path
+) -> None:
+    """Cache a BPE from ``train_bpe`` where ``build_tokenizer`` finds it (``bpe_cache_path``)."""
+    tokenizer, train_bytes = trained
+    meta = {
+        "fingerprint": info.fingerprint,
+        "train_documents": tokenizer.train_documents,
+        "train_bytes": train_bytes,
+        "vocab_size": config.vocab_size,
+    }
+    atomic_write_json(path.with_suffix(".meta.json"), meta)
+    atomic_write_text(path, tokenizer.hf.to_str())
 
 
 def _text_prefix(docs: Iterable[str], budget: int) -> tuple[list[str], int]:
@@ -324,5 +352,7 @@ __all__ = [
     "bpe_cache_path",
     "build_tokenizer",
     "resolve_kind",
+    "save_bpe",
     "token_dtype",
+    "train_bpe",
 ]
