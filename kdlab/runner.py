@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab.callbacks import CurveRecorder, Heartbeat, TrainClock, TrainingProgress, device_peak
 from kdlab.checkpoints import AtomicCheckpointIO, resume_point
+from kdlab.cluster_env import adopt_task_rank
 from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
 from kdlab.loggers import build_loggers, finish_loggers, log_run_artifacts, wandb_url
@@ -327,6 +328,7 @@ def _claimed(cfg: DictConfig, plan: RunPlan) -> Iterator[bool]:
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
     quiet_training_logs()
+    adopt_task_rank()  # before anything asks whether this process is rank 0
     plan = plan_run(cfg)
     if _rank_zero():
         announce(plan.store.url, plan.db_source)
