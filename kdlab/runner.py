@@ -471,14 +471,18 @@ def _promoted(path: str | None, plan: RunPlan, attempt: Attempt) -> str | None:
     return path.replace(str(attempt.dir), str(plan.run_dir), 1)
 
 
-def _interruption(err: BaseException, signum: int | None) -> tuple[str, int | None] | None:
+def _interruption(err: BaseException, signum: int | None) -> tuple[str, int | str | None] | None:
     """Why a run was stopped from outside and the exit code to leave with (None: keep the
     exception's own), or None when it failed by itself.
 
-    A stop signal our handler took (whatever the exception it raised turned into on its
-    way up); Lightning's SIGTERMException where another handler owns SIGTERM (submitit's,
-    under SLURM); Lightning's exit(1) after a KeyboardInterrupt; any other exit (submitit's,
-    once it has requeued the job) keeps its code."""
+    The pre-emption signal, after which the scheduler's handler requeued the job and chose
+    the exit status; a stop signal our handler took (whatever the exception it raised
+    turned into on its way up); Lightning's SIGTERMException where another handler owns
+    SIGTERM (submitit's, under SLURM); Lightning's exit(1) after a KeyboardInterrupt; any
+    other exit keeps its code."""
+    if isinstance(err, RunInterrupted) and err.requeued_exit is not None:
+        name = signal.Signals(err.signum).name
+        return f"pre-empted by {name}; the scheduler requeued the job", err.requeued_exit
     if signum is None and isinstance(err, RunInterrupted):  # the pre-emption signal
         signum = err.signum
     if signum is not None:
