@@ -8,8 +8,10 @@ steps. ``PreemptionCheckpoint`` takes the signal first: the handler only notes i
 end of the optimizer step in progress all ranks agree (one collective, so a sharded save
 starts on every rank together), write ``hpc_ckpt_<step>.ckpt`` in the attempt's directory
 (which resume looks for: kdlab/runner.py) and hand the signal on to the handler that was
-there before (submitit's requeue). Where there was none, the run stops as interrupted, as
-with SIGTERM, and its next launch resumes from that step.
+there before (submitit's requeue). The run records itself pre-empted and exits as that
+handler asked (the status submitit's local executor requeues on); the requeued job resumes
+from that step. Where there was no handler, the run stops as interrupted, as with
+SIGTERM, and its next launch resumes from that step.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ class PreemptionCheckpoint(L.Callback):
         previous = self._previous
         self._restore()
         if callable(previous):
-            previous(signum, frame)  # submitit's: requeue the job, then exit
+            try:
+                previous(signum, frame)  # submitit's: requeue the job, then exit
+            except SystemExit as requeued:
+                raise RunInterrupted(signum, requeued_exit=requeued.code) from requeued
         raise RunInterrupted(signum)
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:

@@ -35,10 +35,13 @@ _PR_SET_PDEATHSIG = 1
 
 class RunInterrupted(BaseException):
     """A stop signal arrived while a run trained (a BaseException, like KeyboardInterrupt,
-    so no ``except Exception`` on the way swallows it)."""
+    so no ``except Exception`` on the way swallows it). ``requeued_exit`` is the exit
+    status a scheduler's handler chose after requeueing the job (submitit's local
+    executor requeues a job whose task exits with 144), which the process must keep."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, requeued_exit: int | str | None = None) -> None:
         self.signum = signum
+        self.requeued_exit = requeued_exit
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 

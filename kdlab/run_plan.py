@@ -86,17 +86,26 @@ def plan_run(cfg: DictConfig) -> RunPlan:
 
 def _check_launch(cfg: DictConfig) -> None:
     """Lightning's DDP launcher re-runs the command line per rank; inside a local multirun
-    that would relaunch the whole sweep once per device."""
+    that would relaunch the whole sweep once per device. A scheduler that starts one
+    task per device (SLURM, submitit's local executor) must start as many as the run
+    has devices."""
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    local_tasks = os.environ.get("SUBMITIT_LOCAL_NTASKS")
+    if local_tasks and isinstance(devices, int) and int(local_tasks) != devices * nodes:
+        raise ConfigError(
+            f"submitit started {local_tasks} task(s) for a run on {devices * nodes} device(s): "
+            "set hydra.launcher.tasks_per_node to trainer.devices (one task per device)"
+        )
     try:
         mode = HydraConfig.get().mode
     except ValueError:  # composed outside a Hydra app (tests, kdlab sweep plan)
         return
-    devices = cfg.trainer.get("devices", 1)
-    launched = os.environ.get("SLURM_NTASKS") or os.environ.get("RANK")
+    launched = os.environ.get("SLURM_NTASKS") or local_tasks or os.environ.get("RANK")
     if mode == RunMode.MULTIRUN and isinstance(devices, int) and devices > 1 and not launched:
         raise ConfigError(
             "trainer.devices > 1 inside a local multirun would relaunch the sweep per device: "
-            "use hydra/launcher=slurm (one task per device) or launch multi-device runs one by one"
+            "use hydra/launcher=slurm or submitit_cpu (one task per device) or launch "
+            "multi-device runs one by one"
         )
 
 

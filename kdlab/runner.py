@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlab.callbacks import CurveRecorder, Heartbeat, TrainClock, TrainingProgress, device_peak
 from kdlab.checkpoints import AtomicCheckpointIO, resume_point
+from kdlab.cluster_env import adopt_task_rank
 from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
 from kdlab.loggers import build_loggers, finish_loggers, log_run_artifacts, wandb_url
@@ -327,6 +328,7 @@ def _claimed(cfg: DictConfig, plan: RunPlan) -> Iterator[bool]:
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Train (or skip, or resume) the run ``cfg`` describes; return its database row."""
     quiet_training_logs()
+    adopt_task_rank()  # before anything asks whether this process is rank 0
     plan = plan_run(cfg)
     if _rank_zero():
         announce(plan.store.url, plan.db_source)
@@ -469,14 +471,18 @@ def _promoted(path: str | None, plan: RunPlan, attempt: Attempt) -> str | None:
     return path.replace(str(attempt.dir), str(plan.run_dir), 1)
 
 
-def _interruption(err: BaseException, signum: int | None) -> tuple[str, int | None] | None:
+def _interruption(err: BaseException, signum: int | None) -> tuple[str, int | str | None] | None:
     """Why a run was stopped from outside and the exit code to leave with (None: keep the
     exception's own), or None when it failed by itself.
 
-    A stop signal our handler took (whatever the exception it raised turned into on its
-    way up); Lightning's SIGTERMException where another handler owns SIGTERM (submitit's,
-    under SLURM); Lightning's exit(1) after a KeyboardInterrupt; any other exit (submitit's,
-    once it has requeued the job) keeps its code."""
+    The pre-emption signal, after which the scheduler's handler requeued the job and chose
+    the exit status; a stop signal our handler took (whatever the exception it raised
+    turned into on its way up); Lightning's SIGTERMException where another handler owns
+    SIGTERM (submitit's, under SLURM); Lightning's exit(1) after a KeyboardInterrupt; any
+    other exit keeps its code."""
+    if isinstance(err, RunInterrupted) and err.requeued_exit is not None:
+        name = signal.Signals(err.signum).name
+        return f"pre-empted by {name}; the scheduler requeued the job", err.requeued_exit
     if signum is None and isinstance(err, RunInterrupted):  # the pre-emption signal
         signum = err.signum
     if signum is not None:

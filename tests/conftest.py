@@ -68,6 +68,50 @@ def train(tmp_path):
     return run
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The test PostgreSQL server: KDLAB_TEST_POSTGRES_URL's (.ci/run, scripts/test.sh),
+    else a private one scripts/postgres.sh starts for this session where PostgreSQL is
+    installed; skips where it is not. The server stops when the session ends."""
+    url = os.environ.get("KDLAB_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        pytest.skip("no PostgreSQL server here (no /usr/lib/postgresql/*/bin/initdb)")
+    # the script's server lives as long as the shell that sourced it: this one, until
+    # its stdin closes
+    script = 'source scripts/postgres.sh >&2 && echo "$KDLAB_TEST_POSTGRES_URL" && read -r _'
+    shell = subprocess.Popen(
+        ["bash", "-c", script], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    url = shell.stdout.readline().strip()
+    if not url:
+        shell.wait(timeout=60)
+        pytest.fail("scripts/postgres.sh did not start a PostgreSQL server")
+    yield url
+    shell.stdin.close()
+    shell.wait(timeout=120)
+
+
+@pytest.fixture
+def fresh_database(postgres_url):
+    """A database of its own on the test server, so a whole study can be built in it."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"kdlab_{uuid.uuid4().hex[:8]}"
+    server = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with server.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    server.dispose()
+
+
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):
     """A console command as a user types it (python -m keeps it on this interpreter);
     ``env`` adds to this process's environment, and a None value removes the variable."""

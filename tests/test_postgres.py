@@ -71,22 +71,6 @@ def test_same_schema_and_queries_as_sqlite():
     assert f"{prefix}-t" in set(points["run_key"])
 
 
-@pytest.fixture
-def fresh_database():
-    """A database of its own on the test server, so a whole study can be built in it."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"kdlab_{uuid.uuid4().hex[:8]}"
-    server = create_engine(URL, isolation_level="AUTOCOMMIT")
-    with server.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    yield make_url(URL).set(database=name).render_as_string(hide_password=False)
-    with server.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    server.dispose()
-
-
 def test_report_from_postgresql_is_the_report_from_sqlite(fresh_database, tmp_path):
     from kdlab.cli import main as kdlab_main
     from tests.test_report import build_study

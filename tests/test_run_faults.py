@@ -550,3 +550,40 @@ def test_the_preemption_signal_checkpoints_the_step_it_lands_on(tmp_path):
     resumed.wait(timeout=60)
     out = (tmp_path / "out.txt").read_text()
     assert f"from the checkpoint path at {saved}" in out
+
+
+def test_a_preemption_the_scheduler_requeues_keeps_its_exit_status(train, tmp_path, monkeypatch):
+    """Under submitit the pre-emption signal's previous handler is submitit's: it requeues
+    the job and exits, its local executor requeueing on status 144. The run saves its
+    checkpoint first, records itself pre-empted (not a bare 'exit(144)') and leaves with
+    that status, which submitit's controller must see."""
+    import lightning as L
+
+    import kdlab.runner as runner
+
+    class Preempted(L.Callback):  # the scheduler's signal, mid-run
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+    def requeue(signum: int, frame: object) -> None:  # what submitit's handler ends with
+        sys.exit(144)
+
+    run_callbacks = runner.run_callbacks
+    monkeypatch.setattr(
+        runner, "run_callbacks", lambda *a, **k: [*run_callbacks(*a, **k), Preempted()]
+    )
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train(*TINY)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stopped.value.code == 144
+    [row] = _db(tmp_path).find()
+    assert (row["status"], row["failure"]) == (
+        "interrupted",
+        "pre-empted by SIGUSR2; the scheduler requeued the job",
+    )
+    [saved] = Path(row["run_dir"]).glob("hpc_ckpt_*.ckpt")
+    assert saved.name == "hpc_ckpt_4.ckpt"  # the step after the one the signal landed in
