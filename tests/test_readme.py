@@ -2,7 +2,8 @@
 
 Cheap commands (predict, plan, sweep plan, fitting a CSV) run here exactly as written; the
 ones that train are exercised by the tests named in COVERED. A README command that is in
-neither list fails this test, so the README cannot drift from what works.
+neither list fails this test, so the README cannot drift from what works. All of them, in
+the README's order on a fresh clone, are run by tests/test_readme_in_order.py (slow).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -18,13 +20,14 @@ from tests.conftest import REPO, run_cli
 # command prefix -> the test that runs it (with smaller budgets or a temporary root)
 COVERED = {
     "pip install": "tests/test_install.py (slow: a wheel and git+file into fresh venvs)",
-    "bash scripts/demo.sh": "tests/test_demo.py::test_demo_on_a_reduced_budget (kdlab demo)",
+    "bash scripts/demo.sh": "tests/test_readme_in_order.py (kdlab demo, then the README in order)",
     "bash scripts/test.sh": ".ci/run",
     "kdlab-train model=": "tests/test_train.py",
     "kdlab-train objective=distill model=": "tests/test_distill.py",
     "kdlab-train data=markov objective=distill teacher=oracle": "tests/test_distill.py",
     "kdlab-train -m -cd sweeps/nano": "tests/test_sweeps.py",
-    "kdlab study nano": "tests/test_demo.py",
+    "kdlab-train -m model=": "tests/test_readme_in_order.py (slow: the README in order)",
+    "kdlab study nano": "tests/test_readme_in_order.py (after the demo: nothing to run)",
     # hours of CPU: their stages are planned (shape, steps, passes) by tests/test_studies.py
     "kdlab study pysrc": "tests/test_studies.py",
     "kdlab study kernel": "tests/test_studies.py",
@@ -59,7 +62,7 @@ PLAN = "kdlab plan --coefficients paper --student 198e6"
 EPOCH_FIT = (
     'kdlab fit supervised --csv data/chinchilla_epoch_svg_extracted.csv --n-col "Model Size" '
     '--flops-col "Training FLOP" --loss-col loss --form chinchilla --huber-delta 1e-3 '
-    "--grid epoch --drop-highest 5 --out chinchilla.json"
+    "--grid epoch --drop-highest 5 --out runs/chinchilla.json"
 )
 # What the README's comments promise each command prints: the paper's published numbers,
 # the plans' verdicts (rows of the printed table), Epoch AI's published Chinchilla fit
@@ -94,13 +97,12 @@ PROMISED_FIT = {
 
 
 def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    """The README's ```bash commands in order, continuation lines joined, comments cut."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        block = block.replace("\\\n", " ")
-        for line in block.splitlines():
-            line = line.split("  #")[0].strip()
-            if line and not line.startswith("#"):
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"(?:^|\s)#", line)[0].strip()
+            if line:
                 commands.append(" ".join(line.split()))
     return commands
 
@@ -158,7 +160,7 @@ def test_readme_command_runs(command, tmp_path):
     argv = shlex.split(command)
     if "--out" in argv:  # keep the repository clean: outputs go to a temporary folder
         i = argv.index("--out") + 1
-        argv[i] = str(tmp_path / argv[i])
+        argv[i] = str(tmp_path / "out" / Path(argv[i]).name)
     env = {"KDLAB_ROOT": str(tmp_path), "KDLAB_DB_URL": ""}
     out = run_cli("kdlab.cli", *argv[1:], cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -169,7 +171,7 @@ def test_readme_command_runs(command, tmp_path):
         rows = table_rows(out.stdout)
         assert {k: rows.get(k) for k in PROMISED_ROWS[command]} == PROMISED_ROWS[command]
     if command in PROMISED_FIT:
-        doc = json.loads((tmp_path / "chinchilla.json").read_text())
+        doc = json.loads((tmp_path / "out" / "chinchilla.json").read_text())
         assert (doc["n_points"], doc["n_starts"], doc["coefficients"]["gamma"]) == (240, 4500, 1)
         assert doc["objective"] == pytest.approx(0.0010182740, rel=1e-5)
         for name, value in PROMISED_FIT[command].items():

@@ -454,14 +454,18 @@ def test_report_from_fits_only(tmp_path: Path, full_report: Path) -> None:
     assert index["plan_student"] == pytest.approx((lo * hi) ** 0.5)
 
 
-def test_report_from_an_old_fit_says_which_student_it_plans(tmp_path: Path, full_report: Path):
-    """A fit JSON from before data_range was kept: the paper's student, and a note."""
+def test_report_from_an_old_fit_says_which_student_it_plans(
+    tmp_path: Path, full_report: Path, monkeypatch
+):
+    """A fit JSON from before data_range was kept: the paper's student, and a note. With
+    no --out, the report goes to runs/report under the run root, not the working folder."""
     doc = json.loads((full_report.parent / "distillation.json").read_text())
     del doc["data_range"]
     old = tmp_path / "old_fit.json"
     old.write_text(json.dumps(doc))
-    out = tmp_path / "out"
-    argv = ["--db", "", "--distillation-fit", str(old), "--out", str(out)]
+    monkeypatch.setenv("KDLAB_ROOT", str(tmp_path / "root"))
+    out = tmp_path / "root" / "runs" / "report"
+    argv = ["--db", "", "--distillation-fit", str(old)]
     assert report_main([*argv, "--plan-budgets", "2", "--map-points", "0", "--jobs", "1"]) == 0
     assert json.loads((out / "report.json").read_text())["plan_student"] == 1.82e9
     assert "does not record the model sizes" in (out / "index.html").read_text()

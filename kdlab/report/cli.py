@@ -73,7 +73,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         help="processes for planning",
     )
     out = p.add_argument_group("output")
-    out.add_argument("--out", default="runs/report", help="folder for index.html and PNGs")
+    out.add_argument(
+        "--out", help="folder for index.html and PNGs (default: runs/report under the run root)"
+    )
     out.add_argument(
         "--wandb",
         action="store_true",
@@ -113,6 +115,10 @@ def _run_report(args: argparse.Namespace) -> int:
 
         url, source = database_url(args.db)
         announce(url, source)
+    if args.out is None:  # beside the run database, wherever the command is typed
+        from kdlab.rundb.url import runs_root
+
+        args.out = str(runs_root() / "runs" / "report")
     report = build_report(
         args.out,
         url,
