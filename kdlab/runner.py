@@ -214,6 +214,20 @@ def run_callbacks(
     ]
 
 
+def curve_points(cfg: DictConfig, plan: RunPlan) -> int:
+    """Validations during training (curve points; the final validation comes on top):
+    ``val.points``, fewer where they would cost more than ``val.max_share`` of the run's
+    training compute. A pass is a forward over the validation tokens, a third of the cost
+    of training on as many, so a run of D tokens affords 3 share D / V_eval of them: a tiny
+    run of the demo would otherwise spend several times its training on its curve. Every
+    point, and the final loss, is still measured on the study's same validation tokens."""
+    points = max(0, cfg.val.points)
+    share = cfg.val.get("max_share")
+    if share is None:
+        return points
+    return min(points, int(3 * share * plan.tokens / plan.data.val_eval_token_count))
+
+
 def build_trainer(
     cfg: DictConfig, plan: RunPlan, callbacks: list[L.Callback], **overrides: Any
 ) -> L.Trainer:
@@ -222,12 +236,15 @@ def build_trainer(
     # validation falls on an optimizer step and its curve point on the right tokens
     k = plan.accumulate
     batches = plan.data.num_steps
-    interval = min(batches, max(k, batches // max(1, cfg.val.points) // k * k))
+    points = curve_points(cfg, plan)
+    interval = min(batches, max(k, batches // max(1, points) // k * k))
     settings: dict[str, Any] = dict(
         max_steps=plan.steps,
         max_epochs=1,
         val_check_interval=interval,
-        check_val_every_n_epoch=None,
+        # no point during training: epoch 0 of 1 is not a multiple of 2 (the final
+        # validation after fit still runs)
+        check_val_every_n_epoch=None if points else 2,
         callbacks=callbacks,
         logger=False,
         default_root_dir=str(plan.run_dir),
