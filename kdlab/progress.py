@@ -176,7 +176,7 @@ class StageBoard:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.tick()
+        self.tick(final=True)
         if self.live is not None:
             self.live.stop()
         else:
@@ -195,11 +195,12 @@ class StageBoard:
         shown = "unknown" if left is None else f"about {fmt_seconds(left)}"
         return f"{line}, stage time left {shown}"
 
-    def tick(self) -> None:
+    def tick(self, final: bool = False) -> None:
+        """Read the jobs' files and show them (``final``: the stage has ended)."""
         jobs = read_jobs(self.folder)
         if self.live is not None:
-            lines = [Text(job_line(job)) for job in jobs]
-            self.live.update(Group(*lines, Text(self.summary(jobs), style="bold")), refresh=True)
+            summary = Text(self.summary(jobs, final), style="bold")
+            self.live.update(Group(*(Text(job_line(job)) for job in jobs), summary), refresh=True)
             return
         for job in jobs:
             if job["status"] in ENDED and job["key"] not in self.printed:

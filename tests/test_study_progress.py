@@ -104,3 +104,25 @@ def test_the_board_falls_back_on_the_plan_estimate_before_any_progress(tmp_path)
     board.tick()
     console.file.close()
     assert "done: val loss 2.5000, - tok/s, 3s" in (tmp_path / "out.txt").read_text()
+
+
+def test_on_a_terminal_the_board_draws_running_jobs_and_the_time_left(tmp_path):
+    from rich.console import Console
+
+    folder = tmp_path / "progress"
+    folder.mkdir()
+    console = Console(file=open(tmp_path / "tty.txt", "w"), force_terminal=True, width=120)  # noqa: SIM115
+    ended = _job(key="a", status="done", val_loss=2.31, tokens_per_sec=4100, elapsed_s=130)
+    running = _job(key="b", status="running", tokens_done=268_000, loss=2.91)
+    running.update(tokens_per_sec=2100, left_s=610, opened=1.0)
+    with StageBoard("students", 2, 2 * ended["flops"], folder, console) as board:
+        for job in (ended, running):
+            (folder / f"{job['key']}.json").write_text(json.dumps(job))
+        board.start -= 50.0  # 1.25 jobs' compute in 50 s: 0.75 of a job left, 30 s
+        board.tick()
+    console.file.close()
+    shown = (tmp_path / "tty.txt").read_text()
+    assert "student    L2       N  26.8k  D  1.07M   25%  loss 2.910  2.1k tok/s  left 10m" in shown
+    assert "done: val loss 2.3100, 4.1k tok/s, 2m" in shown
+    assert "students: 1/2 jobs ended in 50s, stage time left about 30s" in shown
+    assert "students: 2/2" not in shown and shown.rstrip().endswith("\x1b[?25h")
