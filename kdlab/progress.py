@@ -68,10 +68,12 @@ class JobProgress:
         return self.path is not None and time.perf_counter() - self._written >= WRITE_EVERY_S
 
     def update(self, tokens_done: int, loss: float, tokens_per_sec: float) -> None:
-        """Where training is."""
+        """Where training is (``tokens_done`` is steps x batch tokens: a short last batch
+        would take it past D)."""
         now = time.perf_counter()
         elapsed = now - self.started
         total = self.state["tokens"]
+        tokens_done = min(tokens_done, total)
         left = elapsed * (total - tokens_done) / tokens_done if tokens_done else None
         self._write(
             tokens_done=tokens_done,
