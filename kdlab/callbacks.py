@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from kdlab.hardware import matmul_peak_flops
+from kdlab.progress import JobProgress
 from kdlab.rundb import RunStore
 from kdlab.rundb.store import HEARTBEAT_S
 
@@ -118,6 +119,25 @@ class TrainingProgress(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._log_axes(trainer, module)
+
+
+class ProgressFile(L.Callback):
+    """Keeps the job's progress file for ``kdlab study`` (kdlab.progress): tokens so far,
+    the training loss of the last step and the training steps' tokens/s."""
+
+    def __init__(self, progress: JobProgress, tokens_per_step: int, clock: TrainClock) -> None:
+        self.progress = progress
+        self.tokens_per_step = tokens_per_step
+        self.clock = clock
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, idx: int
+    ) -> None:
+        if not self.progress.due() or not trainer.is_global_zero:
+            return
+        loss = out["loss"] if isinstance(out, dict) else out
+        tokens = trainer.global_step * self.tokens_per_step
+        self.progress.update(tokens, float(loss), self.clock.tokens_per_sec)
 
 
 class CurveRecorder(L.Callback):

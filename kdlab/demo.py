@@ -8,6 +8,7 @@ is the same command a user would type; a rerun skips every finished run.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from kdlab.console import console
@@ -15,6 +16,26 @@ from kdlab.models.ladder import get_shape, non_embedding_params
 from kdlab.study import run_study
 
 SCENARIOS = ("best", "inference", "pretraining", "pretraining+inference")
+MAX_JOBS = 4  # each job's process holds torch; more buys little for the demo's stages
+
+
+def core_layout(cores: int, overrides: list[str]) -> list[str]:
+    """Jobs at once and torch threads per job so that jobs x threads = cores, where the
+    user's overrides do not set them: the demo's runs are small enough that one thread
+    per job uses a core best, and a job with two threads on a shared core waits on the
+    other half of every matmul."""
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    if given & {"hydra/launcher", "hydra.launcher.n_jobs"}:
+        return []
+    jobs = max(1, min(cores, MAX_JOBS))
+    layout = ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={jobs}"]
+    return layout if "threads" in given else [f"threads={max(1, cores // jobs)}", *layout]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the system tells)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +83,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     db = f"sqlite:///{runs}/kdlab.db"
     overrides = [f"paths.root_dir={root}", f"data.budget_scale={args.budget_scale}"]
+    overrides += core_layout(usable_cores(), args.overrides)
     code = run_study("nano", [*overrides, *args.overrides])
     if code:
         return code

@@ -29,7 +29,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from kdlab.callbacks import CurveRecorder, Heartbeat, TrainClock, TrainingProgress, device_peak
+from kdlab.callbacks import (
+    CurveRecorder,
+    Heartbeat,
+    ProgressFile,
+    TrainClock,
+    TrainingProgress,
+    device_peak,
+)
 from kdlab.checkpoints import AtomicCheckpointIO, resume_point
 from kdlab.cluster_env import adopt_task_rank
 from kdlab.identity import ROLE_SPLIT
@@ -40,6 +47,7 @@ from kdlab.modules import DivergedError
 from kdlab.parallel import full_state_dict
 from kdlab.preemption import PreemptionCheckpoint
 from kdlab.processes import RunInterrupted, stop_signals
+from kdlab.progress import JobProgress
 from kdlab.quiet import quiet_training_logs
 from kdlab.run_plan import RunPlan, plan_run
 from kdlab.rundb import announce, shown_url
@@ -181,14 +189,19 @@ def build_module(cfg: DictConfig, plan: RunPlan) -> L.LightningModule:
 
 
 def run_callbacks(
-    cfg: DictConfig, plan: RunPlan, attempt: Attempt | None = None
+    cfg: DictConfig,
+    plan: RunPlan,
+    attempt: Attempt | None = None,
+    progress: JobProgress | None = None,
 ) -> list[L.Callback]:
     """The callbacks every run trains with; the first is its TrainClock."""
     attempt = attempt or Attempt(1, plan.run_dir)
     tokens_per_step = plan.data.batch_size * plan.shape.n_ctx * plan.accumulate
     clock = TrainClock()
+    reporting = [ProgressFile(progress, tokens_per_step, clock)] if progress else []
     return [
         clock,
+        *reporting,
         CurveRecorder(plan.store, plan.key, tokens_per_step, attempt.number),
         ModelCheckpoint(
             dirpath=attempt.dir / "checkpoints",
@@ -202,6 +215,20 @@ def run_callbacks(
     ]
 
 
+def curve_points(cfg: DictConfig, plan: RunPlan) -> int:
+    """Validations during training (curve points; the final validation comes on top):
+    ``val.points``, fewer where they would cost more than ``val.max_share`` of the run's
+    training compute. A pass is a forward over the validation tokens, a third of the cost
+    of training on as many, so a run of D tokens affords 3 share D / V_eval of them: a tiny
+    run of the demo would otherwise spend several times its training on its curve. Every
+    point, and the final loss, is still measured on the study's same validation tokens."""
+    points = max(0, cfg.val.points)
+    share = cfg.val.get("max_share")
+    if share is None:
+        return points
+    return min(points, int(3 * share * plan.tokens / plan.data.val_eval_token_count))
+
+
 def build_trainer(
     cfg: DictConfig, plan: RunPlan, callbacks: list[L.Callback], **overrides: Any
 ) -> L.Trainer:
@@ -210,12 +237,15 @@ def build_trainer(
     # validation falls on an optimizer step and its curve point on the right tokens
     k = plan.accumulate
     batches = plan.data.num_steps
-    interval = min(batches, max(k, batches // max(1, cfg.val.points) // k * k))
+    points = curve_points(cfg, plan)
+    interval = min(batches, max(k, batches // max(1, points) // k * k))
     settings: dict[str, Any] = dict(
         max_steps=plan.steps,
         max_epochs=1,
         val_check_interval=interval,
-        check_val_every_n_epoch=None,
+        # no point during training: epoch 0 of 1 is not a multiple of 2 (the final
+        # validation after fit still runs)
+        check_val_every_n_epoch=None if points else 2,
         callbacks=callbacks,
         logger=False,
         default_root_dir=str(plan.run_dir),
@@ -362,7 +392,8 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, plan)
-    callbacks = run_callbacks(cfg, plan, attempt)
+    progress = _job_progress(plan)
+    callbacks = run_callbacks(cfg, plan, attempt, progress)
     clock = callbacks[0]
     loggers: list[Any] = []
     start = time.perf_counter()
@@ -390,22 +421,42 @@ def _train(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> dict[s
             if not trainer.is_global_zero:
                 return {}
             wall = clock.earlier_wall_s + time.perf_counter() - start
-            return _record(cfg, plan, attempt, trainer, module, final, state, clock, wall, loggers)
+            row = _record(cfg, plan, attempt, trainer, module, final, state, clock, wall, loggers)
+            progress.end(row["status"], row["val_loss"], clock.tokens_per_sec)
+            return row
         except DivergedError as err:
             wall = clock.earlier_wall_s + time.perf_counter() - start
             _stopped(plan, attempt, "failed", f"diverged: {err}", loggers, wall_time_s=wall)
+            progress.end("failed", None, clock.tokens_per_sec)
             return plan.store.get(plan.key)
         except BaseException as err:
             interrupted = _interruption(err, stop.signum)
             if interrupted is None:
                 reason = f"{type(err).__name__}: {err}".strip()
                 _stopped(plan, attempt, "failed", reason, loggers)
+                progress.end("failed", None, clock.tokens_per_sec)
                 raise
             reason, code = interrupted
             _stopped(plan, attempt, "interrupted", reason, loggers)
+            progress.end("interrupted", None, clock.tokens_per_sec)
             if code is None:
                 raise
             raise SystemExit(code) from err
+
+
+def _job_progress(plan: RunPlan) -> JobProgress:
+    """The job's progress file for kdlab study; its compute counted as the sweep plan
+    counts it (a student's teacher logits included), so the stage's time left adds up."""
+    teacher = plan.teacher
+    logits = teacher.flops_per_token * plan.tokens if teacher and not teacher.inference_key else 0
+    return JobProgress(
+        plan.key,
+        role=plan.role,
+        model=plan.shape.name,
+        n_params=plan.n_params,
+        tokens=plan.tokens,
+        flops=plan.train_flops + logits,
+    )
 
 
 def _record(

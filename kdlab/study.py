@@ -9,13 +9,14 @@ will and only what is missing trains.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kdlab import sweep_design
@@ -31,6 +32,7 @@ from kdlab.cluster_plan import (
 from kdlab.console import console
 from kdlab.errors import ConfigError
 from kdlab.processes import run_child
+from kdlab.progress import PROGRESS_ENV, StageBoard, fmt_seconds
 from kdlab.rundb import shown_url
 from kdlab.sweeps import (
     SWEEPS_DIR,
@@ -38,7 +40,6 @@ from kdlab.sweeps import (
     SweepPlan,
     missing_teachers,
     plan_sweep,
-    refresh_status,
     sweep_file,
 )
 
@@ -66,19 +67,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     study = subparsers.add_parser(
         "study", description="Run a study's stages in order, skipping what is done."
     )
-    study.add_argument("name", help="a folder of sweeps/ with a study.yaml, e.g. nano")
+    study.add_argument(
+        "name", help="a folder of sweeps/ with a study.yaml (e.g. nano), or a path to one"
+    )
     study.add_argument("overrides", nargs="*", help="Hydra overrides applied to every stage")
     study.set_defaults(func=lambda a: run_study(a.name, a.overrides))
-
-
-def _fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def print_plan(title: str, jobs: list[JobPlan]) -> None:
@@ -97,7 +90,7 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
             "-" if job.passes is None else f"{job.passes:.2g}",
             _teacher_cell(job.teacher),
             f"{job.flops:.3g}",
-            "?" if job.seconds is None else _fmt_seconds(job.seconds),
+            "?" if job.seconds is None else fmt_seconds(job.seconds),
             job.status,
         )
     console.print(table)
@@ -106,7 +99,7 @@ def print_plan(title: str, jobs: list[JobPlan]) -> None:
     console.print(
         f"{len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run; "
         f"total {sum(j.flops for j in jobs):.3g} FLOPs, to run {sum(j.flops for j in todo):.3g}"
-        + (f", about {_fmt_seconds(sum(seconds))} at the measured rate" if seconds else "")
+        + (f", about {fmt_seconds(sum(seconds))} at the measured rate" if seconds else "")
     )
     console.print(
         "N: non-embedding parameters; D: training tokens; M = D/N; passes: times over the "
@@ -182,13 +175,13 @@ def print_cluster_plan(cluster: ClusterPlan, jobs: list[JobPlan], path: Path) ->
             *(f"{b / GIB:.1f}" for b in (memory.activations, memory.teacher, other)),
             f"{memory.total / GIB:.1f}",
             "yes" if fit_.fits else "[red]NO[/]",
-            _fmt_seconds(fit_.seconds),
+            fmt_seconds(fit_.seconds),
         )
     console.print(table)
     unfit = sum(not f.fits for f in cluster.configured)
     wall = target.wall_seconds
     slow = sum(wall is not None and f.seconds > wall for f in cluster.configured)
-    deadline = f" the {_fmt_seconds(wall)} target" if wall is not None else " no target"
+    deadline = f" the {fmt_seconds(wall)} target" if wall is not None else " no target"
     console.print(
         f"{unfit} job(s) do not fit on {gpu.name}; {slow} miss{deadline}"
         if unfit or slow
@@ -237,9 +230,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def study_stages(name: str) -> list[Path] | None:
-    """The sweep files of a study's stages in order; None when ``name`` is no study."""
-    folder = SWEEPS_DIR / name
-    if not (folder / "study.yaml").is_file():
+    """The sweep files of a study's stages in order; None when ``name`` is no study (a
+    folder of sweeps/, or a path to any folder, with a study.yaml)."""
+    folder = next(
+        (f for f in (SWEEPS_DIR / name, Path(name)) if (f / "study.yaml").is_file()), None
+    )
+    if folder is None:
         return None
     return [
         sweep_file(str(folder / stage)) for stage in OmegaConf.load(folder / "study.yaml").stages
@@ -252,9 +248,11 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
     if paths is None:
         known = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/study.yaml"))
         raise ConfigError(f"no study named '{name}'; known studies: {', '.join(known)}")
-    for path in paths:
+    for i, path in enumerate(paths):
         stage = path.stem
         plan = plan_sweep(path, overrides)
+        if i == 0:
+            console.print(f"logs of this study: {plan.log_dir}", highlight=False)
         todo = sum(j.status != "done" for j in plan.jobs)
         console.rule(f"[bold]{name}/{stage}[/]: {len(plan.jobs)} jobs, {todo} to run")
         if not todo:
@@ -268,23 +266,23 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
 
 
 def _launch_with_progress(path: Path, overrides: Sequence[str], plan: SweepPlan) -> int:
+    """The stage as a child whose output goes to its log file, while each job's progress
+    file (kdlab.progress) is drawn here."""
     command = sweep_command(path, [*overrides, "trainer.enable_progress_bar=false"])
-    log = plan.log_dir / f"{path.parent.name}-{path.stem}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with log.open("w") as out, Progress(*columns, console=console) as progress:
-        task = progress.add_task(path.stem, total=len(plan.jobs))
-
-        def tick() -> None:
-            progress.update(task, completed=refresh_status(plan.jobs, plan.url))
-
-        code = run_child(command, tick, stdout=out, stderr=subprocess.STDOUT)
-        tick()
+    name = f"{path.parent.name}-{path.stem}"
+    log = plan.log_dir / f"{name}.log"
+    folder = plan.log_dir / "progress" / f"{name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    console.print(f"log: {log}", highlight=False)
+    todo = [job for job in plan.jobs if job.status != "done"]
+    seconds = [job.seconds for job in todo if job.seconds is not None]
+    estimate = sum(seconds) if len(seconds) == len(todo) else None
+    board = StageBoard(path.stem, len(todo), sum(j.flops for j in todo), folder, console, estimate)
+    env = {**os.environ, PROGRESS_ENV: str(folder)}
+    with log.open("w") as out, board:
+        code = run_child(
+            command, board.tick, tick_s=1.0, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     if code:
         console.print(f"see {log}")
     return code

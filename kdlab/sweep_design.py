@@ -215,12 +215,12 @@ def _num(value: float) -> str:
 
 def print_design(doc: dict[str, Any]) -> None:
     """One grid's verdict: its cost, then per law a table of coefficients and the errors."""
-    from kdlab.study import _fmt_seconds
+    from kdlab.progress import fmt_seconds
 
     s = doc["settings"]
     console.rule(f"[bold]{doc['grid']}[/]")
     at_rate = (
-        f", about {_fmt_seconds(doc['seconds'])} at the measured rate" if doc["seconds"] else ""
+        f", about {fmt_seconds(doc['seconds'])} at the measured rate" if doc["seconds"] else ""
     )
     console.print(
         f"{doc['runs']} runs ({doc['supervised_runs']} teachers or supervised, "

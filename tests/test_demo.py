@@ -29,6 +29,19 @@ def test_the_demo_report_goes_to_wandb_when_the_runs_do():
     assert report_wandb_args(["logger=wandb", "logger=csv"]) == []
 
 
+def test_the_demo_runs_as_many_one_thread_jobs_as_cores():
+    from kdlab.demo import core_layout
+
+    parallel = ["hydra/launcher=parallel"]
+    assert core_layout(2, []) == ["threads=1", *parallel, "hydra.launcher.n_jobs=2"]
+    assert core_layout(1, []) == ["threads=1", *parallel, "hydra.launcher.n_jobs=1"]
+    assert core_layout(16, []) == ["threads=4", *parallel, "hydra.launcher.n_jobs=4"]
+    # the user's own choice wins: their threads are kept, their launcher replaces ours
+    assert core_layout(2, ["threads=2"]) == [*parallel, "hydra.launcher.n_jobs=2"]
+    assert core_layout(2, ["hydra/launcher=basic", "threads=2"]) == []
+    assert core_layout(2, ["hydra.launcher.n_jobs=1"]) == []
+
+
 @pytest.mark.slow
 def test_demo_on_a_reduced_budget(tmp_path):
     demo_args = [
