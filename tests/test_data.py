@@ -270,6 +270,43 @@ def test_validation_fixed_and_splits_disjoint(tmp_path):
         _dm(tmp_path, split="validation")
 
 
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_validation_windows_are_each_scored_once_at_any_world_size(tmp_path, world):
+    """31 windows over 2, 3 or 4 ranks: each window once, short shares padded with masked
+    targets (Lightning's sampler used to repeat the first windows), equal batch counts for
+    FSDP, and the token-weighted loss equal to one process's."""
+    from kdlab.losses import IGNORE_INDEX, next_token_loss
+
+    dm = _dm(tmp_path, batch_size=4)
+    single = list(dm.val_dataloader())
+    x1, y1 = torch.cat([x for x, _ in single]), torch.cat([y for _, y in single])
+    assert x1.shape[0] == 31
+    table = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+
+    def loss_sums(batches):
+        sums = [next_token_loss(table[x], y) for x, y in batches]
+        return sum(float(s.ce_sum) for s in sums), sum(int(s.n_tokens) for s in sums)
+
+    shares, ce, tokens = [], 0.0, 0
+    for rank in range(world):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        batches = list(dm.val_dataloader())
+        shares.append(batches)
+        rank_ce, rank_tokens = loss_sums(batches)
+        ce, tokens = ce + rank_ce, tokens + rank_tokens
+    dm.trainer = None
+    assert len({len(b) for b in shares}) == 1  # every rank runs the same forward passes
+    rows = [(x, y) for batches in shares for xb, yb in batches for x, y in zip(xb, yb, strict=True)]
+    real = [(x, y) for x, y in rows if (y != IGNORE_INDEX).any()]
+    padding = [y for _, y in rows if (y == IGNORE_INDEX).all()]
+    assert len(real) == 31 and len(padding) == len(rows) - 31 == -31 % world
+    assert torch.equal(torch.stack([x for x, _ in real]), x1)
+    assert torch.equal(torch.stack([y for _, y in real]), y1)
+    one_ce, one_tokens = loss_sums(single)
+    assert tokens == one_tokens == 31 * 16
+    assert ce / tokens == pytest.approx(one_ce / one_tokens, rel=1e-6)
+
+
 def test_byte_stdlib_datamodule(tmp_path):
     dm = _dm(tmp_path, corpus="stdlib", tokenizer="byte", seq_len=64, val_tokens=4096)
     dm.prepare_data()

@@ -30,9 +30,8 @@ import pytest
 import torch
 
 from kdlab.rundb import RunDBError, RunStore
-from tests.conftest import REPO, run_cli, wandb_offline_run
+from tests.conftest import REPO, fresh_world, run_cli, wandb_offline_run
 from tests.test_run_faults import _wait_for
-from tests.test_sweeps import _fresh_world
 
 PAPER_GRID = ["-cd", "sweeps/paper", "-cn", "teachers_fixed_m"]
 STEPS = 67  # nano_L1 at M = 20: 68160 tokens in batches of 4 x 128, 2 batches a step
@@ -41,7 +40,8 @@ STEPS = 67  # nano_L1 at M = 20: 68160 tokens in batches of 4 x 128, 2 batches a
 # reduce-scatter over 2 ranks, 2 sequences a rank): moving the learning rate by 1e-6 of
 # itself moves the final loss by 5e-7. The tolerance is ten times the gap; the last 3
 # steps of the run change the loss by 3e-4, and one validation window scored twice (63
-# windows on 2 ranks, see val_tokens below) by 4.6e-4.
+# windows on 2 ranks, as Lightning's sampler padded them before the data module gave each
+# rank its own share) by 4.6e-4.
 LOSS_TOLERANCE = 1e-5
 
 
@@ -91,10 +91,8 @@ def test_a_paper_job_preempted_under_submitit_ends_as_the_uninterrupted_run(
         "data=files",
         f"data.module.corpus.paths=[{corpus}]",
         "data.module.tokenizer=bpe-512",
-        # 64 windows of 128: Lightning's DistributedSampler pads a validation set whose
-        # windows do not split evenly over the ranks by repeating its first ones, so 8192
-        # tokens (63 windows) would score window 0 twice on 2 ranks and once on 1
-        "data.module.val_tokens=8193",
+        # 63 windows of 128, uneven over 2 ranks: each must still be scored once
+        "data.module.val_tokens=8192",
         f"paths.cache_dir={cache}",
     ]
     cpu_size = [
@@ -109,7 +107,7 @@ def test_a_paper_job_preempted_under_submitit_ends_as_the_uninterrupted_run(
         "val.points=4",  # a curve point every 16 steps: the run's progress
         *data,
     ]
-    env = {**_fresh_world(), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    env = {**fresh_world(), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     started = time.monotonic()
 
     # the reference: the same job, one process, never interrupted, its own database. It

@@ -150,7 +150,8 @@ class LanguageModelModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x, y = batch[:2]
         sums = next_token_loss(self.model(x), y)
-        self.val_ce.update(sums.ce_sum / sums.n_tokens, weight=sums.n_tokens)
+        # a padding batch of a rank's validation share has no target: weight 0, not 0/0
+        self.val_ce.update(sums.ce_sum / sums.n_tokens.clamp(min=1), weight=sums.n_tokens)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint can then teach a student without its run's config

@@ -188,11 +188,12 @@ class DistillModule(LanguageModelModule):
         x, y = batch[:2]
         zs, zt = self.model(x), self.teacher_signal(batch)
         agree, n = top1_agreement(zs, zt, y)
+        per_token = 1 / n.clamp(min=1)  # a padding batch (all targets masked) weighs 0
         teacher_ce, _ = teacher_target_log_loss(zt, y)
-        self.val_teacher_ce.update(teacher_ce / n, weight=n)
+        self.val_teacher_ce.update(teacher_ce * per_token, weight=n)
         kl = kl_teacher_student(zs, zt, y, tau=1.0)
-        self.val_kl.update(kl / n, weight=n)
-        self.val_agree.update(agree / n, weight=n)
+        self.val_kl.update(kl * per_token, weight=n)
+        self.val_agree.update(agree * per_token, weight=n)
         confidence, correct = token_confidence_correct(zs, y)
         self.val_ece.update(confidence, correct.long())
 
