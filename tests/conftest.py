@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,18 @@ def fresh_database(postgres_url):
     with server.connect() as conn:
         conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
     server.dispose()
+
+
+def fresh_world() -> dict[str, str | None]:
+    """The environment of a DDP launch from a clean shell: in-process Lightning tests
+    before this one leave their world (LOCAL_RANK, NODE_RANK, MASTER_PORT...) in
+    os.environ, and a child that inherits LOCAL_RANK believes it was launched as one rank
+    and waits for a second that never comes."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    names = ("MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+    return {**dict.fromkeys(names), "MASTER_PORT": port}
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 600):

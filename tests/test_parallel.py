@@ -24,7 +24,7 @@ from torch import nn
 from kdlab.models.gpt import GPT, rope_tables
 from kdlab.models.ladder import get_shape
 from kdlab.rundb import RunStore
-from tests.conftest import FAST, REPO, compose_run
+from tests.conftest import FAST, REPO, compose_run, fresh_world
 
 FSDP_CKPT = (
     "+trainer.strategy={_target_:kdlab.parallel.training_strategy,"
@@ -73,8 +73,8 @@ def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
     seen: dict[str, object] = {}
     run_callbacks = runner.run_callbacks
 
-    def stopping(cfg, plan, attempt=None):
-        callbacks = [*run_callbacks(cfg, plan, attempt), _StopAt(6)]
+    def stopping(*args):
+        callbacks = [*run_callbacks(*args), _StopAt(6)]
         seen["callbacks"] = callbacks
         return callbacks
 
@@ -264,7 +264,8 @@ def test_two_process_fsdp_run_killed_mid_run_resumes_to_the_same_loss(tmp_path):
         FSDP_CKPT.lstrip("+"),
     ]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    world = {**fresh_world(), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in {**os.environ, **world}.items() if v is not None}
     command = [sys.executable, "-m", "kdlab.train", *args]
     proc = subprocess.Popen(
         [*command, f"paths.root_dir={killed}"],

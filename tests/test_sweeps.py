@@ -16,7 +16,7 @@ import yaml
 from kdlab.models.ladder import LADDERS, flops_per_token, non_embedding_params
 from kdlab.rundb import RunStore
 from kdlab.sweeps import plan_sweep, sweep_file
-from tests.conftest import FAST, REPO, run_cli
+from tests.conftest import FAST, REPO, fresh_world, run_cli
 
 # two small jobs of the nano supervised grid (33 and 66 steps: both learn)
 GRID = ["model=nano_L1", "data.tokens_per_param=10,20", "data.budget_scale=0.5"]
@@ -180,20 +180,6 @@ def test_a_misspelt_override_is_one_sentence():
     )
 
 
-def _fresh_world() -> dict[str, str | None]:
-    """The environment of a DDP launch from a clean shell: in-process Lightning tests
-    before this one leave their world (LOCAL_RANK, NODE_RANK, MASTER_PORT...) in
-    os.environ, and a child that inherits LOCAL_RANK believes it was launched as one rank
-    and waits for a second that never comes."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    names = ("MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
-    return {**dict.fromkeys(names), "MASTER_PORT": port}
-
-
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     out = run_cli(
         "kdlab.train",
@@ -204,7 +190,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
         "model=nano_L1",
         "data.tokens=32768",
         "data.tokens_per_param=null",
-        env=_fresh_world(),
+        env=fresh_world(),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MEMBER: 2/2" in out.stdout + out.stderr  # two ranks really ran
@@ -228,7 +214,7 @@ def test_ddp_run_diverging_on_one_rank_stops_every_rank(tmp_path):
         "data.tokens_per_param=null",
         "objective._target_=tests.diverging.NanOnLastRank",
         timeout=300,
-        env=_fresh_world(),
+        env=fresh_world(),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MEMBER: 2/2" in out.stdout + out.stderr  # the NaN was on rank 1 of 2
