@@ -258,7 +258,7 @@ def test_two_process_fsdp_run_killed_mid_run_resumes_to_the_same_loss(tmp_path):
         "trainer=ddp",
         "trainer.devices=2",
         *RUN[:1],
-        "data.tokens=409600",  # 200 steps: the kill lands mid-run
+        "data.tokens=102400",  # 200 steps of 4 x 128 tokens: the kill lands mid-run
         "data.tokens_per_param=null",
         "checkpoint.every_n_steps=10",
         FSDP_CKPT.lstrip("+"),
