@@ -66,7 +66,10 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
         assert job["status"] == "done" and job["key"] == row["key"]
         assert job["n_params"] == row["n_params"] and job["tokens"] == row["tokens"]
         assert 0 < job["tokens_done"] <= row["tokens"]
-        assert math.log(256) > job["loss"] > 0
+        # the training loss of the last update, written at most once a second: in a run of
+        # a few seconds it can be an early step's, above ln V, so only its sanity is checked
+        assert math.isfinite(job["loss"]) and job["loss"] > 0
+        assert job["val_loss"] == pytest.approx(row["val_loss"])
         assert job["flops"] == pytest.approx(row["flops"])
 
 

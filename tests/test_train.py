@@ -201,6 +201,7 @@ def test_wandb_offline_run_holds_the_runs_numbers_and_curve(train, tmp_path):
     assert run == {
         "run_id": row["key"],
         "project": "kdlab",
+        "entity": "",  # offline: no W&B account
         "display_name": f"teacher-nano-L1-{row['key']}",
         "run_group": "testsweep",
         "job_type": "teacher",
