@@ -110,9 +110,21 @@ def test_a_paper_job_preempted_under_submitit_ends_as_the_uninterrupted_run(
     env = {**fresh_world(), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     started = time.monotonic()
 
-    # the reference: the same job, one process, never interrupted, its own database. It
-    # also fills the token cache (BPE and tokens) the rehearsal's tasks then only read, as
-    # `kdlab data prepare` fills C4's before a cluster's jobs start
+    # the token cache (BPE and tokens), filled before any job as C4's is on a cluster: a
+    # job that finds none refuses with this command
+    prepared = run_cli(
+        "kdlab.cli",
+        "data",
+        "prepare",
+        "data=files",
+        f"data.module.corpus.paths=[{corpus}]",
+        "++data.module.tokenizer=bpe-512",
+        f"paths.cache_dir={cache}",
+        env=env,
+    )
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+
+    # the reference: the same job, one process, never interrupted, its own database
     reference_root = tmp_path / "reference"
     reference = run_cli(
         "kdlab.train",
