@@ -9,6 +9,7 @@ bad input is reported: one sentence naming it, the nearest valid names, exit 2.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,12 @@ def compose_or_explain(
             raise ConfigError(composition_error(err, dirs, defaults)) from err
 
 
+# Set by kdlab study and kdlab sweep run for the sweep they launch: they have composed
+# every job and checked its teachers (kdlab.sweeps.plan_sweep), so the child does not again
+# (each Hydra composition costs about 0.4 s of CPU, a demo job's whole training at 0.1).
+PLANNED_ENV = "KDLAB_SWEEP_PLANNED"
+
+
 def check_command_line(argv: Sequence[str]) -> None:
     """Compose what ``kdlab-train ARGV`` asks for, every value of every swept override
     included, before Hydra runs it; raises ConfigError on the first mistake."""
@@ -119,6 +126,8 @@ def check_command_line(argv: Sequence[str]) -> None:
     name = args.config_name or "train"
     if not args.multirun:
         compose_or_explain(name, args.overrides, config_dir)
+        return
+    if os.environ.get(PLANNED_ENV):
         return
     from kdlab.sweeps import job_overrides  # the sweeper's own expansion of a grid
 

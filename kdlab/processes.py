@@ -97,41 +97,79 @@ def run_child(
     grace_s: float = GRACE_S,
     **popen: Any,
 ) -> int:
-    """Run ``command`` to its end, calling ``tick`` every ``tick_s`` seconds; its exit code.
+    """Run ``command`` to its end, calling ``tick`` every ``tick_s`` seconds; its exit code
+    (``run_children`` with one child)."""
+    [code] = run_children([(command, popen)], 1, tick, tick_s, grace_s)
+    assert code is not None
+    return code
 
-    A stop signal to this process goes to the child's whole process group; after
-    ``grace_s`` the group is killed, and this returns 128 + the signal's number. Whatever
-    the child left running in its group when it ended is killed too.
+
+def run_children(
+    commands: Sequence[tuple[Sequence[str], dict[str, Any]]],
+    slots: int = 1,
+    tick: Callable[[], None] | None = None,
+    tick_s: float = 2.0,
+    grace_s: float = GRACE_S,
+) -> list[int | None]:
+    """Run ``commands`` (argv and Popen keywords), at most ``slots`` at once in the order
+    given, calling ``tick`` every ``tick_s`` seconds; each one's exit code, None for one
+    never started: once one has failed, or a stop signal came, no new one starts.
+
+    A stop signal to this process goes to every running child's whole process group;
+    after ``grace_s`` the groups are killed, and those children's codes are 128 + the
+    signal's number. Whatever a child left running in its group when it ended is killed.
     """
-    env = {**(popen.pop("env", None) or os.environ), PARENT_ENV: str(os.getpid())}
-    child = subprocess.Popen(command, start_new_session=True, env=env, **popen)
+    slots = max(1, slots)
+    codes: list[int | None] = [None] * len(commands)
+    pending = list(range(len(commands)))
+    running: dict[int, subprocess.Popen] = {}
     stopped: list[tuple[int, float]] = []  # the first stop signal and when it came
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if not stopped:
             stopped.append((signum, time.monotonic()))
-        _signal_group(child.pid, signum)
+        for child in list(running.values()):
+            _signal_group(child.pid, signum)
 
+    def start(i: int) -> None:
+        argv, popen = commands[i]
+        env = {**(popen.get("env") or os.environ), PARENT_ENV: str(os.getpid())}
+        popen = {**popen, "env": env}
+        running[i] = subprocess.Popen(argv, start_new_session=True, **popen)
+
+    def reap(i: int) -> None:
+        child = running.pop(i)
+        codes[i] = 128 + stopped[0][0] if stopped else child.returncode
+        _signal_group(child.pid, signal.SIGKILL)  # anything the child left behind
+
+    next_tick = time.monotonic() + tick_s
     try:
         with _handling(forward, only_defaults=False):
-            while True:
-                try:
-                    child.wait(timeout=tick_s)
+            while pending or running:
+                failed = any(code for code in codes if code is not None)
+                while pending and len(running) < slots and not stopped and not failed:
+                    start(pending.pop(0))
+                if not running:
                     break
-                except subprocess.TimeoutExpired:
-                    pass
-                if tick is not None:
+                for i in [i for i, child in running.items() if child.poll() is not None]:
+                    reap(i)
+                time.sleep(0.05)
+                if tick is not None and time.monotonic() >= next_tick:
+                    next_tick += tick_s
                     tick()
                 if stopped and time.monotonic() - stopped[0][1] > grace_s:
-                    _signal_group(child.pid, signal.SIGKILL)
+                    for child in running.values():
+                        _signal_group(child.pid, signal.SIGKILL)
     finally:
-        if child.poll() is None:  # this process is failing: take the child along
+        for child in running.values():  # this process is failing: take the children along
             _signal_group(child.pid, signal.SIGTERM)
+        for i, child in list(running.items()):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=grace_s)
-        _signal_group(child.pid, signal.SIGKILL)  # anything the child left behind
-        child.wait()
-    return 128 + stopped[0][0] if stopped else child.returncode
+            _signal_group(child.pid, signal.SIGKILL)
+            child.wait()
+            reap(i)
+    return codes
 
 
 def _signal_group(pgid: int, signum: int) -> None:

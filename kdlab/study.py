@@ -9,6 +9,7 @@ will and only what is missing trains.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,9 +30,10 @@ from kdlab.cluster_plan import (
     parse_duration,
     plan_cluster,
 )
+from kdlab.composition import PLANNED_ENV
 from kdlab.console import console
 from kdlab.errors import ConfigError
-from kdlab.processes import run_child
+from kdlab.processes import run_child, run_children
 from kdlab.progress import PROGRESS_ENV, StageBoard, fmt_seconds
 from kdlab.rundb import shown_url
 from kdlab.sweeps import (
@@ -210,7 +212,7 @@ def sweep_command(path: Path, overrides: Sequence[str] = ()) -> list[str]:
 
 def launch(path: Path, overrides: Sequence[str]) -> int:
     """The sweep as a child that a stop signal to this command reaches (kdlab.processes)."""
-    return run_child(sweep_command(path, overrides))
+    return run_child(sweep_command(path, overrides), env={**os.environ, PLANNED_ENV: "1"})
 
 
 def _check_teachers(plan: SweepPlan) -> None:
@@ -229,60 +231,102 @@ def _run(args: argparse.Namespace) -> int:
     return launch(path, args.overrides)
 
 
-def study_stages(name: str) -> list[Path] | None:
-    """The sweep files of a study's stages in order; None when ``name`` is no study (a
-    folder of sweeps/, or a path to any folder, with a study.yaml)."""
+def study_groups(name: str) -> list[list[Path]] | None:
+    """The sweep files of a study's stages, in groups run in order; None when ``name`` is
+    no study (a folder of sweeps/, or a path to any folder, with a study.yaml). A stage
+    written in study.yaml as a list is a group of stages that need nothing from each other
+    (teachers beside the supervised baselines), which may run side by side."""
     folder = next(
         (f for f in (SWEEPS_DIR / name, Path(name)) if (f / "study.yaml").is_file()), None
     )
     if folder is None:
         return None
-    return [
-        sweep_file(str(folder / stage)) for stage in OmegaConf.load(folder / "study.yaml").stages
-    ]
+    stages = OmegaConf.to_container(OmegaConf.load(folder / "study.yaml").stages)
+    groups = [entry if isinstance(entry, list) else [entry] for entry in stages]
+    return [[sweep_file(str(folder / stage)) for stage in group] for group in groups]
+
+
+def study_stages(name: str) -> list[Path] | None:
+    """The sweep files of a study's stages in order (groups flattened)."""
+    groups = study_groups(name)
+    return None if groups is None else [path for group in groups for path in group]
+
+
+def stage_slots(overrides: Sequence[str]) -> int:
+    """How many jobs the study may run at once: ``hydra.launcher.n_jobs`` when given (the
+    parallel launcher, as ``kdlab demo`` sets it), else 1."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.launcher.n_jobs=")]
+    return int(given[-1]) if given and given[-1].isdigit() else 1
 
 
 def run_study(name: str, overrides: Sequence[str] = ()) -> int:
-    """Each stage in order with a progress bar; stops at the first stage that fails."""
-    paths = study_stages(name)
-    if paths is None:
+    """Each group of stages in order with a progress board; stops at the first stage that
+    fails. The stages of a group run side by side when the study may run several jobs at
+    once: each its own sweep process, the jobs shared out among them, so that no core
+    waits at the end of a short stage (the nano teachers: one long job, one short)."""
+    groups = study_groups(name)
+    if groups is None:
         known = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/study.yaml"))
         raise ConfigError(f"no study named '{name}'; known studies: {', '.join(known)}")
-    for i, path in enumerate(paths):
-        stage = path.stem
-        plan = plan_sweep(path, overrides)
-        if i == 0:
-            console.print(f"logs of this study: {plan.log_dir}", highlight=False)
-        todo = sum(j.status != "done" for j in plan.jobs)
-        console.rule(f"[bold]{name}/{stage}[/]: {len(plan.jobs)} jobs, {todo} to run")
+    slots = stage_slots(overrides)
+    for i, group in enumerate(groups):
+        todo: list[tuple[Path, SweepPlan]] = []
+        for path in group:
+            plan = plan_sweep(path, overrides)
+            if i == 0 and path == group[0]:
+                console.print(f"logs of this study: {plan.log_dir}", highlight=False)
+            left = sum(j.status != "done" for j in plan.jobs)
+            console.rule(f"[bold]{name}/{path.stem}[/]: {len(plan.jobs)} jobs, {left} to run")
+            if left:
+                _check_teachers(plan)
+                todo.append((path, plan))
         if not todo:
             continue
-        _check_teachers(plan)
-        code = _launch_with_progress(path, overrides, plan)
+        side_by_side = min(slots, len(todo))
+        stage_overrides = list(overrides)
+        if side_by_side > 1:  # the slots shared out among the stages that run at once
+            stage_overrides = [o for o in overrides if not o.startswith("hydra.launcher.n_jobs=")]
+            stage_overrides.append(f"hydra.launcher.n_jobs={max(1, slots // side_by_side)}")
+        code = _launch_with_progress(todo, stage_overrides, side_by_side, slots)
         if code:
-            console.print(f"[red]stage {stage} failed (exit {code}); later stages not run")
             return code
     return 0
 
 
-def _launch_with_progress(path: Path, overrides: Sequence[str], plan: SweepPlan) -> int:
-    """The stage as a child whose output goes to its log file, while each job's progress
-    file (kdlab.progress) is drawn here."""
-    command = sweep_command(path, [*overrides, "trainer.enable_progress_bar=false"])
-    name = f"{path.parent.name}-{path.stem}"
-    log = plan.log_dir / f"{name}.log"
-    folder = plan.log_dir / "progress" / f"{name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+def _launch_with_progress(
+    stages: list[tuple[Path, SweepPlan]],
+    overrides: Sequence[str],
+    side_by_side: int,
+    jobs_at_once: int,
+) -> int:
+    """The stages as children (``side_by_side`` at once) whose output goes to their log
+    files, while each job's progress file (kdlab.progress) is drawn here on one board;
+    ``jobs_at_once`` in all divide the plan's time estimate."""
+    log_dir = stages[0][1].log_dir
+    names = [f"{path.parent.name}-{path.stem}" for path, _ in stages]
+    folder = log_dir / "progress" / f"{names[0]}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     folder.mkdir(parents=True, exist_ok=True)
-    console.print(f"log: {log}", highlight=False)
-    todo = [job for job in plan.jobs if job.status != "done"]
+    env = {**os.environ, PROGRESS_ENV: str(folder), PLANNED_ENV: "1"}
+    todo = [job for _, plan in stages for job in plan.jobs if job.status != "done"]
     seconds = [job.seconds for job in todo if job.seconds is not None]
-    estimate = sum(seconds) if len(seconds) == len(todo) else None
-    board = StageBoard(path.stem, len(todo), sum(j.flops for j in todo), folder, console, estimate)
-    env = {**os.environ, PROGRESS_ENV: str(folder)}
-    with log.open("w") as out, board:
-        code = run_child(
-            command, board.tick, tick_s=1.0, stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    if code:
-        console.print(f"see {log}")
-    return code
+    estimate = sum(seconds) / jobs_at_once if len(seconds) == len(todo) else None
+    label = ", ".join(path.stem for path, _ in stages)
+    board = StageBoard(label, len(todo), sum(j.flops for j in todo), folder, console, estimate)
+    logs = [log_dir / f"{name}.log" for name in names]
+    for log in logs:
+        console.print(f"log: {log}", highlight=False)
+    with contextlib.ExitStack() as files, board:
+        commands = [
+            (
+                sweep_command(path, [*overrides, "trainer.enable_progress_bar=false"]),
+                dict(stdout=files.enter_context(log.open("w")), stderr=subprocess.STDOUT, env=env),
+            )
+            for (path, _), log in zip(stages, logs, strict=True)
+        ]
+        codes = run_children(commands, side_by_side, board.tick, tick_s=1.0)
+    for (path, _), log, code in zip(stages, logs, codes, strict=True):
+        if code:
+            console.print(f"[red]stage {path.stem} failed (exit {code}); later stages not run")
+            console.print(f"see {log}")
+            return code
+    return 0

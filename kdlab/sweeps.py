@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kdlab.cluster_plan import Workload, configured_layout
-from kdlab.composition import composition_error, swept_params
+from kdlab.composition import PLANNED_ENV, composition_error, swept_params
 from kdlab.configs import CONF_DIR, SWEEPS_DIR
 from kdlab.data import build_corpus, split_layout
 from kdlab.data.cache import TokenCount, planned_token_count
@@ -396,6 +397,8 @@ class PreflightCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_bad_database(config)
         _writable_root(config)
+        if os.environ.get(PLANNED_ENV):  # kdlab study / sweep run planned it already
+            return
         params = swept_params(config)
         overrides = list(config.hydra.overrides.task)
         name = config.hydra.job.config_name

@@ -344,6 +344,59 @@ def test_a_child_dies_with_its_parent_even_when_the_parent_is_killed(tmp_path):
     assert _wait_for(lambda: _gone(int(pid_file.read_text())), "the child to go", 10)
 
 
+def test_children_run_at_most_slots_at_once_and_a_failure_starts_no_more(tmp_path):
+    """Three one-second children in two slots: the first two start together, the third
+    when a slot frees; after a failure, what was waiting never starts."""
+    from kdlab.processes import run_children
+
+    def child(name: str, code: int = 0) -> tuple[list[str], dict]:
+        stamp = (
+            f"date +%s.%N > {tmp_path / name}.start; sleep 1; date +%s.%N > {tmp_path / name}.end"
+        )
+        return ["sh", "-c", f"{stamp}; exit {code}"], {}
+
+    assert run_children([child("a"), child("b"), child("c")], slots=2, tick_s=0.1) == [0, 0, 0]
+    start, end = (
+        {n: float((tmp_path / f"{n}.{s}").read_text()) for n in "abc"} for s in ("start", "end")
+    )
+    assert abs(start["a"] - start["b"]) < 0.5  # side by side
+    assert start["c"] >= min(end["a"], end["b"]) - 0.05  # only once a slot was free
+
+    ticks = []
+    codes = run_children(
+        [child("d", 3), child("e"), child("f")], slots=1, tick=lambda: ticks.append(1), tick_s=0.2
+    )
+    assert codes == [3, None, None]  # the failure ended the queue
+    assert not (tmp_path / "e.start").exists() and len(ticks) >= 3  # ticked while d ran
+
+
+def test_a_stop_signal_reaches_every_running_child(tmp_path):
+    """Two children side by side, a third waiting: SIGTERM ends both running ones (their
+    codes 128 + 15) and the third never starts."""
+    pids = [tmp_path / f"{n}.pid" for n in "ab"]
+    script = (
+        "import sys; from kdlab.processes import run_children; "
+        f"codes = run_children([(['sh', '-c', 'echo $$ > {pids[0]}; sleep 120'], {{}}), "
+        f"(['sh', '-c', 'echo $$ > {pids[1]}; sleep 120'], {{}}), "
+        f"(['sh', '-c', 'touch {tmp_path}/third'], {{}})], slots=2, grace_s=5, tick_s=0.2); "
+        "print(codes); sys.exit(0)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pids), "both children")
+    parent.send_signal(signal.SIGTERM)
+    out, _ = parent.communicate(timeout=30)
+    assert out.strip() == "[143, 143, None]"
+    assert not (tmp_path / "third").exists()
+    for p in pids:
+        assert _wait_for(lambda p=p: _gone(int(p.read_text())), "a child to go", 10)
+
+
 def test_sigterm_to_a_study_stops_its_runs_and_records_them(tmp_path):
     study = _launch(
         tmp_path, "study", "nano", f"paths.root_dir={tmp_path}", *FAST, module="kdlab.cli"

@@ -73,6 +73,51 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
         assert job["flops"] == pytest.approx(row["flops"])
 
 
+def test_stages_written_as_a_group_run_side_by_side_sharing_the_jobs(tmp_path):
+    """stages: [[teachers, baselines]] with two jobs at once: each stage its own sweep
+    process with one job at a time, both at once, one board for the pair."""
+    study = tmp_path / "pair"
+    study.mkdir()
+    (study / "study.yaml").write_text("stages: [[teachers, baselines]]\n")
+    (study / "teachers.yaml").write_text(TEACHERS)
+    baselines = TEACHERS.replace(
+        "family: teachers\nrole: teacher", "family: baselines\nrole: supervised"
+    )
+    (study / "baselines.yaml").write_text(baselines)
+    root = tmp_path / "root"
+    parallel = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]
+    out = run_cli("kdlab.cli", "study", str(study), f"paths.root_dir={root}", *FAST, *parallel)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    logs = root / "runs" / "logs"
+    for stage in ("teachers", "baselines"):
+        assert f"pair/{stage}: 2 jobs, 2 to run" in out.stdout
+        assert f"log: {logs / f'pair-{stage}.log'}" in out.stdout
+    assert re.search(r"^teachers, baselines: 4/4 jobs ended in \d+[smh]$", out.stdout, re.M)
+    rows = RunStore(f"sqlite:///{root}/runs/kdlab.db").find()
+    assert sorted((r["role"], r["model"], r["status"]) for r in rows) == [
+        ("supervised", "L1", "done"),
+        ("supervised", "L2", "done"),
+        ("teacher", "L1", "done"),
+        ("teacher", "L2", "done"),
+    ]
+    # each stage's multirun ran one job at a time: the two jobs of the study shared out
+    sweeps = sorted((logs / "multirun").glob("*/multirun.yaml"))
+    assert len(sweeps) == 2
+    assert all("n_jobs: 1\n" in s.read_text() for s in sweeps)
+    # and side by side: a teacher and a baseline trained at the same time
+    (folder,) = (logs / "progress").iterdir()
+    spans = {
+        role: [
+            (j["opened"], j["opened"] + j["elapsed_s"])
+            for j in read_jobs(folder)
+            if j["role"] == role
+        ]
+        for role in ("teacher", "supervised")
+    }
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["teacher"] for b0, b1 in spans["supervised"])
+
+
 def _job(**fields):
     base = dict(key="k", role="student", model="L2", n_params=26_800, tokens=1_072_000)
     return {**base, "flops": 3 * 6 * 26_800 * 1_072_000, **fields}
