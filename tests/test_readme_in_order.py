@@ -50,8 +50,8 @@ from tests.test_readme import (
     PROMISED_FIT,
     PROMISED_ROWS,
     PROMISED_TEXT,
+    check_promised,
     readme_commands,
-    table_rows,
 )
 
 SCALE = "0.25"  # the README's quicker demo look: `kdlab demo --budget-scale 0.25`
@@ -387,15 +387,7 @@ def teacher_key(clone: Clone) -> str:
 
 def promised(command: str) -> Callable:
     def check(clone: Clone, out: subprocess.CompletedProcess) -> None:
-        if command in PROMISED_TEXT:
-            assert PROMISED_TEXT[command] in out.stdout, out.stdout[-2000:]
-        if command in PROMISED_ROWS:
-            rows = table_rows(out.stdout)
-            assert {k: rows.get(k) for k in PROMISED_ROWS[command]} == PROMISED_ROWS[command]
-        if command in PROMISED_FIT:
-            doc = json.loads((clone.path / "runs/chinchilla.json").read_text())
-            for name, value in PROMISED_FIT[command].items():
-                assert doc["coefficients"][name] == pytest.approx(value, rel=1e-3), name
+        check_promised(command, out.stdout, clone.path / "runs")
 
     return check
 
