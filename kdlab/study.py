@@ -31,6 +31,7 @@ from kdlab.cluster_plan import (
     plan_cluster,
 )
 from kdlab.composition import PLANNED_ENV
+from kdlab.configs import CONF_DIR
 from kdlab.console import console
 from kdlab.errors import ConfigError
 from kdlab.processes import run_child, run_children
@@ -253,10 +254,15 @@ def study_stages(name: str) -> list[Path] | None:
 
 
 def stage_slots(overrides: Sequence[str]) -> int:
-    """How many jobs the study may run at once: ``hydra.launcher.n_jobs`` when given (the
-    parallel launcher, as ``kdlab demo`` sets it), else 1."""
+    """How many jobs the study may run at once: ``hydra.launcher.n_jobs`` when given, the
+    parallel launcher's own default with ``hydra/launcher=parallel``, else 1."""
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.launcher.n_jobs=")]
-    return int(given[-1]) if given and given[-1].isdigit() else 1
+    if given:
+        return int(given[-1]) if given[-1].isdigit() else 1
+    launcher = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
+    if launcher and launcher[-1] == "parallel":
+        return int(OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "parallel.yaml").n_jobs)
+    return 1
 
 
 def run_study(name: str, overrides: Sequence[str] = ()) -> int:
@@ -287,6 +293,9 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
         if side_by_side > 1:  # the slots shared out among the stages that run at once
             stage_overrides = [o for o in overrides if not o.startswith("hydra.launcher.n_jobs=")]
             stage_overrides.append(f"hydra.launcher.n_jobs={max(1, slots // side_by_side)}")
+            if not any(o.lstrip("+~").startswith("threads=") for o in overrides):
+                # as the launcher would for `slots` jobs at once (kdlab.runner.jobs_threads)
+                stage_overrides.append(f"threads={max(1, (os.cpu_count() or 1) // slots)}")
         code = _launch_with_progress(todo, stage_overrides, side_by_side, slots)
         if code:
             return code

@@ -118,6 +118,15 @@ def test_stages_written_as_a_group_run_side_by_side_sharing_the_jobs(tmp_path):
     assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["teacher"] for b0, b1 in spans["supervised"])
 
 
+def test_the_jobs_a_study_may_run_at_once_come_from_its_launcher_overrides():
+    from kdlab.study import stage_slots
+
+    assert stage_slots([]) == 1  # the basic launcher: one job at a time
+    assert stage_slots(["hydra/launcher=parallel"]) == 2  # conf/hydra/launcher/parallel.yaml
+    assert stage_slots(["hydra/launcher=parallel", "hydra.launcher.n_jobs=4"]) == 4
+    assert stage_slots(["hydra/launcher=slurm"]) == 1
+
+
 def _job(**fields):
     base = dict(key="k", role="student", model="L2", n_params=26_800, tokens=1_072_000)
     return {**base, "flops": 3 * 6 * 26_800 * 1_072_000, **fields}
