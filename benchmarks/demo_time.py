@@ -46,7 +46,7 @@ def run_demo(scale: float, extra: list[str], bootstrap: int) -> dict:
         after = os.times()
     if out.returncode:
         raise SystemExit(f"demo failed (exit {out.returncode}):\n{out.stdout[-3000:]}{out.stderr}")
-    stages = dict(re.findall(r"^(\w+): \d+/\d+ jobs ended in (\S+)$", out.stdout, re.M))
+    stages = dict(re.findall(r"^([\w, ]+): \d+/\d+ jobs ended in (\S+)$", out.stdout, re.M))
     return {
         "budget_scale": scale,
         "extra": extra,
