@@ -25,8 +25,9 @@ diff HEAD`` and the untracked files git does not ignore) committed inside the cl
 the test runs the code as it is now and ``git status`` in the clone starts empty. The
 repository itself is only read.
 
-It runs the demo first, so it checks everything tests/test_demo.py checks: the demo's
-runs, fits, plans, report figures and progress, and that run again it trains nothing.
+It runs the demo first, and is the demo's end-to-end test: its runs, fits, plans, report
+figures and progress, and that run again it trains nothing. The Hugging Face lines need the
+hf extra (.ci/run installs it for this test); without it they fail, naming it.
 """
 
 from __future__ import annotations
