@@ -229,3 +229,40 @@ def test_another_teachers_tokenizers_contexts_or_ks_cache_is_refused(train, tmp_
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("kdlab-train: error: the teacher cache")
+
+
+def test_teacher_cache_runs_with_the_threads_the_config_asks_for(tmp_path):
+    """threads=1 holds for the cache's teacher forward as for a run: with torch's default
+    on a busy 2-core machine, the README's cache line took 280 s instead of 22."""
+    import argparse
+
+    import torch
+
+    from kdlab.teachers.cli import _each
+
+    seen = []
+
+    def build(cfg, device, batch, skip):
+        seen.append(torch.get_num_threads())
+        return {"key": "k"}
+
+    before = torch.get_num_threads()
+    overrides = [
+        "objective=distill",
+        "teacher=cache",
+        "model=nano_L1",
+        f"paths.root_dir={tmp_path}",
+    ]
+    args = argparse.Namespace(
+        overrides=[*overrides, "threads=1"], sweep=None, device="cpu", batch=16
+    )
+    try:
+        torch.set_num_threads(2)
+        assert _each(args, "cache", build) == 0
+        assert seen == [1]
+        args.overrides = overrides  # threads unset: torch's own choice is left alone
+        torch.set_num_threads(2)
+        assert _each(args, "cache", build) == 0
+        assert seen == [1, 2]
+    finally:
+        torch.set_num_threads(before)

@@ -67,6 +67,10 @@ def _each(args: argparse.Namespace, node: str, build: Callable[..., dict]) -> in
     device = args.device or _default_device()
     done: set[str] = set()
     for cfg in configs:
+        if cfg.get("threads"):  # as for a run: on a busy CPU, more threads than cores crawl
+            import torch
+
+            torch.set_num_threads(int(cfg.threads))
         row = build(cfg, device=device, batch=args.batch, skip=done)
         done.add(row["key"])
     return 0
