@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from kdlab.composition import PLANNED_ENV
 from kdlab.configs import CONF_DIR
 from kdlab.console import console
 from kdlab.errors import ConfigError
-from kdlab.processes import run_child, run_children
+from kdlab.processes import STOP_SIGNALS, run_child, run_children
 from kdlab.progress import PROGRESS_ENV, StageBoard, fmt_seconds
 from kdlab.rundb import shown_url
 from kdlab.sweeps import (
@@ -335,7 +336,12 @@ def _launch_with_progress(
         codes = run_children(commands, side_by_side, board.tick, tick_s=1.0)
     for (path, _), log, code in zip(stages, logs, codes, strict=True):
         if code:
-            console.print(f"[red]stage {path.stem} failed (exit {code}); later stages not run")
+            how = f"failed (exit {code})"
+            if code - 128 in {
+                s.value for s in STOP_SIGNALS
+            }:  # a stop signal this command forwarded
+                how = f"stopped by {signal.Signals(code - 128).name}"
+            console.print(f"[red]stage {path.stem} {how}; later stages not run")
             console.print(f"see {log}")
             return code
     return 0

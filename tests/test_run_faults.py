@@ -409,7 +409,7 @@ def test_sigterm_to_a_study_stops_its_runs_and_records_them(tmp_path):
     assert _gone(row["pid"])
     with pytest.raises(ProcessLookupError):  # nothing of the sweep's process group is left
         os.killpg(row["pid"], 0)
-    assert "stage teachers failed (exit 143)" in (tmp_path / "out.txt").read_text()
+    assert "stage teachers stopped by SIGTERM" in (tmp_path / "out.txt").read_text()
 
 
 # -- 7: a forced re-run replaces the run only when it finishes --------------------------
