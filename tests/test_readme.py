@@ -68,7 +68,7 @@ EPOCH_FIT = (
 # the plans' verdicts (rows of the printed table), Epoch AI's published Chinchilla fit
 # (data/README.md) in the fit JSON.
 PROMISED_TEXT = {
-    "kdlab sweep plan nano/students": "12 jobs, 0 done, 12 to run",
+    "kdlab sweep plan nano/students": "12 jobs, ",
     "kdlab sweep plan paper/students_fixed_m": "total 2.15e+23 FLOPs",
     "kdlab sweep plan paper/teachers_fixed_m --gpu h100-80gb": (
         "every job fits on h100-80gb and meets the 72.0h target"
@@ -184,6 +184,8 @@ def test_readme_command_runs(command, tmp_path):
         doc = json.loads((tmp_path / "out" / "chinchilla.json").read_text())
         assert (doc["n_points"], doc["n_starts"], doc["coefficients"]["gamma"]) == (240, 4500, 1)
         assert doc["objective"] == pytest.approx(0.0010182740, rel=1e-5)
+    if command == "kdlab sweep plan nano/students":  # a fresh run root: nothing done
+        assert "12 jobs, 0 done, 12 to run" in out.stdout
     if command.startswith("kdlab sweep plan nano/"):  # every job's D = M N
         jobs = [line.split("│")[1:-1] for line in out.stdout.splitlines() if "│ student" in line]
         assert len(jobs) == 12
