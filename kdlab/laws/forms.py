@@ -152,11 +152,14 @@ def supervised_spec(form: str) -> LawSpec:
 
 
 def supervised_loss(n, d, coef: Mapping[str, float]) -> np.ndarray:
-    """L(N, D) from published-style coefficients (E, A, B, alpha, beta[, gamma])."""
+    """L(N, D) from published-style coefficients (E, A, B, alpha, beta[, gamma]). A fit
+    whose E went to 0 has log E = -inf, which the log-sum-exp takes as no floor term."""
+    with np.errstate(divide="ignore"):
+        log_e = np.log(coef["E"])
     log_l = supervised_log_loss(
         np.log(np.asarray(n, dtype=float)),
         np.log(np.asarray(d, dtype=float)),
-        np.log(coef["E"]),
+        log_e,
         np.log(coef["A"]),
         np.log(coef["B"]),
         coef["alpha"],
