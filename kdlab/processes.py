@@ -146,7 +146,7 @@ def run_children(
     try:
         with _handling(forward, only_defaults=False):
             while pending or running:
-                failed = any(code for code in codes if code is not None)
+                failed = any(codes)  # a nonzero exit (None: not ended)
                 while pending and len(running) < slots and not stopped and not failed:
                     start(pending.pop(0))
                 if not running:
@@ -170,6 +170,11 @@ def run_children(
             child.wait()
             reap(i)
     return codes
+
+
+def threads_per_job(n_jobs: int) -> int:
+    """Torch threads for each of ``n_jobs`` processes training at once on this machine."""
+    return max(1, (os.cpu_count() or 1) // n_jobs)
 
 
 def _signal_group(pgid: int, signum: int) -> None:

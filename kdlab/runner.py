@@ -46,7 +46,7 @@ from kdlab.models.ladder import total_params
 from kdlab.modules import DivergedError
 from kdlab.parallel import full_state_dict
 from kdlab.preemption import PreemptionCheckpoint
-from kdlab.processes import RunInterrupted, stop_signals
+from kdlab.processes import RunInterrupted, stop_signals, threads_per_job
 from kdlab.progress import JobProgress
 from kdlab.quiet import quiet_training_logs
 from kdlab.run_plan import RunPlan, plan_run
@@ -83,7 +83,7 @@ def jobs_threads() -> int | None:
         return None
     if not n_jobs or n_jobs < 2:
         return None
-    return max(1, (os.cpu_count() or 1) // n_jobs)
+    return threads_per_job(n_jobs)
 
 
 def _row_fields(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from kdlab.composition import PLANNED_ENV
 from kdlab.configs import CONF_DIR
 from kdlab.console import console
 from kdlab.errors import ConfigError
-from kdlab.processes import STOP_SIGNALS, run_child, run_children
+from kdlab.processes import STOP_SIGNALS, run_child, run_children, threads_per_job
 from kdlab.progress import PROGRESS_ENV, StageBoard, fmt_seconds
 from kdlab.rundb import shown_url
 from kdlab.sweeps import (
@@ -295,8 +295,7 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
             stage_overrides = [o for o in overrides if not o.startswith("hydra.launcher.n_jobs=")]
             stage_overrides.append(f"hydra.launcher.n_jobs={max(1, slots // side_by_side)}")
             if not any(o.lstrip("+~").startswith("threads=") for o in overrides):
-                # as the launcher would for `slots` jobs at once (kdlab.runner.jobs_threads)
-                stage_overrides.append(f"threads={max(1, (os.cpu_count() or 1) // slots)}")
+                stage_overrides.append(f"threads={threads_per_job(slots)}")
         code = _launch_with_progress(todo, stage_overrides, side_by_side, slots)
         if code:
             return code
@@ -336,11 +335,9 @@ def _launch_with_progress(
         codes = run_children(commands, side_by_side, board.tick, tick_s=1.0)
     for (path, _), log, code in zip(stages, logs, codes, strict=True):
         if code:
-            how = f"failed (exit {code})"
-            if code - 128 in {
-                s.value for s in STOP_SIGNALS
-            }:  # a stop signal this command forwarded
-                how = f"stopped by {signal.Signals(code - 128).name}"
+            forwarded = {128 + s for s in STOP_SIGNALS}  # exits of a stop signal it forwarded
+            how = f"stopped by {signal.Signals(code - 128).name}" if code in forwarded else ""
+            how = how or f"failed (exit {code})"
             console.print(f"[red]stage {path.stem} {how}; later stages not run")
             console.print(f"see {log}")
             return code
