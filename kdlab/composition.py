@@ -108,9 +108,10 @@ def compose_or_explain(
             raise ConfigError(composition_error(err, dirs, defaults)) from err
 
 
-# Set by kdlab study and kdlab sweep run for the sweep they launch: they have composed
-# every job and checked its teachers (kdlab.sweeps.plan_sweep), so the child does not again
-# (each Hydra composition costs about 0.4 s of CPU, a demo job's whole training at 0.1).
+# Set by kdlab study and kdlab sweep run for the sweeps and jobs they launch: they have
+# composed every job and checked its teachers (kdlab.sweeps.plan_sweep), so the child does
+# not again (each Hydra composition costs about 0.4 s of CPU, a demo job's whole training
+# at 0.1).
 PLANNED_ENV = "KDLAB_SWEEP_PLANNED"
 
 
@@ -122,12 +123,12 @@ def check_command_line(argv: Sequence[str]) -> None:
         return
     if args.experimental_rerun:
         return
+    if os.environ.get(PLANNED_ENV):  # kdlab study or sweep run composed it already
+        return
     config_dir = Path(args.config_dir).resolve() if args.config_dir else CONF_DIR
     name = args.config_name or "train"
     if not args.multirun:
         compose_or_explain(name, args.overrides, config_dir)
-        return
-    if os.environ.get(PLANNED_ENV):
         return
     from kdlab.sweeps import job_overrides  # the sweeper's own expansion of a grid
 

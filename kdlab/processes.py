@@ -10,19 +10,28 @@ its own and forward those signals to the whole group (the sweep's jobs, their wo
 wait a bounded time for the runs to record themselves, then kill what is left; nothing
 outlives the command. On Linux the child is also told to stop when its parent dies
 outright (SIGKILL), which no handler can see.
+
+A child is a new program (``subprocess.Popen``), or a fork of a :class:`Zygote`: a server
+process that imported torch and Lightning once, so that each of a study's short jobs does
+not pay seconds of imports before its first step.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import importlib
+import multiprocessing
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing import forkserver
 from types import FrameType
 from typing import Any
 
@@ -104,16 +113,24 @@ def run_child(
     return code
 
 
+def new_program(argv: Sequence[str], options: dict[str, Any]) -> subprocess.Popen:
+    """A child as a new program in a session (so a process group) of its own."""
+    return subprocess.Popen(argv, start_new_session=True, **options)
+
+
 def run_children(
     commands: Sequence[tuple[Sequence[str], dict[str, Any]]],
     slots: int = 1,
     tick: Callable[[], None] | None = None,
     tick_s: float = 2.0,
     grace_s: float = GRACE_S,
+    start_child: Callable[[Sequence[str], dict[str, Any]], Any] = new_program,
 ) -> list[int | None]:
     """Run ``commands`` (argv and Popen keywords), at most ``slots`` at once in the order
     given, calling ``tick`` every ``tick_s`` seconds; each one's exit code, None for one
     never started: once one has failed, or a stop signal came, no new one starts.
+    ``start_child`` starts one (a new program, or ``Zygote.start``); each child leads a
+    process group of its own.
 
     A stop signal to this process goes to every running child's whole process group;
     after ``grace_s`` the groups are killed, and those children's codes are 128 + the
@@ -122,7 +139,7 @@ def run_children(
     slots = max(1, slots)
     codes: list[int | None] = [None] * len(commands)
     pending = list(range(len(commands)))
-    running: dict[int, subprocess.Popen] = {}
+    running: dict[int, Any] = {}  # Popen, or a ForkedChild (the same four methods)
     stopped: list[tuple[int, float]] = []  # the first stop signal and when it came
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -134,8 +151,7 @@ def run_children(
     def start(i: int) -> None:
         argv, popen = commands[i]
         env = {**(popen.get("env") or os.environ), PARENT_ENV: str(os.getpid())}
-        popen = {**popen, "env": env}
-        running[i] = subprocess.Popen(argv, start_new_session=True, **popen)
+        running[i] = start_child(argv, {**popen, "env": env})
 
     def reap(i: int) -> None:
         child = running.pop(i)
@@ -175,6 +191,106 @@ def run_children(
 def threads_per_job(n_jobs: int) -> int:
     """Torch threads for each of ``n_jobs`` processes training at once on this machine."""
     return max(1, (os.cpu_count() or 1) // n_jobs)
+
+
+class Zygote:
+    """A process that imports ``modules`` once (multiprocessing's fork server) and forks
+    each child from there, to run a module as ``python -m`` would with its own arguments,
+    environment and log file. torch and Lightning cost seconds of CPU to import, longer
+    than a small job of a demo trains; forked children share the imported pages.
+
+    Forking is safe here for the reason it is in a DataLoader's workers: the server has
+    imported but never computed (no thread pool, no CUDA context)."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(list(modules))
+
+    def __enter__(self) -> Zygote:
+        """The server starts (and imports) now, beside whatever the caller does next."""
+        forkserver.ensure_running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The server ends once its children have (run_children leaves none running), so
+        it and their CPU time are accounted to this process, as any child's are. The
+        method is private, multiprocessing's own tests use it; Python 3.8 to 3.13 have it."""
+        forkserver._forkserver._stop()
+
+    def start(self, argv: Sequence[str], options: dict[str, Any]) -> ForkedChild:
+        """``[python, -m, module, *args]`` forked from the server, which calls the
+        module's ``main()`` (its console script); ``options``: ``env`` and ``log`` (the
+        file its stdout and stderr go to), nothing else."""
+        python, flag, module, *args = argv
+        if (python, flag) != (sys.executable, "-m") or set(options) - {"env", "log"}:
+            raise ValueError(f"a zygote runs 'python -m module' with env and log: {argv}")
+        process = self.context.Process(
+            target=_forked_main, args=(module, args, options["env"], str(options["log"]))
+        )
+        process.start()
+        return ForkedChild(process)
+
+
+class ForkedChild:
+    """A child of a Zygote, with the part of Popen's interface that run_children uses."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode  # like Popen's: -N when signal N ended it
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+        return self.process.exitcode
+
+
+def _forked_main(module: str, args: list[str], env: dict[str, str], log: str) -> None:
+    """In the forked child: a process group of its own, the given environment and log
+    file, then ``module.main()``. Its parent is the server, which outlives the command
+    while any child of it runs, so the child watches the command itself."""
+    os.setsid()
+    os.environ.clear()
+    os.environ.update(env)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    command = os.environ.pop(PARENT_ENV, None)
+    if command is not None:
+        _stop_when_gone(int(command))
+    program = importlib.import_module(module)  # imported by the server already
+    sys.argv = [program.__file__ or module, *args]
+    try:
+        program.main()
+    finally:  # multiprocessing ends a child with os._exit: run what a program's exit runs
+        atexit._run_exitfuncs()
+
+
+def _stop_when_gone(pid: int) -> None:
+    """SIGTERM to this process when process ``pid`` ends, even by SIGKILL: a thread waits
+    on the process's descriptor (Linux 5.3 and later; elsewhere the command's forwarding
+    of its own stop signals is all there is)."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:  # it ended before this child began
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    except (AttributeError, OSError):
+        return
+
+    def wait() -> None:
+        select.select([descriptor], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="kdlab-stop-when-gone", daemon=True).start()
 
 
 def _signal_group(pgid: int, signum: int) -> None:

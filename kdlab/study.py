@@ -1,9 +1,17 @@
-"""kdlab sweep plan|run and kdlab study: grids from sweeps/, launched through kdlab-train -m.
+"""kdlab sweep plan|run and kdlab study: grids from sweeps/, launched through kdlab-train.
 
 A study is a folder of sweeps/ with a ``study.yaml`` listing its stages in order
-(teachers before the students that need them); each stage is a sweep file launched as one
-Hydra multirun. Finished runs are skipped by their run key, so a study can be rerun at
-will and only what is missing trains.
+(teachers before the students that need them); each stage is a sweep file. Finished runs
+are skipped by their run key, so a study can be rerun at will and only what is missing
+trains.
+
+On this machine (Hydra's basic launcher, or ``hydra/launcher=parallel``) the study runs
+each job itself: every job of a group of stages from one queue, longest first, as many at
+once as the launcher would, each forked from one process that imported torch and
+Lightning once (kdlab.processes.Zygote). A demo job at a tenth of its budget trains for a
+second or two; a process of its own would spend eight seconds of CPU importing. On a
+cluster (``hydra/launcher=slurm`` or ``submitit_cpu``) each stage is one Hydra multirun,
+which hands its jobs to the scheduler.
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from rich.table import Table
@@ -35,7 +44,14 @@ from kdlab.composition import PLANNED_ENV
 from kdlab.configs import CONF_DIR
 from kdlab.console import console
 from kdlab.errors import ConfigError
-from kdlab.processes import STOP_SIGNALS, run_child, run_children, threads_per_job
+from kdlab.processes import (
+    STOP_SIGNALS,
+    Zygote,
+    new_program,
+    run_child,
+    run_children,
+    threads_per_job,
+)
 from kdlab.progress import PROGRESS_ENV, StageBoard, fmt_seconds
 from kdlab.rundb import shown_url
 from kdlab.sweeps import (
@@ -266,16 +282,39 @@ def stage_slots(overrides: Sequence[str]) -> int:
     return 1
 
 
+LOCAL_LAUNCHERS = ("basic", "parallel", "joblib")  # whose jobs a study may run itself
+LAUNCHER_OVERRIDES = ("hydra/launcher=", "hydra.launcher.", "hydra/sweeper=", "hydra.sweeper.")
+TRAINING_MODULES = ("kdlab.train", "kdlab.runner")  # what every job imports
+
+
+def runs_jobs_here(overrides: Sequence[str]) -> bool:
+    """Whether the study's launcher runs jobs on this machine (no scheduler)."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")]
+    return not chosen or chosen[-1] in LOCAL_LAUNCHERS
+
+
 def run_study(name: str, overrides: Sequence[str] = ()) -> int:
     """Each group of stages in order with a progress board; stops at the first stage that
-    fails. The stages of a group run side by side when the study may run several jobs at
-    once: each its own sweep process, the jobs shared out among them, so that no core
-    waits at the end of a short stage (the nano teachers: one long job, one short)."""
+    fails. The stages of a group need nothing from each other: on this machine their jobs
+    share one queue, so that no core waits at the end of a short stage (the nano
+    teachers: one long job, one short); on a cluster they are side by side, each its own
+    sweep process, the jobs shared out among them."""
     groups = study_groups(name)
     if groups is None:
         known = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/study.yaml"))
         raise ConfigError(f"no study named '{name}'; known studies: {', '.join(known)}")
-    slots = stage_slots(overrides)
+    here = runs_jobs_here(overrides)  # the zygote imports beside this process's planning
+    with Zygote(TRAINING_MODULES) if here else contextlib.nullcontext() as zygote:
+        return _run_groups(name, groups, overrides, stage_slots(overrides), zygote)
+
+
+def _run_groups(
+    name: str,
+    groups: list[list[Path]],
+    overrides: Sequence[str],
+    slots: int,
+    zygote: Zygote | None,
+) -> int:
     for i, group in enumerate(groups):
         todo: list[tuple[Path, SweepPlan]] = []
         for path in group:
@@ -288,6 +327,11 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
                 _check_teachers(plan)
                 todo.append((path, plan))
         if not todo:
+            continue
+        if zygote is not None:
+            code = _run_jobs_here(todo, overrides, slots, zygote)
+            if code:
+                return code
             continue
         side_by_side = min(slots, len(todo))
         stage_overrides = list(overrides)
@@ -302,43 +346,110 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
     return 0
 
 
+def _run_jobs_here(
+    stages: list[tuple[Path, SweepPlan]], overrides: Sequence[str], slots: int, zygote: Zygote
+) -> int:
+    """The jobs left in a group of stages, longest first, ``slots`` at once, each one a
+    single Hydra run forked from ``zygote``, with its output in a log file of its own
+    (``<log dir>/<study>-<stage>/<job number>.log``, the number as ``kdlab sweep plan``
+    shows it)."""
+    jobs = [
+        (path, number, job)
+        for path, plan in stages
+        for number, job in enumerate(plan.jobs)
+        if job.status != "done"
+    ]
+    jobs.sort(key=lambda entry: -entry[2].flops)  # longest first: the slots end together
+    at_once = min(slots, len(jobs))
+    common = [
+        o for o in overrides if o.startswith("hydra") and not o.startswith(LAUNCHER_OVERRIDES)
+    ]
+    if not any(o.lstrip("+~").startswith("threads=") for o in overrides):
+        common.append(f"threads={threads_per_job(at_once)}")
+    common.append("trainer.enable_progress_bar=false")
+    folders = {path: _job_log_folder(plan) for path, plan in stages}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        console.print(f"logs: {folder}", highlight=False)
+    children = [
+        (
+            [sys.executable, "-m", "kdlab.train", "-cd", str(path.parent), "-cn", path.stem]
+            + [*job.overrides, *common],
+            {"log": folders[path] / f"{number}.log"},
+        )
+        for path, number, job in jobs
+    ]
+    codes = _run_with_board(stages, children, at_once, at_once, zygote.start)
+    for (path, number, _), code in zip(jobs, codes, strict=True):
+        if code:
+            failed = _ended_how(code)
+            console.print(f"[red]job {number} of {path.stem} {failed}; later jobs not started")
+            console.print(f"see {folders[path] / f'{number}.log'}", highlight=False)
+            return code
+    return 0
+
+
+def _job_log_folder(plan: SweepPlan) -> Path:
+    return plan.log_dir / f"{plan.path.parent.name}-{plan.path.stem}"
+
+
+def _ended_how(code: int) -> str:
+    forwarded = {128 + s for s in STOP_SIGNALS}  # exits of a stop signal it forwarded
+    return (
+        f"stopped by {signal.Signals(code - 128).name}"
+        if code in forwarded
+        else f"failed (exit {code})"
+    )
+
+
+def _run_with_board(
+    stages: list[tuple[Path, SweepPlan]],
+    children: list[tuple[list[str], dict]],
+    at_once: int,
+    jobs_at_once: int,
+    start_child: Callable[[Sequence[str], dict], Any],
+) -> list[int | None]:
+    """``children`` run ``at_once``, while each job's progress file (kdlab.progress) is
+    drawn here on one board for the group of stages (``jobs_at_once`` in all divide the
+    plan's time estimate); their exit codes."""
+    plans = [plan for _, plan in stages]
+    name = f"{stages[0][0].parent.name}-{stages[0][0].stem}"
+    folder = plans[0].log_dir / "progress" / f"{name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, PROGRESS_ENV: str(folder), PLANNED_ENV: "1"}
+    todo = [job for plan in plans for job in plan.jobs if job.status != "done"]
+    seconds = [job.seconds for job in todo if job.seconds is not None]
+    estimate = sum(seconds) / jobs_at_once if len(seconds) == len(todo) else None
+    label = ", ".join(path.stem for path, _ in stages)
+    board = StageBoard(label, len(todo), sum(j.flops for j in todo), folder, console, estimate)
+    with board:
+        commands = [(argv, {**options, "env": env}) for argv, options in children]
+        return run_children(commands, at_once, board.tick, tick_s=1.0, start_child=start_child)
+
+
 def _launch_with_progress(
     stages: list[tuple[Path, SweepPlan]],
     overrides: Sequence[str],
     side_by_side: int,
     jobs_at_once: int,
 ) -> int:
-    """The stages as children (``side_by_side`` at once) whose output goes to their log
-    files, while each job's progress file (kdlab.progress) is drawn here on one board;
-    ``jobs_at_once`` in all divide the plan's time estimate."""
-    log_dir = stages[0][1].log_dir
-    names = [f"{path.parent.name}-{path.stem}" for path, _ in stages]
-    folder = log_dir / "progress" / f"{names[0]}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, PROGRESS_ENV: str(folder), PLANNED_ENV: "1"}
-    todo = [job for _, plan in stages for job in plan.jobs if job.status != "done"]
-    seconds = [job.seconds for job in todo if job.seconds is not None]
-    estimate = sum(seconds) / jobs_at_once if len(seconds) == len(todo) else None
-    label = ", ".join(path.stem for path, _ in stages)
-    board = StageBoard(label, len(todo), sum(j.flops for j in todo), folder, console, estimate)
-    logs = [log_dir / f"{name}.log" for name in names]
+    """The stages as sweep processes (``side_by_side`` at once), each with its output in
+    a log file, for a launcher that hands jobs to a scheduler."""
+    logs = [_job_log_folder(plan).with_suffix(".log") for _, plan in stages]
     for log in logs:
         console.print(f"log: {log}", highlight=False)
-    with contextlib.ExitStack() as files, board:
-        commands = [
+    with contextlib.ExitStack() as files:
+        children = [
             (
                 sweep_command(path, [*overrides, "trainer.enable_progress_bar=false"]),
-                dict(stdout=files.enter_context(log.open("w")), stderr=subprocess.STDOUT, env=env),
+                dict(stdout=files.enter_context(log.open("w")), stderr=subprocess.STDOUT),
             )
             for (path, _), log in zip(stages, logs, strict=True)
         ]
-        codes = run_children(commands, side_by_side, board.tick, tick_s=1.0)
+        codes = _run_with_board(stages, children, side_by_side, jobs_at_once, new_program)
     for (path, _), log, code in zip(stages, logs, codes, strict=True):
         if code:
-            forwarded = {128 + s for s in STOP_SIGNALS}  # exits of a stop signal it forwarded
-            how = f"stopped by {signal.Signals(code - 128).name}" if code in forwarded else ""
-            how = how or f"failed (exit {code})"
-            console.print(f"[red]stage {path.stem} {how}; later stages not run")
-            console.print(f"see {log}")
+            console.print(f"[red]stage {path.stem} {_ended_how(code)}; later stages not run")
+            console.print(f"see {log}", highlight=False)
             return code
     return 0

@@ -397,6 +397,75 @@ def test_a_stop_signal_reaches_every_running_child(tmp_path):
         assert _wait_for(lambda p=p: _gone(int(p.read_text())), "a child to go", 10)
 
 
+COUNTED = """\
+import os, sys, time
+with open(os.path.join(os.path.dirname(__file__), "imports"), "a") as f:
+    f.write(f"{os.getpid()}\\n")
+
+def main():
+    print("main", os.getpid(), sys.argv[1:], os.environ["WHO"], os.getpgid(0) == os.getpid())
+    if sys.argv[1] == "sleep":
+        time.sleep(120)
+    sys.exit(int(sys.argv[2]))
+"""
+
+
+def _zygote_parent(tmp_path: Path, children: str) -> subprocess.Popen:
+    """A process that starts a Zygote preloading tmp_path/counted.py, then runs
+    ``children`` (a list of (argv, options)) forked from it, printing their codes."""
+    (tmp_path / "counted.py").write_text(COUNTED)
+    script = (
+        "import sys, os\nfrom kdlab.processes import Zygote, run_children\n"
+        "with Zygote(['counted']) as z:\n"
+        f"    print(run_children({children}, slots=2, tick_s=0.1, start_child=z.start))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_children_forked_from_a_zygote_share_its_imports_not_its_environment(tmp_path):
+    """Two children of one zygote: the module was imported once, in the server; each
+    child ran its main() with its own arguments, environment, log file, process group
+    and exit code."""
+    child = "([sys.executable, '-m', 'counted', {name!r}, {code!r}], "
+    child += "{{'env': {{**os.environ, 'WHO': {name!r}}}, 'log': {log!r}}})"
+    logs = {name: str(tmp_path / f"{name}.log") for name in "ab"}
+    children = ", ".join(
+        child.format(name=n, code=c, log=logs[n]) for n, c in (("a", "0"), ("b", "3"))
+    )
+    parent = _zygote_parent(tmp_path, f"[{children}]")
+    out, _ = parent.communicate(timeout=120)
+    assert out.strip().splitlines()[-1] == "[0, 3]", out
+    (server,) = (tmp_path / "imports").read_text().split()  # one import, in the server
+    for name, code in (("a", "0"), ("b", "3")):
+        line = Path(logs[name]).read_text().split()
+        assert line[0] == "main" and line[1] != server, line
+        assert line[2:] == [f"['{name}',", f"'{code}']", name, "True"], line
+
+
+def test_a_zygote_child_dies_with_the_command_even_when_it_is_killed(tmp_path):
+    """SIGKILL to the command: the server sees its parent go and ends, and the child,
+    told to die with the server, is gone too (nothing outlives the command)."""
+    log = tmp_path / "sleeper.log"
+    children = (
+        "[([sys.executable, '-m', 'counted', 'sleep', '0'], "
+        f"{{'env': {{**os.environ, 'WHO': 's'}}, 'log': {str(log)!r}}})]"
+    )
+    parent = _zygote_parent(tmp_path, children)
+    _wait_for(lambda: log.exists() and log.read_text().strip(), "the child")
+    pid = int(log.read_text().split()[1])
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    assert _wait_for(lambda: _gone(pid), "the child to go", 20)
+
+
 def test_sigterm_to_a_study_stops_its_runs_and_records_them(tmp_path):
     study = _launch(
         tmp_path, "study", "nano", f"paths.root_dir={tmp_path}", *FAST, module="kdlab.cli"
@@ -409,7 +478,8 @@ def test_sigterm_to_a_study_stops_its_runs_and_records_them(tmp_path):
     assert _gone(row["pid"])
     with pytest.raises(ProcessLookupError):  # nothing of the sweep's process group is left
         os.killpg(row["pid"], 0)
-    assert "stage teachers stopped by SIGTERM" in (tmp_path / "out.txt").read_text()
+    out = (tmp_path / "out.txt").read_text()
+    assert re.search(r"^job \d+ of teachers stopped by SIGTERM; later jobs not started$", out, re.M)
 
 
 # -- 7: a forced re-run replaces the run only when it finishes --------------------------

@@ -40,9 +40,15 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
 
     logs = root / "runs" / "logs"
     assert f"logs of this study: {logs}" in out.stdout
-    assert f"log: {logs / 'tiny-teachers.log'}" in out.stdout
+    assert f"logs: {logs / 'tiny-teachers'}" in out.stdout
     rows = {r["model"]: r for r in RunStore(f"sqlite:///{root}/runs/kdlab.db").find()}
     assert sorted(rows) == ["L1", "L2"]
+    # each job's output in a file of its own, named by its number in the sweep's plan
+    for number, model in enumerate(["L1", "L2"]):
+        log = (logs / "tiny-teachers" / f"{number}.log").read_text()
+        done = re.search(r"^kdlab: run (\w+) done: val_loss", log, re.M)
+        assert done and rows[model]["key"].startswith(done.group(1)), log[-2000:]
+        assert "Warning" not in log, log[-2000:]
     for model, row in rows.items():
         # not a terminal: one line per job when it ends, with the row's numbers
         line = re.search(rf"^teacher +{model} +N +(\S+) +D +(\S+) +done: .*$", out.stdout, re.M)
@@ -60,7 +66,7 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
     # the children's files: each job's last update while training, then its end
     (folder,) = (logs / "progress").iterdir()
     jobs = read_jobs(folder)
-    assert [j["model"] for j in jobs] == ["L1", "L2"]  # in the order they started
+    assert [j["model"] for j in jobs] == ["L2", "L1"]  # started largest first
     for job in jobs:
         row = rows[job["model"]]
         assert job["status"] == "done" and job["key"] == row["key"]
@@ -73,9 +79,9 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
         assert job["flops"] == pytest.approx(row["flops"])
 
 
-def test_stages_written_as_a_group_run_side_by_side_sharing_the_jobs(tmp_path):
-    """stages: [[teachers, baselines]] with two jobs at once: each stage its own sweep
-    process with one job at a time, both at once, one board for the pair."""
+def test_stages_written_as_a_group_share_one_queue_of_jobs(tmp_path):
+    """stages: [[teachers, baselines]] with two jobs at once: the four jobs from one
+    queue, two at a time, each a single run forked from the study's zygote, one board."""
     study = tmp_path / "pair"
     study.mkdir()
     (study / "study.yaml").write_text("stages: [[teachers, baselines]]\n")
@@ -92,7 +98,8 @@ def test_stages_written_as_a_group_run_side_by_side_sharing_the_jobs(tmp_path):
     logs = root / "runs" / "logs"
     for stage in ("teachers", "baselines"):
         assert f"pair/{stage}: 2 jobs, 2 to run" in out.stdout
-        assert f"log: {logs / f'pair-{stage}.log'}" in out.stdout
+        assert f"logs: {logs / f'pair-{stage}'}" in out.stdout
+        assert sorted(p.name for p in (logs / f"pair-{stage}").iterdir()) == ["0.log", "1.log"]
     assert re.search(r"^teachers, baselines: 4/4 jobs ended in \d+[smh]$", out.stdout, re.M)
     rows = RunStore(f"sqlite:///{root}/runs/kdlab.db").find()
     assert sorted((r["role"], r["model"], r["status"]) for r in rows) == [
@@ -101,11 +108,11 @@ def test_stages_written_as_a_group_run_side_by_side_sharing_the_jobs(tmp_path):
         ("teacher", "L1", "done"),
         ("teacher", "L2", "done"),
     ]
-    # each stage's multirun ran one job at a time: the two jobs of the study shared out
-    sweeps = sorted((logs / "multirun").glob("*/multirun.yaml"))
-    assert len(sweeps) == 2
-    assert all("n_jobs: 1\n" in s.read_text() for s in sweeps)
-    # and side by side: a teacher and a baseline trained at the same time
+    # no Hydra multirun: each job a single run (its own folder of Hydra's, its mode RUN)
+    assert not (logs / "multirun").exists()
+    runs = sorted((logs / "hydra").glob("*/.hydra/hydra.yaml"))
+    assert len(runs) == 4 and all("mode: RUN\n" in r.read_text() for r in runs)
+    # and from one queue: a teacher and a baseline trained at the same time
     (folder,) = (logs / "progress").iterdir()
     spans = {
         role: [
