@@ -205,6 +205,7 @@ class Zygote:
     def __init__(self, modules: Sequence[str]) -> None:
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(list(modules))
+        self.forked = 0
 
     def __enter__(self) -> Zygote:
         """The server starts (and imports) now, beside whatever the caller does next."""
@@ -214,8 +215,14 @@ class Zygote:
     def __exit__(self, *exc: object) -> None:
         """The server ends once its children have (run_children leaves none running), so
         it and their CPU time are accounted to this process, as any child's are. The
-        method is private, multiprocessing's own tests use it; Python 3.8 to 3.13 have it."""
-        forkserver._forkserver._stop()
+        method is private, multiprocessing's own tests use it; Python 3.8 to 3.13 have it.
+        A server that forked nothing (a study with nothing left to run) is stopped at once,
+        not after its imports."""
+        server = forkserver._forkserver
+        if not self.forked and server._forkserver_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server._forkserver_pid, signal.SIGTERM)
+        server._stop()
 
     def start(self, argv: Sequence[str], options: dict[str, Any]) -> ForkedChild:
         """``[python, -m, module, *args]`` forked from the server, which calls the
@@ -228,6 +235,7 @@ class Zygote:
             target=_forked_main, args=(module, args, options["env"], str(options["log"]))
         )
         process.start()
+        self.forked += 1
         return ForkedChild(process)
 
 

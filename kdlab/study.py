@@ -338,8 +338,7 @@ def _run_groups(
         if side_by_side > 1:  # the slots shared out among the stages that run at once
             stage_overrides = [o for o in overrides if not o.startswith("hydra.launcher.n_jobs=")]
             stage_overrides.append(f"hydra.launcher.n_jobs={max(1, slots // side_by_side)}")
-            if not any(o.lstrip("+~").startswith("threads=") for o in overrides):
-                stage_overrides.append(f"threads={threads_per_job(slots)}")
+            stage_overrides += _threads(overrides, slots)
         code = _launch_with_progress(todo, stage_overrides, side_by_side, slots)
         if code:
             return code
@@ -364,9 +363,7 @@ def _run_jobs_here(
     common = [
         o for o in overrides if o.startswith("hydra") and not o.startswith(LAUNCHER_OVERRIDES)
     ]
-    if not any(o.lstrip("+~").startswith("threads=") for o in overrides):
-        common.append(f"threads={threads_per_job(at_once)}")
-    common.append("trainer.enable_progress_bar=false")
+    common += [*_threads(overrides, at_once), "trainer.enable_progress_bar=false"]
     folders = {path: _job_log_folder(plan) for path, plan in stages}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -387,6 +384,13 @@ def _run_jobs_here(
             console.print(f"see {folders[path] / f'{number}.log'}", highlight=False)
             return code
     return 0
+
+
+def _threads(overrides: Sequence[str], jobs_at_once: int) -> list[str]:
+    """``threads=`` for jobs that share the cores, unless the user set it."""
+    if any(o.lstrip("+~").startswith("threads=") for o in overrides):
+        return []
+    return [f"threads={threads_per_job(jobs_at_once)}"]
 
 
 def _job_log_folder(plan: SweepPlan) -> Path:
