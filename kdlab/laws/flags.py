@@ -63,7 +63,7 @@ def coefficient_flags(doc: Mapping[str, Any]) -> dict[str, str]:
         if name in POSITIVE and lo_hi and min(lo_hi) > 0:
             decades = float(np.log10(max(lo_hi) / min(lo_hi)))
             if decades > DECADES:
-                why.append(f"its interval spans {decades:.0f} orders of magnitude")
+                why.append(f"its interval spans {decades:.1f} orders of magnitude")
         if why:
             out[name] = "; ".join(why)
     return {_primed(name, law): why for name, why in out.items()}
