@@ -11,6 +11,7 @@ Sizes and fonts are chosen to stay readable on a slide.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,10 +203,12 @@ def _flagged(data: ReportData, *laws: str) -> dict[str, str]:
 def _suptitle(fig: Figure, text: str, flagged: Mapping[str, str] | None = None) -> None:
     """The figure's title; above it, in red, what in the figure is degenerate."""
     if flagged:
-        text = (
+        warning = (
             f"DEGENERATE FIT: {', '.join(flagged)} not determined by the runs "
-            f"(see the report's warnings); its curves are not measurements\n{text}"
+            "(see the report's warnings); its curves are not measurements"
         )
+        # wrapped to the figure's width (about 7 title characters an inch), not clipped
+        text = textwrap.fill(warning, width=int(fig.get_figwidth() * 7)) + f"\n{text}"
     fig.suptitle(text, color=WARN_COLOR if flagged else "black")
 
 
