@@ -249,19 +249,30 @@ def _run(args: argparse.Namespace) -> int:
     return launch(path, args.overrides)
 
 
+def _study_folder(name: str) -> Path | None:
+    """A folder of sweeps/, or a path to any folder, with a study.yaml; else None."""
+    return next((f for f in (SWEEPS_DIR / name, Path(name)) if (f / "study.yaml").is_file()), None)
+
+
 def study_groups(name: str) -> list[list[Path]] | None:
     """The sweep files of a study's stages, in groups run in order; None when ``name`` is
-    no study (a folder of sweeps/, or a path to any folder, with a study.yaml). A stage
-    written in study.yaml as a list is a group of stages that need nothing from each other
-    (teachers beside the supervised baselines), which may run side by side."""
-    folder = next(
-        (f for f in (SWEEPS_DIR / name, Path(name)) if (f / "study.yaml").is_file()), None
-    )
+    no study. A stage written in study.yaml as a list is a group of stages that need
+    nothing from each other (teachers beside the supervised baselines), which may run side
+    by side. A stage may name another study's sweep (``../pysrc/teachers``)."""
+    folder = _study_folder(name)
     if folder is None:
         return None
     stages = OmegaConf.to_container(OmegaConf.load(folder / "study.yaml").stages)
     groups = [entry if isinstance(entry, list) else [entry] for entry in stages]
     return [[sweep_file(str(folder / stage)) for stage in group] for group in groups]
+
+
+def study_overrides(name: str, overrides: Sequence[str] = ()) -> list[str]:
+    """The study.yaml's ``overrides`` (applied to every stage: another corpus for the
+    same grid), then the command line's, which win."""
+    folder = _study_folder(name)
+    own = OmegaConf.load(folder / "study.yaml").get("overrides") if folder else None
+    return [*(str(o) for o in own or ()), *overrides]
 
 
 def study_stages(name: str) -> list[Path] | None:
@@ -303,6 +314,7 @@ def run_study(name: str, overrides: Sequence[str] = ()) -> int:
     if groups is None:
         known = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/study.yaml"))
         raise ConfigError(f"no study named '{name}'; known studies: {', '.join(known)}")
+    overrides = study_overrides(name, overrides)
     here = runs_jobs_here(overrides)  # the zygote imports beside this process's planning
     with Zygote(TRAINING_MODULES) if here else contextlib.nullcontext() as zygote:
         return _run_groups(name, groups, overrides, stage_slots(overrides), zygote)

@@ -74,10 +74,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 def grid_jobs(name: str, overrides: Sequence[str] = ()) -> tuple[list[JobPlan], str]:
     """Every job of a sweep, or of every stage of a study, and the database it uses."""
-    from kdlab.study import study_stages
+    from kdlab.study import study_overrides, study_stages
 
     stages = study_stages(name)
     paths = stages if stages is not None else [sweep_file(name)]
+    overrides = study_overrides(name, overrides) if stages is not None else overrides
     jobs: list[JobPlan] = []
     url = ""
     for path in paths:

@@ -68,6 +68,7 @@ class CorpusConfig:
     packages: tuple[str, ...] = ("torch",)  # pysrc: site-packages directories read
     # markov
     n_states: int = 64
+    markov_order: int = 1  # how many previous tokens the next one depends on
     n_tokens: int = 4_000_000  # and kernel, pointer
     alpha: float = 0.1
     smoothing: float = 1e-3
@@ -414,18 +415,32 @@ class PysrcCorpus(Corpus):
 
 
 class MarkovCorpus(Corpus):
-    """Tokens from a random first-order Markov chain over ``n_states`` states.
+    """Tokens from a random Markov chain of order ``k = markov_order`` over ``n_states``
+    symbols: the next token depends on the last k.
 
-    Row i of the transition matrix is a Dirichlet(alpha) draw mixed with ``smoothing`` of
-    the uniform distribution (so the chain is irreducible and aperiodic and every
-    log-probability is finite). The chain starts from its stationary distribution pi, so
-    every position has the same optimal cross-entropy: the entropy rate
-    ``H = sum_i pi_i H(P_i)`` nats/token, well below ``log(n_states)`` for small alpha.
-    Tokens are the states themselves (identity tokenizer, vocabulary ``n_states``).
+    Row c of the transition matrix (one per context c, the last k tokens read as a base-V
+    number, V = n_states) is a Dirichlet(alpha) draw mixed with ``smoothing`` of the
+    uniform distribution, so the chain is irreducible and aperiodic and every
+    log-probability is finite. The chain starts from its stationary distribution pi over
+    contexts, so every position has the same optimal cross-entropy: the entropy rate
+    ``H = sum_c pi_c H(P_c)`` nats/token, well below ``log(n_states)`` for small alpha.
+    Tokens are the symbols themselves (identity tokenizer, vocabulary ``n_states``).
+
+    Order 1 is learnt from bigram counts at once. At order k > 1 the lower-order statistics
+    of random rows say almost nothing, so a model has to memorise V^k rows: its loss falls
+    with its size and with its tokens, the shape a scaling law fits, towards a floor that
+    is known exactly (``window_loss``).
     """
 
     kind: ClassVar[Literal["text", "tokens"]] = "tokens"
-    fields: ClassVar[tuple[str, ...]] = ("n_states", "n_tokens", "alpha", "smoothing", "seed")
+    fields: ClassVar[tuple[str, ...]] = (
+        "n_states",
+        "markov_order",
+        "n_tokens",
+        "alpha",
+        "smoothing",
+        "seed",
+    )
     # tokenized by the runs: drawn from its seed in seconds, nothing to tokenize
 
     def __init__(self, config: CorpusConfig) -> None:
@@ -433,6 +448,11 @@ class MarkovCorpus(Corpus):
         c = config
         if c.n_states < 2:
             raise ValueError(f"markov corpus needs n_states >= 2, got {c.n_states}")
+        if not 1 <= c.markov_order or c.n_states**c.markov_order > 1 << 22:
+            raise ValueError(
+                f"markov corpus needs markov_order >= 1 and n_states**markov_order <= 2**22 "
+                f"contexts, got order {c.markov_order} over {c.n_states} states"
+            )
         if c.n_tokens < 2:
             raise ValueError(f"markov corpus needs n_tokens >= 2, got {c.n_tokens}")
         if not c.alpha > 0:
@@ -444,25 +464,38 @@ class MarkovCorpus(Corpus):
     def vocab_size(self) -> int:
         return self.config.n_states
 
+    @property
+    def n_contexts(self) -> int:
+        return self.config.n_states**self.config.markov_order
+
     @cached_property
     def transition(self) -> np.ndarray:
-        """True next-token distribution P[i, j] = p(x_{t+1} = j | x_t = i), float64 [k, k]."""
-        k = self.config.n_states
+        """True next-token distribution P[c, j] = p(x_{t+1} = j | context c), float64
+        [V^k, V]; at order 1 the context is the current token."""
+        v = self.config.n_states
         rng = np.random.default_rng([self.config.seed, 1])
-        rows = rng.dirichlet(np.full(k, float(self.config.alpha)), size=k)
+        rows = rng.dirichlet(np.full(v, float(self.config.alpha)), size=self.n_contexts)
         eps = float(self.config.smoothing)
-        return (1.0 - eps) * rows + eps / k
+        return (1.0 - eps) * rows + eps / v
 
     @cached_property
     def stationary(self) -> np.ndarray:
-        """Stationary distribution pi (pi P = pi, sum pi = 1)."""
-        p = self.transition
-        k = p.shape[0]
-        a = p.T - np.eye(k)
-        a[-1, :] = 1.0
-        b = np.zeros(k)
-        b[-1] = 1.0
-        pi = np.linalg.solve(a, b)
+        """Stationary distribution pi over contexts, by power iteration.
+
+        Context c = (a, r), a the oldest token and r the other k-1, moves to (r, j) with
+        probability P[c, j]: pi'[r, j] = sum_a pi[a, r] P[a, r, j]. The smoothing makes
+        every row positive, so the iteration contracts at each step.
+        """
+        v, c = self.config.n_states, self.n_contexts
+        p = self.transition.reshape(v, c // v, v)
+        pi = np.full(c // v * v, 1.0 / c).reshape(v, c // v)
+        for _ in range(100_000):
+            new = np.einsum("ar,arj->rj", pi, p).reshape(v, c // v)
+            done = np.abs(new - pi).sum() < 1e-15
+            pi = new
+            if done:
+                break
+        pi = pi.reshape(c)
         return np.clip(pi, 0.0, None) / np.clip(pi, 0.0, None).sum()
 
     @cached_property
@@ -472,29 +505,54 @@ class MarkovCorpus(Corpus):
         row_entropy = -(p * np.log(p)).sum(axis=1)
         return float(self.stationary @ row_entropy)
 
+    def conditional_entropy(self, seen: int) -> float:
+        """H(next token | the last ``seen`` tokens) under the stationary chain, nats."""
+        v, c = self.config.n_states, self.n_contexts
+        if seen >= self.config.markov_order:
+            return self.entropy_rate
+        joint = self.stationary[:, None] * self.transition  # p(context, next)
+        joint = joint.reshape(c // v**seen, v**seen, v).sum(axis=0)  # p(last `seen`, next)
+        cond = joint / joint.sum(axis=1, keepdims=True)
+        return float(-(joint * np.log(cond)).sum())
+
+    def window_loss(self, n_ctx: int) -> float:
+        """The least mean loss a model of context ``n_ctx`` can reach: its first k - 1
+        predictions see fewer than k tokens (the entropy rate itself at order 1)."""
+        k = self.config.markov_order
+        short = [self.conditional_entropy(seen) for seen in range(1, min(k, n_ctx + 1))]
+        return (sum(short) + (n_ctx - len(short)) * self.entropy_rate) / n_ctx
+
     def oracle_log_probs(self, tokens: np.ndarray) -> np.ndarray:
-        """log P[x_t, :] for every token: the oracle teacher's next-token log-probs."""
+        """log P[x_t, :] for every token: the oracle teacher's next-token log-probs
+        (first-order chains: at order k the first k - 1 tokens of a window have no
+        context row)."""
+        if self.config.markov_order != 1:
+            raise ValueError("the markov oracle reads first-order chains (markov_order=1)")
         return np.log(self.transition)[np.asarray(tokens)]
 
     @cached_property
     def _tokens(self) -> np.ndarray:
         c = self.config
-        k, n = c.n_states, c.n_tokens
+        v, n = c.n_states, c.n_tokens
         cum = np.cumsum(self.transition, axis=1)
         cum[:, -1] = 1.0
         cum_rows = [row.tolist() for row in cum]
         rng = np.random.default_rng([c.seed, 2])
-        state = int(np.searchsorted(np.cumsum(self.stationary), rng.random(), side="right"))
-        state = min(state, k - 1)
-        out = np.empty(n, dtype=np.uint16 if k <= 1 << 16 else np.uint32)
-        chunk = 1 << 16
-        for start in range(0, n, chunk):
+        context = int(np.searchsorted(np.cumsum(self.stationary), rng.random(), side="right"))
+        context = min(context, self.n_contexts - 1)
+        first = [context // v**i % v for i in reversed(range(c.markov_order))][:n]
+        out = np.empty(n, dtype=np.uint16 if v <= 1 << 16 else np.uint32)
+        out[: len(first)] = first
+        chunk, start = 1 << 16, len(first)
+        while start < n:
             uniforms = rng.random(min(chunk, n - start)).tolist()
             block = [0] * len(uniforms)
             for i, u in enumerate(uniforms):
-                block[i] = state
-                state = bisect.bisect_right(cum_rows[state], u)
+                token = bisect.bisect_right(cum_rows[context], u)
+                block[i] = token
+                context = (context * v + token) % self.n_contexts
             out[start : start + len(block)] = block
+            start += len(block)
         out.setflags(write=False)
         return out
 
@@ -503,6 +561,7 @@ class MarkovCorpus(Corpus):
         return self._tokens
 
     def source_key(self) -> str:
+        order = () if self.config.markov_order == 1 else (self.config.markov_order,)
         return short_hash(
             "markov-v1",
             np.__version__,
@@ -511,6 +570,7 @@ class MarkovCorpus(Corpus):
             self.config.alpha,
             self.config.smoothing,
             self.config.seed,
+            *order,
         )
 
 
