@@ -405,6 +405,55 @@ def test_fit_from_database(tmp_path, capsys):
     assert json.loads(out.read_text())["data"]["run_keys"] == keys[5:]
 
 
+def test_fit_on_a_markov_chain_checks_e_against_its_known_floor(tmp_path, capsys):
+    """Runs on a second-order Markov chain: the fit reports the least loss the chain allows
+    at the runs' context (computed from the recorded corpus config) beside the fitted E,
+    here on losses drawn from a law whose E is that floor."""
+    from kdlab.data.corpora import MarkovCorpus, build_corpus
+    from kdlab.laws.published import PAPER_SUPERVISED
+    from kdlab.rundb import RunStore
+
+    corpus_config = {"name": "markov", "n_states": 8, "markov_order": 2, "n_tokens": 1000}
+    chain = build_corpus(corpus_config)
+    assert isinstance(chain, MarkovCorpus)
+    floor = chain.window_loss(256)
+    assert chain.entropy_rate < floor < chain.entropy_rate + 0.05
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    runs = paper_like_supervised_runs(noise=0.001, seed=0)
+    shift = floor - PAPER_SUPERVISED["E"]
+    for i, run in enumerate(runs.itertuples()):
+        store.start(
+            f"k{i:03d}",
+            role="supervised",
+            n_params=int(run.N),
+            tokens=int(run.D),
+            corpus="markov",
+            corpus_fingerprint="m2",
+            n_ctx=256,
+            vocab_size=8,
+            config={"data": {"module": {"corpus": corpus_config}}},
+        )
+        store.update(f"k{i:03d}", d_model=1024, n_layer=8)
+        store.finish(f"k{i:03d}", val_loss=float(run.loss + shift))
+    grid = {"e": [0.0], "a": [8.0], "b": [10.0], "alpha": [0.4], "beta": [0.4], "gamma": [0.5]}
+    (tmp_path / "g.json").write_text(json.dumps(grid))
+    out = tmp_path / "fit.json"
+    args = ["fit", "supervised", "--db", url, "--grid", str(tmp_path / "g.json"), "--out", str(out)]
+    assert cli.main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["known_floor"] == pytest.approx(floor, rel=1e-12)
+    assert doc["coefficients"]["E"] == pytest.approx(floor, rel=0.05)  # one start
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"against the corpus's known floor {floor:.4g}" in printed
+
+    for i in range(len(runs)):  # another corpus: nothing known to compare with
+        store.update(f"k{i:03d}", corpus="stdlib", config={"data": {"module": {}}})
+    assert cli.main(args) == 0
+    assert "known_floor" not in json.loads(out.read_text())
+    assert "known floor" not in capsys.readouterr().out
+
+
 def test_distillation_needs_supervised(tmp_path, capsys):
     runs = paper_like_distillation_runs(n_runs=50)
     runs.to_csv(tmp_path / "d.csv", index=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -756,6 +757,20 @@ _CORPORA: dict[str, type[Corpus]] = {
 }
 
 
+def known_floor(corpus: Mapping[str, Any] | None, n_ctx: int | None) -> float | None:
+    """The least mean loss any model of context ``n_ctx`` can reach on a corpus where that
+    is known exactly (a Markov chain's, ``MarkovCorpus.window_loss``), else None: what a
+    fitted E can be checked against. ``corpus`` is a run's recorded corpus config."""
+    if not corpus or corpus.get("name") != "markov" or not (n_ctx and n_ctx > 0):  # NaN too
+        return None
+    return _markov_floor(json.dumps(to_plain(corpus), sort_keys=True), int(n_ctx))
+
+
+@functools.lru_cache(maxsize=64)
+def _markov_floor(corpus_json: str, n_ctx: int) -> float:
+    return MarkovCorpus(CorpusConfig.from_any(json.loads(corpus_json))).window_loss(n_ctx)
+
+
 def build_corpus(spec: CorpusConfig | Mapping[str, Any] | str) -> Corpus:
     """The corpus a config names (reads nothing yet). Unknown name -> ValueError."""
     from kdlab.data import tasks  # the synthetic tasks subclass Corpus: imported late
@@ -777,6 +792,7 @@ __all__ = [
     "DocumentHasher",
     "FilesCorpus",
     "HFCorpus",
+    "known_floor",
     "MarkovCorpus",
     "PysrcCorpus",
     "StdlibCorpus",

@@ -269,6 +269,10 @@ def _run_fit(args: argparse.Namespace) -> int:
         sup_doc["source"] = args.supervised
         doc = fit_distillation(df, sup_coef, supervised_doc=sup_doc, **common)
     doc["data"] = data_info
+    floors = df["known_floor"] if "known_floor" in df else None
+    if args.law == "supervised" and floors is not None and floors.notna().all():
+        if floors.nunique() == 1:  # one corpus and context: one floor
+            doc["known_floor"] = float(floors.iloc[0])
     # runs from the database say their own vocabulary and aspect ratio
     shape = {
         c: float(df[c].median()) for c in ("vocab_size", "rho") if c in df and df[c].notna().all()
@@ -284,6 +288,22 @@ def _run_fit(args: argparse.Namespace) -> int:
     else:
         _print_fit(doc, args.out)
     return _log_fit(args, doc) if args.wandb else 0
+
+
+def _floor_line(doc: dict[str, Any]) -> str:
+    """E against the least loss the corpus allows, where that is known (a Markov chain):
+    the one check of a fitted E against the truth."""
+    e, floor = doc["coefficients"]["E"], doc["known_floor"]
+    line = (
+        f"E {e:.4g} against the corpus's known floor {floor:.4g} (the least loss at this "
+        f"context): {(e - floor) / floor:+.1%}"
+    )
+    lo_hi = (doc.get("intervals") or {}).get("E")
+    if lo_hi:
+        inside = lo_hi[0] <= floor <= lo_hi[1]
+        where = "inside" if inside else "outside"
+        line += f", the floor {where} E's {100 * doc['interval_level']:g}% interval"
+    return line
 
 
 def _log_fit(args: argparse.Namespace, doc: dict[str, Any]) -> int:
@@ -364,6 +384,8 @@ def _print_fit(doc: dict[str, Any], out: str | None) -> None:
     console.print(
         f"fit error: mean |rel| {fe['mean_abs_rel_error']:.3%}, max {fe['max_abs_rel_error']:.3%}"
     )
+    if "known_floor" in doc:
+        console.print(_floor_line(doc))
     he = doc.get("heldout_error")
     if he:
         console.print(

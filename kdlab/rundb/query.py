@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from kdlab.data.corpora import known_floor
 from kdlab.rundb.store import RunStore, live_status
 
 _SUPERVISED_ROLES = ("teacher", "supervised")
@@ -121,6 +122,10 @@ def runs_frame(url: str, **equals: object) -> pd.DataFrame:
     configs = [c or {} for c in frame["config"]]
     frame["kd_objective"] = [kd_objective(c.get("objective"), c.get("teacher")) for c in configs]
     frame["recipe"] = [recipe(c) for c in configs]
+    frame["known_floor"] = [
+        known_floor(c.get("data", {}).get("module", {}).get("corpus"), n_ctx)
+        for c, n_ctx in zip(configs, frame["n_ctx"], strict=True)
+    ]
     return frame.drop(columns=["config"])
 
 
@@ -131,7 +136,8 @@ def fit_points(url: str, law: str) -> pd.DataFrame:
     distillation: students, columns N_S, D_S, L_T, loss, kd_objective.
     Both carry corpus, tokenizer, n_ctx, recipe and run_key so the caller can refuse to
     mix them,
-    and vocab_size and rho (d_model / n_layer) for the fit's F(N).
+    and vocab_size and rho (d_model / n_layer) for the fit's F(N), and known_floor: the
+    least loss reachable on the corpus where it is known (a Markov chain's), else NaN.
     """
     frame = runs_frame(url, status="done")
     keep = [
@@ -143,6 +149,7 @@ def fit_points(url: str, law: str) -> pd.DataFrame:
         "vocab_size",
         "rho",
         "key",
+        "known_floor",
     ]
     if frame.empty:
         return pd.DataFrame(columns=["N", "D", "loss", "corpus", "tokenizer", "n_ctx", "run_key"])
