@@ -125,6 +125,39 @@ def test_markov_entropy_rate_matches_empirical():
     assert short.fingerprint != c.fingerprint
 
 
+def test_second_order_markov_chain_and_its_floor():
+    """Order 2: the stationary distribution over contexts is a fixed point, the stream's
+    oracle loss and its unigram entropy match the exact values, and a window's floor
+    counts its first prediction, which sees one token."""
+    v = 8
+    c = build_corpus(
+        {"name": "markov", "n_states": v, "markov_order": 2, "alpha": 0.1, "n_tokens": 400_000}
+    )
+    assert isinstance(c, MarkovCorpus)
+    p, pi = c.transition, c.stationary
+    assert p.shape == (v * v, v) and np.allclose(p.sum(1), 1)
+    # context (a, r) moves to (r, j): pi must be unchanged by one step
+    moved = np.zeros(v * v)
+    np.add.at(moved, (np.arange(v * v)[:, None] % v) * v + np.arange(v), pi[:, None] * p)
+    assert np.allclose(moved, pi, atol=1e-13)
+    x = c.token_ids().astype(np.int64)
+    context = x[:-2] * v + x[1:-1]
+    oracle = -np.log(p[context, x[2:]]).mean()
+    assert oracle == pytest.approx(c.entropy_rate, abs=0.02)
+    unigram = np.bincount(x, minlength=v) / x.size
+    assert -(unigram * np.log(unigram)).sum() == pytest.approx(c.conditional_entropy(0), abs=0.01)
+    h1 = c.conditional_entropy(1)
+    assert c.entropy_rate < h1 - 0.3 < c.conditional_entropy(0)  # one token is not enough
+    assert c.window_loss(1) == pytest.approx(h1)
+    assert c.window_loss(4) == pytest.approx((h1 + 3 * c.entropy_rate) / 4)
+    first_order = build_corpus({"name": "markov", "n_states": v, "n_tokens": 1000})
+    assert first_order.window_loss(256) == pytest.approx(first_order.entropy_rate)
+    with pytest.raises(ValueError, match="markov_order >= 1"):
+        build_corpus({"name": "markov", "markov_order": 0})
+    with pytest.raises(ValueError, match="first-order"):
+        c.oracle_log_probs(x[:10])
+
+
 def test_local_jsonl_parquet_text_and_hf_path(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -39,6 +39,30 @@ def test_pysrc_study_has_the_shape_it_was_designed_to(pysrc_jobs):
     assert all(j.signature["teacher"]["seed"] == 0 for j in students)
 
 
+def test_the_markov_study_is_the_pysrc_supervised_half_on_a_known_chain(pysrc_jobs, tmp_path):
+    """sweeps/markov runs the pysrc study's own teacher and supervised sweeps, with its
+    study.yaml's overrides: the same 21 runs on the second-order chain, none repeating
+    (the IsoFLOP profile at the same compute: a 32-symbol vocabulary costs less a token,
+    so its runs read more tokens)."""
+    jobs, _ = grid_jobs("markov", [f"paths.root_dir={tmp_path}"])
+
+    def shape(some):
+        return sorted(
+            (j.role, j.n_params, j.signature["seed"])
+            + ((0,) if j.flops == pytest.approx(4.5e12, rel=1e-3) else (j.tokens,))  # IsoFLOP
+            for j in some
+        )
+
+    assert shape(jobs) == shape(j for j in pysrc_jobs if j.role != "student")
+    assert len(jobs) == 21 and max(j.passes for j in jobs) < 1
+    assert {
+        (j.signature["corpus"]["name"], j.signature["corpus"]["markov_order"]) for j in jobs
+    } == {("markov", 2)}
+    # the command line still wins over the study's own overrides
+    jobs, _ = grid_jobs("markov", [f"paths.root_dir={tmp_path}", "data.module.batch_size=4"])
+    assert {j.signature["batch_size"] for j in jobs} == {4}
+
+
 @pytest.mark.parametrize("task", ["kernel", "pointer"])
 def test_the_capacity_gap_studies_plan(task, tmp_path):
     jobs, _ = grid_jobs(task, [f"paths.root_dir={tmp_path}"])
