@@ -32,6 +32,7 @@ COVERED = {
     "kdlab study pysrc": "tests/test_studies.py",
     "kdlab study kernel": "tests/test_studies.py",
     "kdlab study pointer": "tests/test_studies.py",
+    "kdlab study markov": "tests/test_studies.py",
     "kdlab fit supervised --form paper": "tests/test_laws_cli.py (database input)",
     "kdlab fit distillation --supervised": "tests/test_laws_cli.py",
     "kdlab report": "tests/test_report.py",
