@@ -165,6 +165,7 @@ def _num(frame: pd.DataFrame, col: str) -> pd.Series:
 def supervised_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished teachers and supervised baselines, with the law's names N, D, loss."""
     cols = ["key", "role", "model", "N", "D", "loss", "flops", "flops_per_token", "family"]
+    cols.append("known_floor")  # the least reachable loss, where known (a Markov chain's)
     if runs.empty or "role" not in runs.columns:
         return pd.DataFrame(columns=cols)
     sel = runs[(runs["status"] == "done") & runs["role"].isin(SUPERVISED_ROLES)]
@@ -179,6 +180,7 @@ def supervised_frame(runs: pd.DataFrame) -> pd.DataFrame:
             "flops": _num(sel, "flops"),
             "flops_per_token": _num(sel, "flops_per_token"),
             "family": sel.get("family"),
+            "known_floor": _num(sel, "known_floor"),
         }
     )
     ok = np.isfinite(out[["N", "D", "loss"]]).all(axis=1) & (out[["N", "D", "loss"]] > 0).all(

@@ -288,6 +288,7 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
             handles = [_runs_proxy("runs (teachers, supervised)")]
             if coef is not None:
                 handles.append(_law_proxy("fitted law L(N, D)"))
+            handles += _floor_lines(ax, sup, coef)
             ax.legend(handles=handles, loc="upper right")
         ax_n.set_xlabel("non-embedding parameters N")
         ax_n.set_title("loss vs model size (curves at fixed M)")
@@ -299,6 +300,22 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
             _flagged(data, "supervised") if coef is not None else None,
         )
     return _save(fig, out_dir, "supervised_loss")
+
+
+def _floor_lines(ax: Any, sup: pd.DataFrame, coef: Mapping[str, float] | None) -> list[Line2D]:
+    """The corpus's known least loss (a Markov chain's) beside the fitted E, where the runs
+    have one: the check of E against the truth, drawn."""
+    floors = sup["known_floor"].dropna().unique() if "known_floor" in sup else []
+    if len(floors) != 1 or sup["known_floor"].isna().any():
+        return []
+    ax.axhline(floors[0], color="black", linestyle="--", linewidth=1.2)
+    lines = [_law_proxy(f"least reachable loss {floors[0]:.4g} (known)", "--")]
+    if coef is not None:
+        ax.axhline(coef["E"], color="tab:red", linestyle=":", linewidth=1.5)
+        lines.append(
+            Line2D([], [], color="tab:red", linestyle=":", label=f"fitted E {coef['E']:.4g}")
+        )
+    return lines
 
 
 def _m_levels(sup: pd.DataFrame, m: np.ndarray) -> np.ndarray:
