@@ -341,7 +341,7 @@ def _run_groups(
         if not todo:
             continue
         if zygote is not None:
-            code = _run_jobs_here(todo, overrides, slots, zygote)
+            code = _run_jobs_here(Path(name).name, todo, overrides, slots, zygote)
             if code:
                 return code
             continue
@@ -351,14 +351,18 @@ def _run_groups(
             stage_overrides = [o for o in overrides if not o.startswith("hydra.launcher.n_jobs=")]
             stage_overrides.append(f"hydra.launcher.n_jobs={max(1, slots // side_by_side)}")
             stage_overrides += _threads(overrides, slots)
-        code = _launch_with_progress(todo, stage_overrides, side_by_side, slots)
+        code = _launch_with_progress(Path(name).name, todo, stage_overrides, side_by_side, slots)
         if code:
             return code
     return 0
 
 
 def _run_jobs_here(
-    stages: list[tuple[Path, SweepPlan]], overrides: Sequence[str], slots: int, zygote: Zygote
+    study: str,
+    stages: list[tuple[Path, SweepPlan]],
+    overrides: Sequence[str],
+    slots: int,
+    zygote: Zygote,
 ) -> int:
     """The jobs left in a group of stages, longest first, ``slots`` at once, each one a
     single Hydra run forked from ``zygote``, with its output in a log file of its own
@@ -376,7 +380,7 @@ def _run_jobs_here(
         o for o in overrides if o.startswith("hydra") and not o.startswith(LAUNCHER_OVERRIDES)
     ]
     common += [*_threads(overrides, at_once), "trainer.enable_progress_bar=false"]
-    folders = {path: _job_log_folder(plan) for path, plan in stages}
+    folders = {path: _job_log_folder(plan, study) for path, plan in stages}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
         console.print(f"logs: {folder}", highlight=False)
@@ -388,7 +392,7 @@ def _run_jobs_here(
         )
         for path, number, job in jobs
     ]
-    codes = _run_with_board(stages, children, at_once, at_once, zygote.start)
+    codes = _run_with_board(study, stages, children, at_once, at_once, zygote.start)
     for (path, number, _), code in zip(jobs, codes, strict=True):
         if code:
             failed = _ended_how(code)
@@ -405,8 +409,9 @@ def _threads(overrides: Sequence[str], jobs_at_once: int) -> list[str]:
     return [f"threads={threads_per_job(jobs_at_once)}"]
 
 
-def _job_log_folder(plan: SweepPlan) -> Path:
-    return plan.log_dir / f"{plan.path.parent.name}-{plan.path.stem}"
+def _job_log_folder(plan: SweepPlan, study: str) -> Path:
+    """Named by the study, not the sweep's folder: a study may run another's sweeps."""
+    return plan.log_dir / f"{study}-{plan.path.stem}"
 
 
 def _ended_how(code: int) -> str:
@@ -419,6 +424,7 @@ def _ended_how(code: int) -> str:
 
 
 def _run_with_board(
+    study: str,
     stages: list[tuple[Path, SweepPlan]],
     children: list[tuple[list[str], dict]],
     at_once: int,
@@ -429,7 +435,7 @@ def _run_with_board(
     drawn here on one board for the group of stages (``jobs_at_once`` in all divide the
     plan's time estimate); their exit codes."""
     plans = [plan for _, plan in stages]
-    name = f"{stages[0][0].parent.name}-{stages[0][0].stem}"
+    name = f"{study}-{stages[0][0].stem}"
     folder = plans[0].log_dir / "progress" / f"{name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, PROGRESS_ENV: str(folder), PLANNED_ENV: "1"}
@@ -444,6 +450,7 @@ def _run_with_board(
 
 
 def _launch_with_progress(
+    study: str,
     stages: list[tuple[Path, SweepPlan]],
     overrides: Sequence[str],
     side_by_side: int,
@@ -451,7 +458,7 @@ def _launch_with_progress(
 ) -> int:
     """The stages as sweep processes (``side_by_side`` at once), each with its output in
     a log file, for a launcher that hands jobs to a scheduler."""
-    logs = [_job_log_folder(plan).with_suffix(".log") for _, plan in stages]
+    logs = [_job_log_folder(plan, study).with_suffix(".log") for _, plan in stages]
     for log in logs:
         console.print(f"log: {log}", highlight=False)
     with contextlib.ExitStack() as files:
@@ -462,7 +469,7 @@ def _launch_with_progress(
             )
             for (path, _), log in zip(stages, logs, strict=True)
         ]
-        codes = _run_with_board(stages, children, side_by_side, jobs_at_once, new_program)
+        codes = _run_with_board(study, stages, children, side_by_side, jobs_at_once, new_program)
     for (path, _), log, code in zip(stages, logs, codes, strict=True):
         if code:
             console.print(f"[red]stage {path.stem} {_ended_how(code)}; later stages not run")

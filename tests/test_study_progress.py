@@ -78,6 +78,22 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
         assert job["val_loss"] == pytest.approx(row["val_loss"])
         assert job["flops"] == pytest.approx(row["flops"])
 
+    # a study that runs another's sweep on another corpus (its study.yaml's overrides,
+    # applied to every stage): new runs, logged under its own name, not the other's
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.yaml").write_text(
+        "overrides: [data=markov, data.module.corpus.n_tokens=200000, study=other]\n"
+        "stages: [../tiny/teachers]\n"
+    )
+    out = run_cli("kdlab.cli", "study", str(other), f"paths.root_dir={root}", *FAST)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"logs: {logs / 'other-teachers'}" in out.stdout
+    ran = RunStore(f"sqlite:///{root}/runs/kdlab.db").find(study="other")
+    assert sorted(r["model"] for r in ran) == ["L1", "L2"]
+    assert {r["corpus"] for r in ran} == {"markov"} and {r["status"] for r in ran} == {"done"}
+    assert len(list((logs / "other-teachers").glob("*.log"))) == 2
+
 
 def test_stages_written_as_a_group_share_one_queue_of_jobs(tmp_path):
     """stages: [[teachers, baselines]] with two jobs at once: the four jobs from one
