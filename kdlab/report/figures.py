@@ -290,6 +290,7 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
                 handles.append(_law_proxy("fitted law L(N, D)"))
             handles += _floor_lines(ax, sup, coef)
             ax.legend(handles=handles, loc="upper right")
+            _loss_range(ax, sup["loss"])
         ax_n.set_xlabel("non-embedding parameters N")
         ax_n.set_title("loss vs model size (curves at fixed M)")
         ax_d.set_xlabel("training tokens D")
@@ -300,6 +301,15 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
             _flagged(data, "supervised") if coef is not None else None,
         )
     return _save(fig, out_dir, "supervised_loss")
+
+
+def _loss_range(ax: Any, losses: pd.Series) -> None:
+    """The y range of the runs and the horizontal lines, not of the law's curves: a
+    degenerate law extrapolated to a small M can reach a loss of 100 and flatten the runs."""
+    lines = [line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1]
+    lo, hi = min([losses.min(), *lines]), max([losses.max(), *lines])
+    pad = 0.08 * (hi - lo) if hi > lo else 0.05 * hi
+    ax.set_ylim(lo - pad, hi + 3 * pad)  # room above for the legend
 
 
 def _floor_lines(ax: Any, sup: pd.DataFrame, coef: Mapping[str, float] | None) -> list[Line2D]:
