@@ -86,11 +86,8 @@ class TrainingProgress(L.Callback):
 
     def _log_axes(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         tokens = trainer.global_step * self.tokens_per_step
-        # the same on every rank: "max" keeps the value exact where a validation row
-        # reduces it across ranks (Lightning asks for sync_dist there)
-        same = dict(sync_dist=True, reduce_fx="max")
-        module.log("tokens", _exact(tokens), **same)
-        module.log("flops", _exact(tokens * self.flops_per_token), **same)
+        module.log("tokens", _exact(tokens))
+        module.log("flops", _exact(tokens * self.flops_per_token))
 
     def on_train_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int

@@ -327,6 +327,8 @@ def _run_groups(
     slots: int,
     zygote: Zygote | None,
 ) -> int:
+    folder = _study_folder(name)
+    study = (folder or Path(name)).resolve().name  # `kdlab study .` too
     for i, group in enumerate(groups):
         todo: list[tuple[Path, SweepPlan]] = []
         for path in group:
@@ -341,7 +343,7 @@ def _run_groups(
         if not todo:
             continue
         if zygote is not None:
-            code = _run_jobs_here(Path(name).name, todo, overrides, slots, zygote)
+            code = _run_jobs_here(study, todo, overrides, slots, zygote)
             if code:
                 return code
             continue
@@ -351,7 +353,7 @@ def _run_groups(
             stage_overrides = [o for o in overrides if not o.startswith("hydra.launcher.n_jobs=")]
             stage_overrides.append(f"hydra.launcher.n_jobs={max(1, slots // side_by_side)}")
             stage_overrides += _threads(overrides, slots)
-        code = _launch_with_progress(Path(name).name, todo, stage_overrides, side_by_side, slots)
+        code = _launch_with_progress(study, todo, stage_overrides, side_by_side, slots)
         if code:
             return code
     return 0

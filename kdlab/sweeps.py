@@ -70,7 +70,8 @@ def _not_a_study(path: Path) -> Path:
     if path.name != "study.yaml":
         return path
     folder = path.parent.name
-    stages = ", ".join(OmegaConf.load(path).get("stages", []))
+    listed = OmegaConf.to_container(OmegaConf.load(path)).get("stages", [])
+    stages = ", ".join(str(s) for e in listed for s in (e if isinstance(e, list) else [e]))
     raise ConfigError(
         f"{path} is a study, not a sweep: `kdlab study {folder}` runs its stages and "
         f"`kdlab sweep plan {folder}/<stage>` plans one ({stages})"

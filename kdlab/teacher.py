@@ -306,6 +306,11 @@ def _oracle(data: Any) -> Teacher:
     corpus = data.corpus
     if not hasattr(corpus, "transition"):
         raise ConfigError("teacher=oracle needs the markov corpus (data=markov)")
+    if corpus.config.markov_order != 1:  # its rows are contexts of k tokens, not one
+        raise ConfigError(
+            "teacher=oracle reads first-order chains; this markov corpus has markov_order "
+            f"{corpus.config.markov_order} (set data.module.corpus.markov_order=1)"
+        )
     return Teacher(
         load=lambda: MarkovOracle(corpus.transition),
         key=f"oracle:{data.fingerprint}",

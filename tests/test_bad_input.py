@@ -74,6 +74,16 @@ def test_bad_settings_leave_no_database(train, tmp_path, overrides, sentence):
     assert_nothing_recorded(tmp_path)  # checked before the database is opened
 
 
+def test_the_oracle_teacher_refuses_a_chain_of_higher_order(train, tmp_path):
+    """The oracle's table has one row per token; an order-2 chain's rows are contexts of
+    two tokens, so it would teach the wrong distribution and record the wrong L_T."""
+    text = refused(train, *TINY, *ORACLE_STUDENT, "+data.module.corpus.markov_order=2")
+    assert text.startswith(
+        "teacher=oracle reads first-order chains; this markov corpus has markov_order 2"
+    )
+    assert_nothing_recorded(tmp_path, database=True)
+
+
 @pytest.mark.parametrize("scale", ["nan", "inf", "0", "-1"])
 def test_a_budget_scale_that_is_not_a_positive_number(train, tmp_path, scale):
     """One check, in kdlab.identity.run_tokens, serves runs and sweep planning."""

@@ -147,6 +147,10 @@ def test_second_order_markov_chain_and_its_floor():
     unigram = np.bincount(x, minlength=v) / x.size
     assert -(unigram * np.log(unigram)).sum() == pytest.approx(c.conditional_entropy(0), abs=0.01)
     h1 = c.conditional_entropy(1)
+    pairs = np.zeros((v, v))  # H(x_{t+1} | x_t) measured on the stream
+    np.add.at(pairs, (x[:-1], x[1:]), 1)
+    joint, cond = pairs / pairs.sum(), pairs / pairs.sum(1, keepdims=True)
+    assert -(joint * np.log(cond)).sum() == pytest.approx(h1, abs=0.005)
     assert c.entropy_rate < h1 - 0.3 < c.conditional_entropy(0)  # one token is not enough
     assert c.window_loss(1) == pytest.approx(h1)
     assert c.window_loss(4) == pytest.approx((h1 + 3 * c.entropy_rate) / 4)

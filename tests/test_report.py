@@ -598,19 +598,24 @@ def test_browser_renders_every_figure(full_report: Path, tmp_path: Path) -> None
 
 def test_supervised_figure_draws_the_known_floor_beside_the_fitted_e() -> None:
     """Runs of one Markov chain carry its least reachable loss: the figure draws it and the
-    fitted E as lines; runs of other corpora, or of two floors, draw neither."""
+    fitted E as lines, inside its y range; runs of other corpora, or of two floors, draw
+    neither."""
     from matplotlib.figure import Figure
 
-    from kdlab.report.figures import _floor_lines
+    from kdlab.report.figures import _floor_lines, _loss_range
 
     sup = pd.DataFrame({"N": [1e4, 1e5], "D": [1e6, 1e6], "loss": [2.1, 1.9]})
     ax = Figure().subplots()
-    assert _floor_lines(ax, sup.assign(known_floor=np.nan), {"E": 1.7}) == []
-    assert _floor_lines(ax, sup.assign(known_floor=[1.74, 1.75]), {"E": 1.7}) == []
+    assert _floor_lines(ax, sup.assign(known_floor=np.nan), {"E": 1.7}) == ([], [])
+    assert _floor_lines(ax, sup.assign(known_floor=[1.74, 1.75]), {"E": 1.7}) == ([], [])
     assert not ax.lines
-    handles = _floor_lines(ax, sup.assign(known_floor=1.749), {"E": 1.70})
+    handles, levels = _floor_lines(ax, sup.assign(known_floor=1.749), {"E": 1.70})
     assert [h.get_label() for h in handles] == [
         "least reachable loss 1.749 (known)",
         "fitted E 1.7",
     ]
-    assert [line.get_ydata()[0] for line in ax.lines] == [1.749, 1.70]
+    assert levels == [1.749, 1.70] == [line.get_ydata()[0] for line in ax.lines]
+    ax.plot([1e4, 1e5], [175.0, 2.0])  # a degenerate law's curve at a small M
+    _loss_range(ax, [*sup["loss"], *levels])
+    low, high = ax.get_ylim()
+    assert low < 1.70 and 2.1 < high < 3

@@ -58,9 +58,12 @@ def test_the_markov_study_is_the_pysrc_supervised_half_on_a_known_chain(pysrc_jo
     assert {
         (j.signature["corpus"]["name"], j.signature["corpus"]["markov_order"]) for j in jobs
     } == {("markov", 2)}
-    # the command line still wins over the study's own overrides
-    jobs, _ = grid_jobs("markov", [f"paths.root_dir={tmp_path}", "data.module.batch_size=4"])
-    assert {j.signature["batch_size"] for j in jobs} == {4}
+    # the command line still wins over the study's own overrides (data=markov_order2 there)
+    jobs, _ = grid_jobs("markov", [f"paths.root_dir={tmp_path}", "data=markov"])
+    assert {
+        (j.signature["corpus"]["n_states"], j.signature["corpus"].get("markov_order", 1))
+        for j in jobs
+    } == {(64, 1)}
 
 
 @pytest.mark.parametrize("task", ["kernel", "pointer"])

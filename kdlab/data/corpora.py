@@ -415,6 +415,27 @@ class PysrcCorpus(Corpus):
 # --------------------------------------------------------------------------- markov
 
 
+def shift_chain_stationary(p: np.ndarray, v: int, newest_high: bool = False) -> np.ndarray:
+    """Stationary distribution over the contexts of an order-k chain on v symbols, whose
+    row c of ``p`` [v^k, v] is the next token's distribution after context c, a base-v
+    number with the newest token in its lowest digit (``newest_high``: its highest).
+
+    Power iteration on the shift chain: context (oldest a, rest r) moves to (r, next j)
+    with probability p[c, j]. Rows with every entry positive make k steps a contraction.
+    """
+    n = p.shape[0]
+    pi = np.full(n, 1.0 / n)
+    for _ in range(100_000):
+        if newest_high:  # the oldest token is the lowest digit: sum it out, prepend j
+            new = (pi[:, None] * p).reshape(-1, v, v).sum(axis=1).T.reshape(-1)
+        else:  # the oldest token is the highest digit: sum it out, append j
+            new = np.einsum("ar,arj->rj", pi.reshape(v, -1), p.reshape(v, -1, v)).reshape(-1)
+        if np.abs(new - pi).sum() < 1e-13:
+            return np.clip(new, 0.0, None) / np.clip(new, 0.0, None).sum()
+        pi = new
+    raise RuntimeError(f"the stationary distribution of a chain of {n} contexts did not converge")
+
+
 class MarkovCorpus(Corpus):
     """Tokens from a random Markov chain of order ``k = markov_order`` over ``n_states``
     symbols: the next token depends on the last k.
@@ -449,10 +470,14 @@ class MarkovCorpus(Corpus):
         c = config
         if c.n_states < 2:
             raise ValueError(f"markov corpus needs n_states >= 2, got {c.n_states}")
-        if not 1 <= c.markov_order or c.n_states**c.markov_order > 1 << 22:
+        if not isinstance(c.markov_order, int) or c.markov_order < 1:
             raise ValueError(
-                f"markov corpus needs markov_order >= 1 and n_states**markov_order <= 2**22 "
-                f"contexts, got order {c.markov_order} over {c.n_states} states"
+                f"markov corpus needs an integer markov_order >= 1, got {c.markov_order}"
+            )
+        if c.n_states ** (c.markov_order + 1) > 1 << 24:  # the transition table's entries
+            raise ValueError(
+                f"markov corpus needs n_states**(markov_order + 1) <= 2**24 (a table of at "
+                f"most 128 MiB), got order {c.markov_order} over {c.n_states} states"
             )
         if c.n_tokens < 2:
             raise ValueError(f"markov corpus needs n_tokens >= 2, got {c.n_tokens}")
@@ -481,23 +506,8 @@ class MarkovCorpus(Corpus):
 
     @cached_property
     def stationary(self) -> np.ndarray:
-        """Stationary distribution pi over contexts, by power iteration.
-
-        Context c = (a, r), a the oldest token and r the other k-1, moves to (r, j) with
-        probability P[c, j]: pi'[r, j] = sum_a pi[a, r] P[a, r, j]. The smoothing makes
-        every row positive, so the iteration contracts at each step.
-        """
-        v, c = self.config.n_states, self.n_contexts
-        p = self.transition.reshape(v, c // v, v)
-        pi = np.full(c // v * v, 1.0 / c).reshape(v, c // v)
-        for _ in range(100_000):
-            new = np.einsum("ar,arj->rj", pi, p).reshape(v, c // v)
-            done = np.abs(new - pi).sum() < 1e-15
-            pi = new
-            if done:
-                break
-        pi = pi.reshape(c)
-        return np.clip(pi, 0.0, None) / np.clip(pi, 0.0, None).sum()
+        """Stationary distribution pi over contexts (newest token in the lowest digit)."""
+        return shift_chain_stationary(self.transition, self.config.n_states)
 
     @cached_property
     def entropy_rate(self) -> float:
@@ -544,14 +554,14 @@ class MarkovCorpus(Corpus):
         first = [context // v**i % v for i in reversed(range(c.markov_order))][:n]
         out = np.empty(n, dtype=np.uint16 if v <= 1 << 16 else np.uint32)
         out[: len(first)] = first
-        chunk, start = 1 << 16, len(first)
+        chunk, start, n_contexts = 1 << 16, len(first), self.n_contexts
         while start < n:
             uniforms = rng.random(min(chunk, n - start)).tolist()
             block = [0] * len(uniforms)
             for i, u in enumerate(uniforms):
                 token = bisect.bisect_right(cum_rows[context], u)
                 block[i] = token
-                context = (context * v + token) % self.n_contexts
+                context = (context * v + token) % n_contexts
             out[start : start + len(block)] = block
             start += len(block)
         out.setflags(write=False)
@@ -763,7 +773,10 @@ def known_floor(corpus: Mapping[str, Any] | None, n_ctx: int | None) -> float | 
     fitted E can be checked against. ``corpus`` is a run's recorded corpus config."""
     if not corpus or corpus.get("name") != "markov" or not (n_ctx and n_ctx > 0):  # NaN too
         return None
-    return _markov_floor(json.dumps(to_plain(corpus), sort_keys=True), int(n_ctx))
+    try:
+        return _markov_floor(json.dumps(to_plain(corpus), sort_keys=True), int(n_ctx))
+    except ValueError:  # a config this version cannot build: no floor, not a broken table
+        return None
 
 
 @functools.lru_cache(maxsize=64)
@@ -793,6 +806,7 @@ __all__ = [
     "FilesCorpus",
     "HFCorpus",
     "known_floor",
+    "shift_chain_stationary",
     "MarkovCorpus",
     "PysrcCorpus",
     "StdlibCorpus",

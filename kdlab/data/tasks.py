@@ -31,7 +31,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from kdlab.data.corpora import Corpus, CorpusConfig, short_hash
+from kdlab.data.corpora import Corpus, CorpusConfig, shift_chain_stationary, short_hash
 
 
 class _TaskCorpus(Corpus):
@@ -128,17 +128,8 @@ class KernelCorpus(_TaskCorpus):
 
     @cached_property
     def stationary(self) -> np.ndarray:
-        """Stationary distribution of the contexts (power iteration on the shift chain)."""
-        c = self.config
-        p = self.table
-        pi = np.full(p.shape[0], 1.0 / p.shape[0])
-        for _ in range(100_000):
-            joint = (pi[:, None] * p).reshape(-1, c.base, c.base).sum(axis=1)  # (rest, y)
-            new = joint.T.reshape(-1)
-            if np.abs(new - pi).sum() < 1e-13:
-                return new
-            pi = new
-        return pi
+        """Stationary distribution of the contexts (newest token in the highest digit)."""
+        return shift_chain_stationary(self.table, self.config.base, newest_high=True)
 
     @property
     def entropy_rate(self) -> float:

@@ -288,9 +288,9 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
             handles = [_runs_proxy("runs (teachers, supervised)")]
             if coef is not None:
                 handles.append(_law_proxy("fitted law L(N, D)"))
-            handles += _floor_lines(ax, sup, coef)
-            ax.legend(handles=handles, loc="upper right")
-            _loss_range(ax, sup["loss"])
+            lines, levels = _floor_lines(ax, sup, coef)
+            ax.legend(handles=handles + lines, loc="upper right")
+            _loss_range(ax, [*sup["loss"], *levels])
         ax_n.set_xlabel("non-embedding parameters N")
         ax_n.set_title("loss vs model size (curves at fixed M)")
         ax_d.set_xlabel("training tokens D")
@@ -303,29 +303,30 @@ def supervised_loss_figure(data: ReportData, out_dir: Path) -> Path:
     return _save(fig, out_dir, "supervised_loss")
 
 
-def _loss_range(ax: Any, losses: pd.Series) -> None:
+def _loss_range(ax: Any, losses: Sequence[float]) -> None:
     """The y range of the runs and the horizontal lines, not of the law's curves: a
     degenerate law extrapolated to a small M can reach a loss of 100 and flatten the runs."""
-    lines = [line.get_ydata()[0] for line in ax.lines if len(set(line.get_ydata())) == 1]
-    lo, hi = min([losses.min(), *lines]), max([losses.max(), *lines])
+    lo, hi = min(losses), max(losses)
     pad = 0.08 * (hi - lo) if hi > lo else 0.05 * hi
     ax.set_ylim(lo - pad, hi + 3 * pad)  # room above for the legend
 
 
-def _floor_lines(ax: Any, sup: pd.DataFrame, coef: Mapping[str, float] | None) -> list[Line2D]:
+def _floor_lines(
+    ax: Any, sup: pd.DataFrame, coef: Mapping[str, float] | None
+) -> tuple[list[Line2D], list[float]]:
     """The corpus's known least loss (a Markov chain's) beside the fitted E, where the runs
-    have one: the check of E against the truth, drawn."""
+    have one: the check of E against the truth, drawn. Their legend entries and levels."""
     floors = sup["known_floor"].dropna().unique() if "known_floor" in sup else []
     if len(floors) != 1 or sup["known_floor"].isna().any():
-        return []
-    ax.axhline(floors[0], color="black", linestyle="--", linewidth=1.2)
-    lines = [_law_proxy(f"least reachable loss {floors[0]:.4g} (known)", "--")]
+        return [], []
+    drawn = [(float(floors[0]), "black", "--", f"least reachable loss {floors[0]:.4g} (known)")]
     if coef is not None:
-        ax.axhline(coef["E"], color="tab:red", linestyle=":", linewidth=1.5)
-        lines.append(
-            Line2D([], [], color="tab:red", linestyle=":", label=f"fitted E {coef['E']:.4g}")
-        )
-    return lines
+        drawn.append((float(coef["E"]), "tab:red", ":", f"fitted E {coef['E']:.4g}"))
+    lines = []
+    for level, color, style, label in drawn:
+        ax.axhline(level, color=color, linestyle=style, linewidth=1.5)
+        lines.append(Line2D([], [], color=color, linestyle=style, linewidth=1.5, label=label))
+    return lines, [level for level, *_ in drawn]
 
 
 def _m_levels(sup: pd.DataFrame, m: np.ndarray) -> np.ndarray:

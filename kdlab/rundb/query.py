@@ -123,7 +123,7 @@ def runs_frame(url: str, **equals: object) -> pd.DataFrame:
     frame["kd_objective"] = [kd_objective(c.get("objective"), c.get("teacher")) for c in configs]
     frame["recipe"] = [recipe(c) for c in configs]
     frame["known_floor"] = [
-        known_floor(c.get("data", {}).get("module", {}).get("corpus"), n_ctx)
+        known_floor(((c.get("data") or {}).get("module") or {}).get("corpus"), n_ctx)
         for c, n_ctx in zip(configs, frame["n_ctx"], strict=True)
     ]
     return frame.drop(columns=["config"])
