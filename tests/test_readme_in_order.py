@@ -67,6 +67,7 @@ SKIPPED = {
     "kdlab study pysrc": "hours of CPU; its stages are planned by tests/test_studies.py",
     "kdlab study kernel": "an hour of CPU; planned by tests/test_studies.py",
     "kdlab study pointer": "an hour of CPU; planned by tests/test_studies.py",
+    "kdlab study markov": "half an hour of CPU; composed and planned by tests/test_studies.py",
     "pip install": "installs into the environment; tests/test_install.py (fresh venvs)",
     "export KDLAB_DB_URL=postgresql": "a cluster's PostgreSQL server; tests/test_postgres.py",
     "wandb login": "a W&B account; the runs here log offline (WANDB_MODE=offline)",

@@ -49,6 +49,11 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
         done = re.search(r"^kdlab: run (\w+) done: val_loss", log, re.M)
         assert done and rows[model]["key"].startswith(done.group(1)), log[-2000:]
         assert "Warning" not in log, log[-2000:]
+    # the children's files: each job's last update while training, then its end
+    (folder,) = (logs / "progress").iterdir()
+    jobs = read_jobs(folder)
+    assert [j["model"] for j in jobs] == ["L2", "L1"]  # started largest first
+    job_files = {job["model"]: job for job in jobs}
     for model, row in rows.items():
         # not a terminal: one line per job when it ends, with the row's numbers
         line = re.search(rf"^teacher +{model} +N +(\S+) +D +(\S+) +done: .*$", out.stdout, re.M)
@@ -60,13 +65,12 @@ def test_a_study_prints_its_log_folder_and_a_line_per_job_with_its_numbers(tmp_p
         assert numbers, line.group(0)
         assert float(numbers.group(1)) == pytest.approx(row["val_loss"], abs=5e-5)
         assert numbers.group(2) == fmt_count(row["tokens_per_sec"])
-        assert 0 < int(numbers.group(3)) <= row["wall_time_s"] + 60
+        # the job's own time from its file (a fast job's can round to 0s)
+        elapsed = job_files[model]["elapsed_s"]
+        assert 0 < elapsed <= row["wall_time_s"] + 60
+        assert int(numbers.group(3)) == round(elapsed)
     assert re.search(r"^teachers: 2/2 jobs ended in \d+[smh]$", out.stdout, re.M)
 
-    # the children's files: each job's last update while training, then its end
-    (folder,) = (logs / "progress").iterdir()
-    jobs = read_jobs(folder)
-    assert [j["model"] for j in jobs] == ["L2", "L1"]  # started largest first
     for job in jobs:
         row = rows[job["model"]]
         assert job["status"] == "done" and job["key"] == row["key"]
