@@ -62,9 +62,9 @@ def device_peak(trainer: L.Trainer, module: L.LightningModule) -> float:
     return matmul_peak_flops(str(module.device), dtype)
 
 
-def _exact(value: float) -> torch.Tensor:
+def _exact(value: float, device: torch.device | None = None) -> torch.Tensor:
     """float64: Lightning keeps it, where a float would become float32 (7 digits)."""
-    return torch.tensor(value, dtype=torch.float64)
+    return torch.tensor(value, dtype=torch.float64, device=device)
 
 
 class TrainingProgress(L.Callback):
@@ -85,9 +85,12 @@ class TrainingProgress(L.Callback):
         self._last = (0, 0.0)  # the clock's tokens and seconds at the last training row
 
     def _log_axes(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # the same number on every rank; synced (max) so that Lightning, which reduces an
+        # epoch-level value across ranks, has nothing to warn about; on the module's device,
+        # where the collective (NCCL on GPUs) can read it
         tokens = trainer.global_step * self.tokens_per_step
-        module.log("tokens", _exact(tokens))
-        module.log("flops", _exact(tokens * self.flops_per_token))
+        for name, value in (("tokens", tokens), ("flops", tokens * self.flops_per_token)):
+            module.log(name, _exact(value, module.device), sync_dist=True, reduce_fx="max")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int

@@ -6,6 +6,11 @@ then leaves a truncated ``last.ckpt`` in place of the good one, and every relaun
 to resume from it. ``AtomicCheckpointIO`` writes beside the target instead (temporary
 name, fsync, rename), so the previous checkpoint stays until the new one is complete.
 
+A sharded checkpoint (FSDP: a directory, a file per rank) is written the same way:
+whole under ``<name>.partial``, then swapped in (``swap_in_directory``). Lightning writes
+the new shards over the old ones in place, so a save cut short left the old metadata
+beside a mixture of old and new shards, which a resume took for one checkpoint.
+
 A checkpoint that still does not load (written by an older kdlab, a damaged disk) is set
 aside under a ``.corrupt-<time>`` name with a warning, and the run resumes from the next
 good one, or from scratch: a resume that replays the same batches reaches the same loss.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,8 @@ from kdlab.errors import ConfigError
 from kdlab.locking import atomic_file
 
 CORRUPT = ".corrupt-"
+STAGED = ".partial"  # a sharded checkpoint being written
+REPLACED = ".old"  # the previous one, for the moment between two renames
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -40,6 +48,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as handle:
             torch.save(checkpoint, handle)
+
+
+def swap_in_directory(staged: Path, path: Path) -> None:
+    """Put the complete checkpoint directory ``staged`` at ``path``: the previous one is
+    renamed aside, the new one renamed in, then the previous one removed. A crash between
+    the two renames leaves the previous checkpoint whole at ``<path>.old``, where a resume
+    looks too."""
+    previous = path.with_name(path.name + REPLACED)
+    if previous.exists():
+        shutil.rmtree(previous)
+    if path.is_dir():
+        path.rename(previous)
+    elif path.exists():
+        path.unlink()
+    staged.rename(path)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def unreadable(path: Path) -> str | None:

@@ -7,13 +7,14 @@ the paper sweeps choose per size, see ``kdlab sweep plan --gpu``):
   (``gradient_as_bucket_view``), not a second copy.
 - ``fsdp``: :class:`BlockFSDPStrategy`. Every ``Block`` is an FSDP unit (and, with
   ``activation_checkpointing``, a checkpointed one), so one block's weights are gathered
-  at a time; checkpoints are sharded (a directory: each rank writes its shard, resume
-  reads them back); and the LightningModule builds its GPT on the meta device in
-  ``configure_model``, which FSDP materialises unit by unit with kdlab's muP init
-  (:class:`MetaInit`): no rank ever holds the whole model in fp32. Every rank draws the
-  same weights from the seed's RNG state, by the same muP rules as an eager build, but
-  not the same numbers: the eager constructor draws torch's default inits first, which a
-  meta build skips. So a run's initial weights depend on its strategy (its key does not).
+  at a time; checkpoints are sharded (a directory: each rank writes its shard, the whole
+  directory is swapped in once complete, resume reads them back); and the
+  LightningModule builds its GPT on the meta device in ``configure_model``, which FSDP
+  materialises unit by unit with kdlab's muP init (:class:`MetaInit`): no rank ever
+  holds the whole model in fp32. Every rank draws the same weights from the seed's RNG
+  state, by the same muP rules as an eager build, but not the same numbers: the eager
+  constructor draws torch's default inits first, which a meta build skips. So a run's
+  initial weights depend on its strategy (its key does not).
 
 Lightning's FSDP strategy refuses CPUs (FSDP needs ``device_id=cpu`` there, which
 Lightning does not pass) and clipping by norm (its precision plugin raises); both are
@@ -23,6 +24,8 @@ handled here, the first so FSDP can be tested on CPU processes with gloo.
 from __future__ import annotations
 
 import itertools
+import shutil
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -32,6 +35,7 @@ from torch import nn
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+from kdlab.checkpoints import STAGED, swap_in_directory
 from kdlab.models.gpt import GPT, Block
 from kdlab.models.ladder import ModelShape
 
@@ -80,6 +84,24 @@ class BlockFSDPStrategy(FSDPStrategy):
             )
         self._root = super()._setup_model(model)
         return self._root
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        """A sharded checkpoint is written whole beside the one it replaces, then swapped
+        in (kdlab/checkpoints.py says why). Every rank calls this."""
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        staged = path.with_name(path.name + STAGED)
+        if self.global_rank == 0 and staged.exists():  # left by a save cut short
+            shutil.rmtree(staged)
+        self.barrier("kdlab-checkpoint-staged")
+        super().save_checkpoint(checkpoint, staged, storage_options)
+        self.barrier("kdlab-checkpoint-written")  # every shard and the metadata
+        if self.global_rank == 0:
+            swap_in_directory(staged, path)
+        self.barrier("kdlab-checkpoint-swapped")
 
 
 class MetaInit:

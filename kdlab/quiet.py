@@ -33,6 +33,12 @@ def quiet_training_logs() -> None:
             for handler in list(logger.handlers):
                 if type(handler) is logging.StreamHandler:
                     logger.removeHandler(handler)
+    ignore_library_warnings()
+
+
+def ignore_library_warnings() -> None:
+    """Two warnings about code that is not kdlab's, or does not apply to it; every run
+    filters them, and so does every test (tests/conftest.py) that builds a Trainer itself."""
     # Lightning's own pytree helper calls an API newer torch deprecated: not ours to fix
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # kdlab's loaders use no worker processes (kdlab/data/datamodule.py: num_workers=0),

@@ -37,7 +37,7 @@ from kdlab.callbacks import (
     TrainingProgress,
     device_peak,
 )
-from kdlab.checkpoints import AtomicCheckpointIO, resume_point
+from kdlab.checkpoints import REPLACED, AtomicCheckpointIO, resume_point
 from kdlab.cluster_env import adopt_task_rank
 from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
@@ -291,8 +291,10 @@ def _resume_checkpoint(attempt: Attempt) -> Path | None:
 
     A sharded (FSDP) checkpoint is a directory, complete once rank 0 has written its
     metadata file after every shard; its time is that file's, and one without it is
-    ignored (a save cut short)."""
-    found = [*attempt.dir.glob("hpc_ckpt_*.ckpt"), attempt.dir / "checkpoints" / "last.ckpt"]
+    ignored (a save cut short). ``last.ckpt.old`` is the previous one, whole, when a swap
+    (kdlab.checkpoints.swap_in_directory) was cut between its two renames."""
+    last = attempt.dir / "checkpoints" / "last.ckpt"
+    found = [*attempt.dir.glob("hpc_ckpt_*.ckpt"), last, last.with_name(last.name + REPLACED)]
     sharded = [p for p in found if (p / SHARDED_METADATA).is_file()]
     newest_file = resume_point([p for p in found if not p.is_dir()])
     stamped = [(p / SHARDED_METADATA).stat().st_mtime for p in sharded]

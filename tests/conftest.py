@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from kdlab.configs import CONF_DIR
+from kdlab.quiet import ignore_library_warnings
 from kdlab.wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +48,13 @@ FAST = [
     f"paths.cache_dir={CACHE_DIR}",
     "threads=1",  # tiny models: one thread is faster, and immune to a busy machine
 ]
+
+
+@pytest.fixture(autouse=True)
+def _library_warnings_as_in_a_run():
+    """What every kdlab run filters (kdlab.quiet), for the tests that build a Trainer
+    themselves; pytest restores its filters after each test."""
+    ignore_library_warnings()
 
 
 def compose_run(root: Path, *overrides: str):

@@ -10,6 +10,7 @@ import math
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -403,7 +404,11 @@ def test_lightning_resume_sees_uninterrupted_batches(tmp_path):
 
     _, whole = fit()  # checkpoints at steps 4 and 8, as an interrupted run would leave
     assert len(whole.seen) == 10
-    resumed, rest = fit(str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+    # resumed from step 4 into an empty checkpoint folder, as a run cut after that step
+    # would be (Lightning warns about a folder of checkpoints it would write over)
+    interrupted = (tmp_path / "ckpt" / "epoch=0-step=4.ckpt").rename(tmp_path / "step4.ckpt")
+    shutil.rmtree(tmp_path / "ckpt")
+    resumed, rest = fit(str(interrupted))
     assert resumed.global_step == 10 and len(rest.seen) == 6
     assert all(torch.equal(a, b) for a, b in zip(rest.seen, whole.seen[4:], strict=True))
 

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdlab.models.flops import flops_per_token as flops_in_flops_module
 from kdlab.models.flops import paper_flops_per_token
-from kdlab.models.gpt import GPT
+from kdlab.models.gpt import GPT, RMSNorm
 from kdlab.models.ladder import (
     LADDERS,
     ModelShape,
@@ -123,6 +123,27 @@ def test_exact_flops_close_to_paper_formula():
         approx = paper_flops_per_token(non_embedding_params(shape), rho=paper_rho(shape))
         assert abs(exact / approx - 1) < 0.01, shape.name
         assert exact > 2 * non_embedding_params(shape) * 1.05  # the 2N shortcut is too low
+
+
+def test_rms_norm_is_torch_s_in_fp32_and_computes_in_fp32_under_bf16(recwarn):
+    torch.manual_seed(0)
+    ours, theirs = RMSNorm(48, eps=1e-6), torch.nn.RMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        theirs.weight.copy_(ours.weight)
+    x = 3 * torch.randn(4, 7, 48)
+    assert torch.equal(ours(x), theirs(x))
+    # a bf16 input (autocast's activations) with an fp32 gain, and a bf16 gain (a teacher
+    # placed in bf16): the result is bf16, the fp32 answer rounded once
+    exact = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * ours.weight).bfloat16()
+    xb = x.bfloat16()
+    assert ours(xb).dtype == torch.bfloat16
+    expected = F.rms_norm(xb.float(), (48,), ours.weight, 1e-6).bfloat16()
+    assert torch.equal(ours(xb), expected)
+    assert (ours(xb).float() - exact.float()).abs().max() <= 0.02 * exact.float().abs().max()
+    assert ours.bfloat16()(xb).dtype == torch.bfloat16
+    # no fallback from the fused kernel, whose warning the bf16 runs printed
+    assert not [w for w in recwarn if "Mismatch dtype" in str(w.message)]
 
 
 def test_forward_shape_and_causality():

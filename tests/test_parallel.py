@@ -106,7 +106,28 @@ def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
     assert meta["global_step"] == 4 and "state_dict" not in meta  # weights are in the shards
 
     monkeypatch.undo()
+    # the next save (step 8) is cut short after its shards are written: the checkpoint
+    # of step 4 stays whole, shards and all, and the run resumes from it as if no save
+    # had been tried (Lightning wrote the shards over the old ones in place)
+    import lightning.pytorch.strategies.fsdp as lightning_fsdp
+
+    step4 = {p.name: p.read_bytes() for p in last.iterdir() if p.is_file()}
+    write_shards = lightning_fsdp._distributed_checkpoint_save
+
+    def cut_short(state, path):
+        write_shards(state, path)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(lightning_fsdp, "_distributed_checkpoint_save", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        runner.execute(compose_run(tmp_path / "stopped", *overrides))
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in last.iterdir() if p.is_file()} == step4
+    staged = last.with_name("last.ckpt.partial")
+    assert staged.is_dir() and not (staged / "meta.pt").exists()  # never resumed from
+
     resumed = runner.execute(compose_run(tmp_path / "stopped", *overrides))
+    assert not staged.exists() and not last.with_name("last.ckpt.old").exists()
     assert resumed["key"] == clean["key"] and resumed["status"] == clean["status"] == "done"
     assert resumed["val_loss"] == pytest.approx(clean["val_loss"], abs=1e-5)
     assert resumed["steps"] == clean["steps"] == 32768 // (clean["batch_size"] * 128)
@@ -229,7 +250,12 @@ def test_teacher_is_placed_in_the_compute_dtype(tmp_path, precision):
     )
     plan = plan_run(cfg)
     oracle = build_module(cfg, plan)
-    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    quiet = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,  # as conf/trainer/cpu.yaml (Lightning's cannot count bf16)
+    )
     L.Trainer(max_steps=1, limit_val_batches=0, precision=precision, **quiet).fit(
         oracle, datamodule=plan.data
     )

@@ -69,14 +69,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in fp32 whatever the activations' dtype, returned in theirs: under
+    bf16 the mean of squares keeps its precision, and input and gain share a dtype, so
+    torch's fused kernel runs (a bf16 input with an fp32 gain falls back, with a warning).
+    In fp32 it is nn.RMSNorm exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gain = None if self.weight is None else self.weight.float()
+        return F.rms_norm(x.float(), self.normalized_shape, gain, self.eps).to(x.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.n_head, self.head_dim = shape.n_head, shape.head_dim
         self.qkv = nn.Linear(shape.d_model, 3 * shape.d_model, bias=False)
         self.proj = nn.Linear(shape.d_model, shape.d_model, bias=False)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=NORM_EPS)  # QK-norm, shared by heads
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=NORM_EPS)
+        self.q_norm = RMSNorm(self.head_dim, eps=NORM_EPS)  # QK-norm, shared by heads
+        self.k_norm = RMSNorm(self.head_dim, eps=NORM_EPS)
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         B, T, _ = x.shape
@@ -116,9 +127,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(shape.d_model, eps=NORM_EPS)
+        self.attn_norm = RMSNorm(shape.d_model, eps=NORM_EPS)
         self.attn = Attention(shape)
-        self.mlp_norm = nn.RMSNorm(shape.d_model, eps=NORM_EPS)
+        self.mlp_norm = RMSNorm(shape.d_model, eps=NORM_EPS)
         self.mlp = SwiGLU(shape)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -146,7 +157,7 @@ class GPT(nn.Module):
         self.width_mult = shape.d_model / base_d_model  # m in the module docstring
         self.wte = nn.Embedding(shape.vocab_size, shape.d_model)
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layer))
-        self.norm_f = nn.RMSNorm(shape.d_model, eps=NORM_EPS)
+        self.norm_f = RMSNorm(shape.d_model, eps=NORM_EPS)
         cos, sin = rope_tables(shape.n_ctx, shape.head_dim, shape.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
