@@ -86,11 +86,13 @@ class TrainingProgress(L.Callback):
 
     def _log_axes(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # the same number on every rank; synced (max) so that Lightning, which reduces an
-        # epoch-level value across ranks, has nothing to warn about; on the module's device,
-        # where the collective (NCCL on GPUs) can read it
+        # epoch-level value across ranks, has nothing to warn about. Across ranks it sits
+        # on the module's device, where the collective (NCCL on GPUs) can read it; alone,
+        # on the CPU (Apple's GPUs have no float64)
+        device = module.device if trainer.world_size > 1 else None
         tokens = trainer.global_step * self.tokens_per_step
         for name, value in (("tokens", tokens), ("flops", tokens * self.flops_per_token)):
-            module.log(name, _exact(value, module.device), sync_dist=True, reduce_fx="max")
+            module.log(name, _exact(value, device), sync_dist=True, reduce_fx="max")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int

@@ -7,9 +7,14 @@ to resume from it. ``AtomicCheckpointIO`` writes beside the target instead (temp
 name, fsync, rename), so the previous checkpoint stays until the new one is complete.
 
 A sharded checkpoint (FSDP: a directory, a file per rank) is written the same way:
-whole under ``<name>.partial``, then swapped in (``swap_in_directory``). Lightning writes
-the new shards over the old ones in place, so a save cut short left the old metadata
-beside a mixture of old and new shards, which a resume took for one checkpoint.
+whole under a staging name, then swapped in (``swap_in_directory``). Lightning writes the
+new shards over the old ones in place, so a save cut short left the old metadata beside
+a mixture of old and new shards, which a resume took for one checkpoint.
+
+What kdlab stages or sets aside lives in ``.kdlab-aside/`` beside the checkpoint, under
+no name Lightning resumes from: under SLURM, a run launched without a checkpoint takes
+the highest number among the run folder's names containing ``hpc_ckpt_``, and a staged
+or set-aside pre-emption checkpoint there would be resumed (or crash the launch).
 
 A checkpoint that still does not load (written by an older kdlab, a damaged disk) is set
 aside under a ``.corrupt-<time>`` name with a warning, and the run resumes from the next
@@ -32,8 +37,15 @@ from kdlab.errors import ConfigError
 from kdlab.locking import atomic_file
 
 CORRUPT = ".corrupt-"
+ASIDE = ".kdlab-aside"  # beside the checkpoints: staged, replaced and set-aside ones
 STAGED = ".partial"  # a sharded checkpoint being written
 REPLACED = ".old"  # the previous one, for the moment between two renames
+SHARDED_METADATA = "meta.pt"  # Lightning's FSDP strategy writes it last in a sharded checkpoint
+
+
+def aside(path: Path, suffix: str) -> Path:
+    """Where ``path`` is staged (STAGED), kept while replaced (REPLACED) or set aside."""
+    return path.parent / ASIDE / f"{path.name}{suffix}"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -50,20 +62,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
 
+def clear_staged(path: Path) -> Path:
+    """Remove the staged saves a cut-short save left beside ``path`` (one save is made at a
+    time), and return where the next one of ``path`` is staged."""
+    for stale in (path.parent / ASIDE).glob(f"*{STAGED}"):
+        discard(stale)
+    staged = aside(path, STAGED)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    return staged
+
+
 def swap_in_directory(staged: Path, path: Path) -> None:
-    """Put the complete checkpoint directory ``staged`` at ``path``: the previous one is
-    renamed aside, the new one renamed in, then the previous one removed. A crash between
-    the two renames leaves the previous checkpoint whole at ``<path>.old``, where a resume
-    looks too."""
-    previous = path.with_name(path.name + REPLACED)
-    if previous.exists():
-        shutil.rmtree(previous)
-    if path.is_dir():
+    """Put the complete checkpoint ``staged`` at ``path``. The previous one is renamed to
+    its REPLACED name, where a resume looks too, the new one renamed in, and the previous
+    one discarded: at every moment a resume finds a whole checkpoint."""
+    previous = aside(path, REPLACED)
+    if previous.exists() and path.exists():  # the last swap was cut after its renames
+        discard(previous)
+    if path.exists():
         path.rename(previous)
-    elif path.exists():
-        path.unlink()
     staged.rename(path)
-    shutil.rmtree(previous, ignore_errors=True)
+    if previous.exists():
+        discard(previous)
+
+
+def discard(path: Path) -> None:
+    """Delete a checkpoint file or directory; a directory's metadata goes first, so a
+    deletion cut short leaves no directory a resume would take for complete."""
+    if path.is_dir():
+        (path / SHARDED_METADATA).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def unreadable(path: Path) -> str | None:
@@ -87,18 +117,20 @@ def unreadable(path: Path) -> str | None:
 
 
 def set_aside(path: Path, reason: str) -> None:
-    """Rename a checkpoint that does not load out of the way, and say so on stderr.
+    """Move a checkpoint that does not load into ``.kdlab-aside/`` under a ``.corrupt-<time>``
+    name, and say so on stderr.
 
     Every DDP rank checks the same files; the first to rename one wins, the others find
     it gone, which is the same outcome."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    target = path.with_name(f"{path.name}{CORRUPT}{stamp}")
+    target = aside(path, f"{CORRUPT}{stamp}")
     try:
+        target.parent.mkdir(exist_ok=True)
         path.rename(target)
     except FileNotFoundError:
         return
     print(
-        f"kdlab: warning: checkpoint {path} does not load ({reason}); set aside as {target.name}",
+        f"kdlab: warning: checkpoint {path} does not load ({reason}); set aside as {target}",
         file=sys.stderr,
     )
 

@@ -24,7 +24,6 @@ handled here, the first so FSDP can be tested on CPU processes with gloo.
 from __future__ import annotations
 
 import itertools
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from torch import nn
 from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-from kdlab.checkpoints import STAGED, swap_in_directory
+from kdlab.checkpoints import STAGED, aside, clear_staged, swap_in_directory
 from kdlab.models.gpt import GPT, Block
 from kdlab.models.ladder import ModelShape
 
@@ -93,15 +92,21 @@ class BlockFSDPStrategy(FSDPStrategy):
         if self._state_dict_type != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
-        staged = path.with_name(path.name + STAGED)
-        if self.global_rank == 0 and staged.exists():  # left by a save cut short
-            shutil.rmtree(staged)
+        staged = aside(path, STAGED)
+        if self.global_rank == 0:
+            clear_staged(path)
         self.barrier("kdlab-checkpoint-staged")
         super().save_checkpoint(checkpoint, staged, storage_options)
         self.barrier("kdlab-checkpoint-written")  # every shard and the metadata
+        failure = None
         if self.global_rank == 0:
-            swap_in_directory(staged, path)
-        self.barrier("kdlab-checkpoint-swapped")
+            try:
+                swap_in_directory(staged, path)
+            except OSError as err:
+                failure = f"{type(err).__name__}: {err}"
+        failure = self.broadcast(failure)  # every rank raises, none waits on the others
+        if failure:
+            raise OSError(f"the checkpoint {path} was written but not swapped in: {failure}")
 
 
 class MetaInit:

@@ -37,7 +37,14 @@ from kdlab.callbacks import (
     TrainingProgress,
     device_peak,
 )
-from kdlab.checkpoints import REPLACED, AtomicCheckpointIO, resume_point
+from kdlab.checkpoints import (
+    ASIDE,
+    REPLACED,
+    SHARDED_METADATA,
+    AtomicCheckpointIO,
+    aside,
+    resume_point,
+)
 from kdlab.cluster_env import adopt_task_rank
 from kdlab.identity import ROLE_SPLIT
 from kdlab.locking import claimed
@@ -58,7 +65,6 @@ from kdlab.teachers import connect
 LOCK_FILE = ".lock"
 ATTEMPT_DIR = "attempt-"  # run_dir/attempt-<n>: a forced re-run, until it replaces the run
 WANDB_DIR = "wandb"  # wandb.init(dir=...) writes its runs there
-SHARDED_METADATA = "meta.pt"  # Lightning's FSDP strategy writes it last in a sharded checkpoint
 
 
 def git_revision() -> str | None:
@@ -291,10 +297,12 @@ def _resume_checkpoint(attempt: Attempt) -> Path | None:
 
     A sharded (FSDP) checkpoint is a directory, complete once rank 0 has written its
     metadata file after every shard; its time is that file's, and one without it is
-    ignored (a save cut short). ``last.ckpt.old`` is the previous one, whole, when a swap
-    (kdlab.checkpoints.swap_in_directory) was cut between its two renames."""
+    ignored (a save cut short). A checkpoint's REPLACED copy is the previous one, whole,
+    when a swap (kdlab.checkpoints.swap_in_directory) was cut between its two renames."""
     last = attempt.dir / "checkpoints" / "last.ckpt"
-    found = [*attempt.dir.glob("hpc_ckpt_*.ckpt"), last, last.with_name(last.name + REPLACED)]
+    saved = [*attempt.dir.glob("hpc_ckpt_*.ckpt"), last]
+    replaced = [*(attempt.dir / ASIDE).glob(f"hpc_ckpt_*.ckpt{REPLACED}"), aside(last, REPLACED)]
+    found = saved + replaced
     sharded = [p for p in found if (p / SHARDED_METADATA).is_file()]
     newest_file = resume_point([p for p in found if not p.is_dir()])
     stamped = [(p / SHARDED_METADATA).stat().st_mtime for p in sharded]

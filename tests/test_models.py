@@ -133,15 +133,20 @@ def test_rms_norm_is_torch_s_in_fp32_and_computes_in_fp32_under_bf16(recwarn):
         theirs.weight.copy_(ours.weight)
     x = 3 * torch.randn(4, 7, 48)
     assert torch.equal(ours(x), theirs(x))
-    # a bf16 input (autocast's activations) with an fp32 gain, and a bf16 gain (a teacher
-    # placed in bf16): the result is bf16, the fp32 answer rounded once
-    exact = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * ours.weight).bfloat16()
+    exact = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * ours.weight
+    # a bf16 activation (autocast's) beside the fp32 gain: computed and returned in fp32,
+    # as CUDA autocast returns a norm
     xb = x.bfloat16()
-    assert ours(xb).dtype == torch.bfloat16
-    expected = F.rms_norm(xb.float(), (48,), ours.weight, 1e-6).bfloat16()
-    assert torch.equal(ours(xb), expected)
-    assert (ours(xb).float() - exact.float()).abs().max() <= 0.02 * exact.float().abs().max()
-    assert ours.bfloat16()(xb).dtype == torch.bfloat16
+    assert ours(xb).dtype == torch.float32
+    assert torch.equal(ours(xb), F.rms_norm(xb.float(), (48,), ours.weight, 1e-6))
+    # a model cast whole to bf16 (a teacher): bf16 out, the fp32 answer rounded once
+    half = RMSNorm(48, eps=1e-6)
+    half.load_state_dict(ours.state_dict())
+    half.bfloat16()
+    out = half(xb)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.rms_norm(xb.float(), (48,), half.weight.float(), 1e-6).bfloat16())
+    assert (out.float() - exact).abs().max() <= 0.02 * exact.abs().max()
     # no fallback from the fused kernel, whose warning the bf16 runs printed
     assert not [w for w in recwarn if "Mismatch dtype" in str(w.message)]
 

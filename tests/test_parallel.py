@@ -123,11 +123,11 @@ def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
         runner.execute(compose_run(tmp_path / "stopped", *overrides))
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in last.iterdir() if p.is_file()} == step4
-    staged = last.with_name("last.ckpt.partial")
+    staged = last.parent / ".kdlab-aside" / "last.ckpt.partial"
     assert staged.is_dir() and not (staged / "meta.pt").exists()  # never resumed from
 
     resumed = runner.execute(compose_run(tmp_path / "stopped", *overrides))
-    assert not staged.exists() and not last.with_name("last.ckpt.old").exists()
+    assert sorted(p.name for p in staged.parent.iterdir()) == []  # cleared, swapped, discarded
     assert resumed["key"] == clean["key"] and resumed["status"] == clean["status"] == "done"
     assert resumed["val_loss"] == pytest.approx(clean["val_loss"], abs=1e-5)
     assert resumed["steps"] == clean["steps"] == 32768 // (clean["batch_size"] * 128)
@@ -217,7 +217,8 @@ def _block() -> type:
 
 
 def test_resume_takes_the_newest_complete_checkpoint_file_or_sharded_directory(tmp_path):
-    from kdlab.runner import SHARDED_METADATA, Attempt, _resume_checkpoint
+    from kdlab.checkpoints import REPLACED, SHARDED_METADATA, aside
+    from kdlab.runner import Attempt, _resume_checkpoint
 
     attempt = Attempt(1, tmp_path)
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -231,6 +232,72 @@ def test_resume_takes_the_newest_complete_checkpoint_file_or_sharded_directory(t
     assert _resume_checkpoint(attempt) == last
     os.utime(last / SHARDED_METADATA, (500, 500))
     assert _resume_checkpoint(attempt) == older
+    # a swap cut between its renames: the previous checkpoint, whole, under its aside name
+    previous = aside(last, REPLACED)
+    previous.parent.mkdir()
+    last.rename(previous)
+    os.utime(previous / SHARDED_METADATA, (2000, 2000))
+    assert _resume_checkpoint(attempt) == previous
+    hpc_previous = aside(tmp_path / "hpc_ckpt_2.ckpt", REPLACED)
+    hpc_previous.mkdir(parents=True)
+    (hpc_previous / SHARDED_METADATA).write_bytes(b"x")
+    assert _resume_checkpoint(attempt) == hpc_previous
+
+
+def test_a_sharded_checkpoint_swap_cut_anywhere_leaves_a_whole_one_to_resume(tmp_path, monkeypatch):
+    """swap_in_directory cut after each of its steps (and a deletion cut short): a resume
+    finds a complete checkpoint every time, the newest whole one once the new one is in,
+    and the next save finishes what the cut one left."""
+    import kdlab.checkpoints as checkpoints
+    from kdlab.checkpoints import SHARDED_METADATA, clear_staged, swap_in_directory
+    from kdlab.runner import Attempt, _resume_checkpoint
+
+    attempt = Attempt(1, tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+
+    def save(step: int) -> Path:
+        staged = clear_staged(last)
+        staged.mkdir()
+        (staged / "__0_0.distcp").write_text(f"shard of step {step}")
+        (staged / SHARDED_METADATA).write_text(str(step))
+        return staged
+
+    def resumed_step() -> int:
+        return int((_resume_checkpoint(attempt) / SHARDED_METADATA).read_text())
+
+    swap_in_directory(save(4), last)
+    assert resumed_step() == 4
+
+    # each rename and the discard cut in turn (the operation raises, as a kill would end it)
+    real_rename = Path.rename
+    for cut_at, expected in ((1, 4), (2, 4)):
+        calls = []
+
+        def rename(self, target, cut_at=cut_at, calls=calls):
+            calls.append(target)
+            if len(calls) == cut_at:
+                raise KeyboardInterrupt
+            return real_rename(self, target)
+
+        monkeypatch.setattr(Path, "rename", rename)
+        with pytest.raises(KeyboardInterrupt):
+            swap_in_directory(save(8), last)
+        monkeypatch.setattr(Path, "rename", real_rename)
+        assert resumed_step() == expected
+        swap_in_directory(save(8), last)  # the next save recovers
+        assert resumed_step() == 8 and sorted(p.name for p in last.parent.iterdir()) == [
+            ".kdlab-aside",
+            "last.ckpt",
+        ]
+        assert not any((last.parent / ".kdlab-aside").iterdir())
+        swap_in_directory(save(4), last)
+
+    # the previous checkpoint's deletion cut short: without its metadata it is not resumed
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", lambda *a, **k: None)
+    swap_in_directory(save(12), last)
+    leftover = last.parent / ".kdlab-aside" / "last.ckpt.old"
+    assert leftover.is_dir() and not (leftover / SHARDED_METADATA).exists()
+    assert resumed_step() == 12
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])

@@ -135,7 +135,8 @@ def test_the_newest_checkpoint_that_loads_is_resumed_and_a_torn_one_set_aside(tm
     newer.write_bytes(data[: len(data) // 2])  # a torn copy
 
     assert resume_point([older, newer]) == older
-    [aside] = newer.parent.iterdir()
+    # set aside beside it, under no name a resume (kdlab's or Lightning's) would take
+    [aside] = (newer.parent / ".kdlab-aside").iterdir()
     assert re.fullmatch(r"last\.ckpt\.corrupt-\d{8}-\d{6}-\d{6}", aside.name)
     assert aside.read_bytes() == data[: len(data) // 2]
     warning = capsys.readouterr().err
@@ -158,7 +159,8 @@ def test_a_torn_checkpoint_of_an_interrupted_run_trains_it_again(train, tmp_path
     again = train(*TINY)
     assert "does not load" in capsys.readouterr().err
     assert again["status"] == "done" and again["val_loss"] == clean["val_loss"]
-    assert [p.name.split(".corrupt-")[0] for p in ckpt.parent.glob("*.corrupt-*")] == ["last.ckpt"]
+    set_aside = ckpt.parent / ".kdlab-aside"
+    assert [p.name.split(".corrupt-")[0] for p in set_aside.glob("*.corrupt-*")] == ["last.ckpt"]
 
 
 @pytest.mark.slow

@@ -164,7 +164,7 @@ def test_a_last_checkpoint_that_is_a_plain_pickle_is_set_aside_unread(
     assert not marker.exists()
     assert row["status"] == "done"
     assert "does not load" in capsys.readouterr().err
-    [aside] = (plan.run_dir / "checkpoints" / "last.ckpt").parent.glob("last.ckpt.corrupt-*")
+    [aside] = (plan.run_dir / "checkpoints" / ".kdlab-aside").glob("last.ckpt.corrupt-*")
     assert aside.read_bytes()[:2] == b"\x80\x04"  # the pickle, kept as it was
 
 

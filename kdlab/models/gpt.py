@@ -70,14 +70,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class RMSNorm(nn.RMSNorm):
-    """RMSNorm computed in fp32 whatever the activations' dtype, returned in theirs: under
-    bf16 the mean of squares keeps its precision, and input and gain share a dtype, so
-    torch's fused kernel runs (a bf16 input with an fp32 gain falls back, with a warning).
-    In fp32 it is nn.RMSNorm exactly."""
+    """RMSNorm computed in fp32 whatever the activations' dtype, so the mean of squares
+    keeps its precision under bf16, and input and gain share a dtype, so torch's fused
+    kernel runs (a bf16 input beside an fp32 gain fell back to a slower one, with a
+    warning). The result comes back in the wider of input and gain: fp32 for a bf16
+    activation beside an fp32 gain, as CUDA autocast returns it; bf16 in a model cast
+    whole to bf16 (a teacher). In fp32 it is nn.RMSNorm exactly."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gain = None if self.weight is None else self.weight.float()
-        return F.rms_norm(x.float(), self.normalized_shape, gain, self.eps).to(x.dtype)
+        if self.weight is None:
+            return F.rms_norm(x.float(), self.normalized_shape, None, self.eps).to(x.dtype)
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        y = F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps)
+        return y.to(out_dtype)
 
 
 class Attention(nn.Module):
