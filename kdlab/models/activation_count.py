@@ -94,6 +94,11 @@ class _CudaAutocast(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        if func in (Tensor.float, Tensor.to) and isinstance(args[0], nn.Parameter):
+            cast = func(*args, **kwargs)  # the model's own cast of a weight (RMSNorm's gain)
+            if cast is not args[0]:
+                self.weight_casts[_storage(cast)] = cast
+            return cast
         if func in (F.rms_norm, torch.rms_norm):
             x, _, weight, eps = (*args, *kwargs.values())[:4]
             return _FusedRMSNorm.apply(
