@@ -53,7 +53,15 @@ def test_the_markov_study_is_the_pysrc_supervised_half_on_a_known_chain(pysrc_jo
             for j in some
         )
 
-    assert shape(jobs) == shape(j for j in pysrc_jobs if j.role != "student")
+    # all but pysrc's last teacher (L3 at M = 9, for the capacity gap), added after this ran
+    capacity_gap_teacher = (332640, 9 * 332640)
+    supervised_half = [
+        j
+        for j in pysrc_jobs
+        if j.role != "student" and (j.n_params, j.tokens) != capacity_gap_teacher
+    ]
+    assert len(supervised_half) == sum(j.role != "student" for j in pysrc_jobs) - 1
+    assert shape(jobs) == shape(supervised_half)
     assert len(jobs) == 21 and max(j.passes for j in jobs) < 1
     assert {
         (j.signature["corpus"]["name"], j.signature["corpus"]["markov_order"]) for j in jobs
