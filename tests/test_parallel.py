@@ -268,7 +268,7 @@ def test_a_sharded_checkpoint_swap_cut_anywhere_leaves_a_whole_one_to_resume(tmp
     swap_in_directory(save(4), last)
     assert resumed_step() == 4
 
-    # each rename and the discard cut in turn (the operation raises, as a kill would end it)
+    # each of the two renames cut in turn (it raises, as a kill would end the swap there)
     real_rename = Path.rename
     for cut_at, expected in ((1, 4), (2, 4)):
         calls = []
