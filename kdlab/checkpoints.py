@@ -40,7 +40,7 @@ CORRUPT = ".corrupt-"
 ASIDE = ".kdlab-aside"  # beside the checkpoints: staged, replaced and set-aside ones
 STAGED = ".partial"  # a sharded checkpoint being written
 REPLACED = ".old"  # the previous one, for the moment between two renames
-SHARDED_METADATA = "meta.pt"  # Lightning's FSDP strategy writes it last in a sharded checkpoint
+SHARDED_METADATA = "meta.pt"  # Lightning writes it last in a sharded (FSDP) checkpoint
 
 
 def aside(path: Path, suffix: str) -> Path:

@@ -1,41 +1,54 @@
-"""How a run's model is spread over GPUs: DDP, or FSDP with one unit per transformer block.
+"""How a run's model is spread over GPUs: DDP, or FSDP2 with one unit per transformer block.
 
 ``trainer.strategy`` instantiates :func:`training_strategy` (``conf/trainer/fsdp.yaml``;
 the paper sweeps choose per size, see ``kdlab sweep plan --gpu``):
 
 - ``ddp``: a replica per GPU; gradients are DDP's all-reduce buckets
   (``gradient_as_bucket_view``), not a second copy.
-- ``fsdp``: :class:`BlockFSDPStrategy`. Every ``Block`` is an FSDP unit (and, with
-  ``activation_checkpointing``, a checkpointed one), so one block's weights are gathered
-  at a time; checkpoints are sharded (a directory: each rank writes its shard, the whole
-  directory is swapped in once complete, resume reads them back); and the
-  LightningModule builds its GPT on the meta device in ``configure_model``, which FSDP
-  materialises unit by unit with kdlab's muP init (:class:`MetaInit`): no rank ever
-  holds the whole model in fp32. Every rank draws the same weights from the seed's RNG
-  state, by the same muP rules as an eager build, but not the same numbers: the eager
-  constructor draws torch's default inits first, which a meta build skips. So a run's
-  initial weights depend on its strategy (its key does not).
+- ``fsdp``: :class:`BlockFSDPStrategy`, torch's ``fully_shard`` (FSDP2) over every rank
+  as one data-parallel group, through Lightning's ModelParallelStrategy. Every ``Block``
+  is a unit (and, with ``activation_checkpointing``, a checkpointed one), the GPT's
+  embedding and final norm the root unit, so one block's weights are gathered at a time.
+  Under bf16-mixed the units gather and reduce in bf16 (the residual stream is bf16),
+  the fp32 master weights stay sharded. Checkpoints are sharded: a directory, each rank
+  writes its shard, the whole directory is swapped in once complete, resume reads them
+  back.
 
-Lightning's FSDP strategy refuses CPUs (FSDP needs ``device_id=cpu`` there, which
-Lightning does not pass) and clipping by norm (its precision plugin raises); both are
-handled here, the first so FSDP can be tested on CPU processes with gloo.
+Under FSDP the LightningModule builds its GPT on the meta device and :func:`build_gpt`
+shards it, then draws it module by module (:func:`draw_sharded`): each module's weights
+are drawn whole on the CPU, by the muP rules and from the seed's RNG state, and each rank
+keeps its shard, so no rank ever holds the whole model at once, and the weights are the
+same at every world size. They are not the numbers of an eager build, whose constructor
+draws torch's default inits first, which a meta build skips: a run's initial weights
+depend on its strategy (its key does not).
+
+FSDP2 gathers a unit's weights in the unit's ``forward``: a model method called instead
+of it needs ``register_fsdp_forward_method`` (``GPT.features`` does), and every trained
+parameter must belong to a unit, or its gradient would never be averaged over ranks;
+:meth:`BlockFSDPStrategy.setup` refuses a module that leaves one out.
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
-from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import (
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
+from torch.distributed.tensor import distribute_tensor
 
 from kdlab.checkpoints import STAGED, aside, clear_staged, swap_in_directory
-from kdlab.models.gpt import GPT, Block
+from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape
 
 
@@ -50,47 +63,45 @@ def training_strategy(kind: str, activation_checkpointing: bool = False) -> L.py
     raise ValueError(f"trainer strategy kind must be 'ddp' or 'fsdp', not '{kind}'")
 
 
-class BlockFSDPStrategy(FSDPStrategy):
-    """FSDP with one unit per transformer block, sharded checkpoints, meta-device init."""
+class BlockFSDPStrategy(ModelParallelStrategy):
+    """FSDP2 over all ranks: a unit per transformer block, sharded checkpoints swapped in
+    whole, the model drawn shard by shard. The LightningModule shards what it builds in
+    ``configure_model`` with :meth:`shard`."""
 
     def __init__(self, activation_checkpointing: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("state_dict_type", "sharded")
-        super().__init__(
-            auto_wrap_policy={Block},
-            activation_checkpointing_policy={Block} if activation_checkpointing else None,
-            **kwargs,
-        )
+        super().__init__(tensor_parallel_size=1, save_distributed_checkpoint=True, **kwargs)
+        self.activation_checkpointing = activation_checkpointing
 
-        self._root: FSDP | None = None
+    def setup_environment(self) -> None:
+        """Every rank in one data-parallel group (Lightning's default splits the ranks of a
+        node into a tensor-parallel group)."""
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
 
-    def _setup_model(self, model: nn.Module) -> nn.Module:
-        """Wrap once: Lightning sets the model up again for ``validate`` after ``fit``, and
-        wrapping the LightningModule a second time would take the root unit's sharded
-        views (the embedding) for whole weights."""
-        if self._root is not None and self._root.module is model:
-            return self._root
-        if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-            self.kwargs["param_init_fn"] = MetaInit(model)
-        if self.root_device.type == "cpu":
-            model = FSDP(
-                module=model,
-                cpu_offload=self.cpu_offload,
-                mixed_precision=self.mixed_precision_config,
-                sharding_strategy=self.sharding_strategy,
-                auto_wrap_policy=self.kwargs.pop("auto_wrap_policy"),
-                device_id=self.root_device,
-                **self.kwargs,
+    def shard(self, module: nn.Module, units: list[nn.Module] | None = None) -> None:
+        """``fully_shard`` each of ``units``, then ``module`` (whatever parameters of its
+        the units leave), in the run's mixed precision."""
+        bf16 = str(self.precision_plugin.precision).startswith("bf16")
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+        mesh = self.device_mesh["data_parallel"]
+        for unit in units or []:
+            fully_shard(unit, mesh=mesh, mp_policy=policy if bf16 else MixedPrecisionPolicy())
+        fully_shard(module, mesh=mesh, mp_policy=policy if bf16 else MixedPrecisionPolicy())
+
+    def setup(self, trainer: L.Trainer) -> None:
+        unsharded = outside_units(self.lightning_module)
+        if unsharded:
+            raise RuntimeError(
+                f"FSDP: {', '.join(unsharded)} belong to no sharded unit, so their gradients "
+                "would differ between ranks; shard them in configure_model (kdlab/parallel.py)"
             )
-        self._root = super()._setup_model(model)
-        return self._root
+        super().setup(trainer)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
         """A sharded checkpoint is written whole beside the one it replaces, then swapped
         in (kdlab/checkpoints.py says why). Every rank calls this."""
-        if self._state_dict_type != "sharded":
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         staged = aside(path, STAGED)
         if self.global_rank == 0:
@@ -109,56 +120,72 @@ class BlockFSDPStrategy(FSDPStrategy):
             raise OSError(f"the checkpoint {path} was written but not swapped in: {failure}")
 
 
-class MetaInit:
-    """FSDP's ``param_init_fn``: each module's own tensors made real on the CPU and drawn
-    with GPT.init_module from the generator state the module was created with; FSDP then
-    moves the unit to its GPU and shards it."""
-
-    def __init__(self, root: nn.Module) -> None:
-        self.gpts = [m for m in root.modules() if isinstance(m, GPT)]
-        self.generator = torch.Generator()
-        self.generator.set_state(root.init_rng_state)
-
-    def __call__(self, module: nn.Module) -> None:
-        own = itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False))
-        if not any(t.is_meta for t in own):
-            return
-        module.to_empty(device=torch.device("cpu"), recurse=False)
-        owner = next(g for g in self.gpts if any(m is module for m in g.modules()))
-        owner.init_module(module, self.generator)
+def outside_units(module: nn.Module, prefix: str = "", inside: bool = False) -> list[str]:
+    """The trained parameters of ``module`` in no ``fully_shard`` unit."""
+    inside = inside or isinstance(module, FSDPModule)
+    names = [
+        prefix + name
+        for name, p in module.named_parameters(recurse=False)
+        if p.requires_grad and not inside
+    ]
+    for name, child in module.named_children():
+        names += outside_units(child, f"{prefix}{name}.", inside)
+    return names
 
 
-def build_gpt(shape: ModelShape, rng_state: torch.Tensor, meta: bool) -> GPT:
-    """The GPT of a run: on the meta device for FSDP to materialise, else on the CPU,
-    drawn from ``rng_state`` either way."""
-    if meta:
-        with torch.device("meta"):
+def build_gpt(
+    shape: ModelShape, rng_state: torch.Tensor, strategy: L.pytorch.Strategy | None = None
+) -> GPT:
+    """The GPT of a run, drawn from ``rng_state``: sharded by ``strategy`` when it is
+    FSDP (built on the meta device, so never whole), else whole on the CPU."""
+    if not isinstance(strategy, BlockFSDPStrategy):
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            torch.set_rng_state(rng_state)
             return GPT(shape)
-    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-        torch.set_rng_state(rng_state)
-        return GPT(shape)
+    with torch.device("meta"):
+        gpt = GPT(shape)
+    if strategy.activation_checkpointing:
+        gpt.blocks = nn.ModuleList(checkpoint_wrapper(block) for block in gpt.blocks)
+    strategy.shard(gpt, units=list(gpt.blocks))
+    register_fsdp_forward_method(gpt, "features")
+    draw_sharded(gpt, rng_state, strategy.root_device)
+    return gpt
+
+
+@torch.no_grad()
+def draw_sharded(gpt: GPT, rng_state: torch.Tensor, device: torch.device) -> None:
+    """Materialise a sharded GPT built on the meta device: module by module in
+    ``GPT.init_order``, its weights drawn whole on the CPU from ``rng_state`` by
+    ``GPT.init_module``, then this rank's shard kept. The result is the model
+    ``GPT.reset_parameters(generator)`` draws, at any world size."""
+    gpt.to_empty(device=device)
+    generator = torch.Generator()
+    generator.set_state(rng_state)
+    for module in gpt.init_order():
+        sharded = dict(module.named_parameters(recurse=False))
+        whole = {
+            name: nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=False)
+            for name, p in sharded.items()
+        }
+        module._parameters.update(whole)  # the module draws into whole tensors...
+        try:
+            gpt.init_module(module, generator)
+        finally:
+            module._parameters.update(sharded)  # ...and gets its sharded ones back
+        for name, p in sharded.items():  # every rank drew the same: no communication
+            mine = distribute_tensor(whole[name], p.device_mesh, p.placements, src_data_rank=None)
+            p.to_local().copy_(mine.to_local())
 
 
 def is_fsdp(trainer: L.Trainer | None) -> bool:
-    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
+    return trainer is not None and isinstance(trainer.strategy, BlockFSDPStrategy)
 
 
 def full_state_dict(trainer: L.Trainer) -> dict[str, Any]:
     """The LightningModule's whole state on global rank 0 (empty elsewhere under FSDP),
     gathered from the shards when the strategy shards it; every rank must call it."""
     strategy = trainer.strategy
-    if not isinstance(strategy, FSDPStrategy):
+    if not isinstance(strategy, BlockFSDPStrategy):
         return strategy.lightning_module_state_dict()
-    config = FullStateDictConfig(offload_to_cpu=strategy.root_device.type != "cpu", rank0_only=True)
-    with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, config):
-        return strategy.model.state_dict()
-
-
-def clip_gradient_norm(trainer: L.Trainer, max_norm: float) -> bool:
-    """Clip by the global norm under FSDP (over every rank's shards); False elsewhere,
-    where Lightning's own clipping is right."""
-    root = trainer.strategy.model
-    if not isinstance(root, FSDP):
-        return False
-    root.clip_grad_norm_(max_norm)
-    return True
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(strategy.lightning_module, options=options)

@@ -1,9 +1,9 @@
-"""Paper-scale training settings on CPU: FSDP per block, meta-device init, sharded
+"""Paper-scale training settings on CPU: FSDP2 per block, meta-device init, sharded
 checkpoints that resume, the teacher in the compute dtype, the resume lookup.
 
-FSDP runs here on CPU processes with gloo (kdlab.parallel passes FSDP the CPU device
-Lightning leaves out). One process in this one; two in the slow test, launched as a user
-would and killed mid-run.
+FSDP runs here on CPU processes with gloo. One process in most of these tests; two in the
+test of the sharded draw, gradients and clipping, and in the slow test, launched as a
+user would and killed mid-run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlab.models.gpt import GPT, rope_tables
+from kdlab.models.gpt import GPT
 from kdlab.models.ladder import get_shape
 from kdlab.rundb import RunStore
 from tests.conftest import FAST, REPO, compose_run, fresh_world
@@ -92,12 +92,13 @@ def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
     assert isinstance(trainer.strategy, BlockFSDPStrategy)
     model = trainer.lightning_module.model
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
-    # one FSDP unit per block, each checkpointed; the embedding stays in the root unit
-    assert all(isinstance(block, FSDP) for block in model.blocks)
-    assert all(isinstance(b._fsdp_wrapped_module, CheckpointWrapper) for b in model.blocks)
-    assert not isinstance(model.wte, FSDP)
+    # one FSDP unit per block, each checkpointed; the embedding is in the GPT's root unit
+    assert all(isinstance(b, FSDPModule) and isinstance(b, CheckpointWrapper) for b in model.blocks)
+    assert isinstance(model, FSDPModule) and not isinstance(model.wte, FSDPModule)
+    assert all(isinstance(p, DTensor) for p in model.parameters())
 
     last = tmp_path / "stopped" / "runs" / clean["key"] / "checkpoints" / "last.ckpt"
     assert last.is_dir() and (last / "meta.pt").is_file()  # sharded: a directory
@@ -109,7 +110,7 @@ def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
     # the next save (step 8) is cut short after its shards are written: the checkpoint
     # of step 4 stays whole, shards and all, and the run resumes from it as if no save
     # had been tried (Lightning wrote the shards over the old ones in place)
-    import lightning.pytorch.strategies.fsdp as lightning_fsdp
+    import lightning.pytorch.strategies.model_parallel as lightning_fsdp
 
     step4 = {p.name: p.read_bytes() for p in last.iterdir() if p.is_file()}
     write_shards = lightning_fsdp._distributed_checkpoint_save
@@ -142,54 +143,153 @@ def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
         torch.testing.assert_close(tensor, blob["state_dict"][name], atol=1e-5, rtol=0)
 
 
-def test_meta_init_draws_mup_weights_and_rope_tables(process_group):
-    """A GPT built on the meta device, materialised unit by unit by FSDP: rule 1 of the
-    muP init (N(0, 1/fan_in) matrices, N(0, 1/base) embedding, unit gains) and real RoPE
-    tables, the same on every call with the same RNG state."""
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+def test_bf16_mixed_fsdp_gathers_bf16_and_keeps_fp32_master_weights(
+    train, tmp_path, process_group, monkeypatch
+):
+    """The paper's precision under FSDP: units gather and reduce in bf16 while the
+    sharded master weights stay fp32, and the run ends near its fp32 twin (the same
+    initial weights: both are drawn by the sharded path)."""
+    import kdlab.runner as runner
 
-    from kdlab.models.gpt import Block
-    from kdlab.parallel import MetaInit, build_gpt
+    seen = {}
+    build_trainer = runner.build_trainer
+
+    def recording(*args, **kwargs):
+        seen["trainer"] = trainer = build_trainer(*args, **kwargs)
+        return trainer
+
+    monkeypatch.setattr(runner, "build_trainer", recording)
+    short = ["model=nano_L2", "data.tokens=16384", "data.tokens_per_param=null", FSDP_CKPT]
+    fp32 = train(*short, root=tmp_path / "fp32")
+    bf16 = train(*short, "trainer.precision=bf16-mixed", root=tmp_path / "bf16")  # same key
+    model = seen["trainer"].lightning_module.model
+    policy = model.blocks[0]._get_fsdp_state()._mp_policy
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert bf16["status"] == fp32["status"] == "done"
+    assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], abs=0.01)  # 2e-5 here
+    assert bf16["val_loss"] != fp32["val_loss"]  # it did compute in bf16
+
+
+def test_a_feature_matching_student_trains_under_fsdp(train, tmp_path, process_group, monkeypatch):
+    """A student matching hidden states and an attention map under FSDP: its GPT's
+    features() and its projections run sharded (each projection a unit of its own, so
+    its gradient is averaged over ranks), and a trained parameter left outside every
+    unit is named."""
+    from torch.distributed.fsdp import FSDPModule
+
+    import kdlab.runner as runner
+    from kdlab.parallel import outside_units
+    from tests.test_distill import STUDENT, TEACHER
+
+    train(*TEACHER)
+    seen = {}
+    build_trainer = runner.build_trainer
+
+    def recording(*args, **kwargs):
+        seen["trainer"] = trainer = build_trainer(*args, **kwargs)
+        return trainer
+
+    monkeypatch.setattr(runner, "build_trainer", recording)
+    features = ["objective=features", "objective.features.attention_weight=0.5"]
+    student = train(*STUDENT, *features, FSDP_CKPT)
+    assert student["status"] == "done" and student["teacher_key"]
+    assert 0 < student["val_loss"] < 4.5, student["val_loss"]  # uniform: ln 256 = 5.55
+    module = seen["trainer"].lightning_module
+    assert [type(p).__name__ for p in module.matching.projections] == ["FSDPLinear"]
+    assert all(isinstance(p, FSDPModule) for p in module.matching.projections)
+    assert outside_units(module) == []
+    holder = nn.Module()
+    holder.student, holder.extra = module, nn.Linear(2, 2, bias=False)
+    assert outside_units(holder) == ["extra.weight"]
+
+
+def _sharded_worker(rank: int, address: str, rng_state: torch.Tensor, out: Path) -> None:
+    """One of two ranks: a GPT built on the meta device, sharded a unit per block and
+    drawn by kdlab.parallel; one training backward on the batch every rank sees, its
+    gradients clipped by torch's clip_grad_norm_ on the shards, and a features() pass.
+    Rank 0 writes down what the test compares with one process's eager GPT."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.tensor import DTensor
+
+    from kdlab.parallel import draw_sharded
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    with torch.device("meta"):
+        gpt = GPT(get_shape("micro", "L4"))
+    for block in gpt.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(gpt, mesh=mesh)
+    register_fsdp_forward_method(gpt, "features")
+    draw_sharded(gpt, rng_state, torch.device("cpu"))
+    drawn = get_model_state_dict(gpt, options=StateDictOptions(full_state_dict=True))
+    assert all(p.to_local().shape[0] < p.shape[0] for p in gpt.parameters())  # halves
+
+    idx = torch.arange(2 * 64).reshape(2, 64) % gpt.shape.vocab_size
+    features = gpt.features(idx, attention_layers=(2,))
+    features.logits.float().square().mean().backward()
+    norm = torch.nn.utils.clip_grad_norm_(gpt.parameters(), max_norm=0.01)
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+    grads = {name: p.grad.full_tensor() for name, p in gpt.named_parameters()}
+    if rank == 0:
+        torch.save(
+            {
+                "drawn": drawn,
+                "norm": norm,
+                "grads": grads,
+                "logits": features.logits.detach(),
+                "attention": features.attention[2].detach(),
+            },
+            out,
+        )
+    torch.distributed.destroy_process_group()
+
+
+def test_a_sharded_gpt_is_drawn_trained_and_clipped_as_one_process_would(tmp_path):
+    """Two ranks, each holding half of every weight: the drawn weights are exactly those
+    ``GPT.reset_parameters(generator)`` draws from the same RNG state (rule 1 of the muP
+    init, in a fixed order, whatever the world size), and features(), the gradients and
+    clipping by the global norm match one process's eager GPT."""
+    import torch.multiprocessing as mp
 
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{free.getsockname()[1]}"
-    torch.distributed.init_process_group("gloo", init_method=address, rank=0, world_size=1)
-    shape = get_shape("micro", "L4")  # d 128: wide enough for the stds to tell
-
-    def materialised(rng_state: torch.Tensor) -> dict[str, torch.Tensor]:
-        root = nn.Module()
-        root.init_rng_state = rng_state
-        root.model = build_gpt(shape, rng_state, meta=True)
-        assert root.model.wte.weight.is_meta
-        wrapped = FSDP(
-            root,
-            auto_wrap_policy=ModuleWrapPolicy({Block}),
-            param_init_fn=MetaInit(root),
-            device_id=torch.device("cpu"),
-            use_orig_params=True,
-        )
-        cos, sin = rope_tables(shape.n_ctx, shape.head_dim, shape.rope_base)
-        assert torch.equal(root.model.rope_cos, cos) and torch.equal(root.model.rope_sin, sin)
-        config = FullStateDictConfig(rank0_only=True)
-        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, config):
-            return wrapped.state_dict()
-
     torch.manual_seed(7)
-    state = materialised(torch.get_rng_state())
-    torch.manual_seed(7)
-    again = materialised(torch.get_rng_state())
-    for name, tensor in state.items():
-        torch.testing.assert_close(tensor, again[name], atol=0, rtol=0)
-    for name, tensor in state.items():
-        if name.endswith("norm.weight") or "norm_f" in name:
+    rng_state = torch.get_rng_state()
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_sharded_worker, args=(address, rng_state, out), nprocs=2)
+    sharded = torch.load(out, weights_only=True)
+
+    eager = GPT(get_shape("micro", "L4"))
+    generator = torch.Generator()
+    generator.set_state(rng_state)
+    eager.reset_parameters(generator)
+    assert sorted(sharded["drawn"]) == sorted(eager.state_dict())
+    for name, tensor in eager.state_dict().items():
+        assert torch.equal(sharded["drawn"][name], tensor), name
+    for name, tensor in eager.state_dict().items():  # rule 1, on a model this wide
+        if "norm" in name:
             assert torch.equal(tensor, torch.ones_like(tensor)), name
-        elif name == "model.wte.weight":
+        elif name == "wte.weight":
             assert tensor.std().item() == pytest.approx(32**-0.5, rel=0.05)
         else:
             assert tensor.std().item() == pytest.approx(tensor.shape[1] ** -0.5, rel=0.05), name
+
+    idx = torch.arange(2 * 64).reshape(2, 64) % eager.shape.vocab_size
+    features = eager.features(idx, attention_layers=(2,))
+    torch.testing.assert_close(sharded["logits"], features.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sharded["attention"], features.attention[2], atol=1e-6, rtol=1e-5)
+    features.logits.square().mean().backward()
+    norm = torch.nn.utils.clip_grad_norm_(eager.parameters(), max_norm=0.01)
+    assert norm.item() > 0.01  # so the clip acted
+    torch.testing.assert_close(sharded["norm"], norm, atol=0, rtol=1e-5)
+    for name, p in eager.named_parameters():
+        torch.testing.assert_close(sharded["grads"][name], p.grad, atol=1e-8, rtol=1e-4)
 
 
 def test_training_strategy_kinds():
@@ -200,20 +300,12 @@ def test_training_strategy_kinds():
     ddp = training_strategy("ddp")
     assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"gradient_as_bucket_view": True}
     fsdp = training_strategy("fsdp", activation_checkpointing=True)
-    assert isinstance(fsdp, BlockFSDPStrategy) and fsdp._state_dict_type == "sharded"
-    assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {_block()}
-    assert fsdp._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {_block()}
-    assert training_strategy("fsdp")._activation_checkpointing_kwargs == {}
+    assert isinstance(fsdp, BlockFSDPStrategy) and fsdp._save_distributed_checkpoint
+    assert fsdp.activation_checkpointing and not training_strategy("fsdp").activation_checkpointing
     with pytest.raises(ValueError, match="'ddp' or 'fsdp', not 'zero3'"):
         training_strategy("zero3")
     with pytest.raises(ValueError, match="fsdp strategy only"):
         training_strategy("ddp", activation_checkpointing=True)
-
-
-def _block() -> type:
-    from kdlab.models.gpt import Block
-
-    return Block
 
 
 def test_resume_takes_the_newest_complete_checkpoint_file_or_sharded_directory(tmp_path):

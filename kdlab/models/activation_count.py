@@ -22,7 +22,7 @@ Three things make the fake run behave as the paper's GPU run, where it would not
 ``params_dtype`` is float32 for DDP (fp32 weights under autocast: the residual stream
 is fp32 and weights are cast per matmul) and bfloat16 for FSDP (its mixed-precision
 gathers bf16 weights: the residual stream is bf16 and nothing is cast).
-``checkpointing`` wraps every block as Lightning's FSDP activation checkpointing does,
+``checkpointing`` wraps every block as kdlab's FSDP strategy does (kdlab/parallel.py),
 so only block inputs stay saved. A student adds the frozen teacher's forward (no grad)
 and the distillation loss.
 """
@@ -149,10 +149,7 @@ def count_saved_bytes(
     teacher_shape: ModelShape | None = None,
 ) -> SavedBytes:
     """Bytes of the distinct storages autograd saves in one training forward (see above)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        apply_activation_checkpointing,
-    )
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     saved: dict[int, Tensor] = {}  # storage -> a tensor on it (held: addresses stay unique)
 
@@ -167,10 +164,10 @@ def count_saved_bytes(
         fixed = {
             _storage(t) for m in (model, teacher) if m for t in (*m.parameters(), *m.buffers())
         }
-        model.blocks = nn.ModuleList(_InAutocast(b, weight_casts) for b in model.blocks)
-        if checkpointing:
-            policy = ModuleWrapPolicy({_InAutocast})
-            apply_activation_checkpointing(model, auto_wrap_policy=policy)
+        blocks = [_InAutocast(b, weight_casts) for b in model.blocks]
+        if checkpointing:  # as kdlab.parallel.build_gpt wraps them
+            blocks = [checkpoint_wrapper(b) for b in blocks]
+        model.blocks = nn.ModuleList(blocks)
         idx = torch.zeros(micro_batch, shape.n_ctx, dtype=torch.long)
         targets = torch.zeros_like(idx)  # a batch's own tensor in training, as x is
         with _CudaAutocast(weight_casts):

@@ -137,9 +137,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(shape.d_model, eps=NORM_EPS)
         self.mlp = SwiGLU(shape)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The block's output; with ``attention``, also its head-averaged attention map,
+        computed here so a sharded block (FSDP2) has its weights gathered for it."""
+        normed = self.attn_norm(x)
+        out = x + self.attn(normed, cos, sin)
+        out = out + self.mlp(self.mlp_norm(out))
+        return (out, self.attn.probabilities(normed, cos, sin)) if attention else out
 
 
 class Features(NamedTuple):
@@ -169,18 +175,22 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """muP init (rule 1): hidden N(0, 1/fan_in), embedding N(0, 1/base_d_model), gains 1."""
-        for module in self.modules():
-            if module is not self.wte:
-                self.init_module(module)
-        self.init_module(self.wte)  # last, as it always was: the same draws as before
+        for module in self.init_order():
+            self.init_module(module, generator)
+
+    def init_order(self) -> list[nn.Module]:
+        """The modules in the order their weights are drawn: the embedding last, as it
+        always was (the same draws as before)."""
+        return [m for m in self.modules() if m is not self.wte] + [self.wte]
 
     @torch.no_grad()
     def init_module(self, module: nn.Module, generator: torch.Generator | None = None) -> None:
-        """Rule 1 for ``module``'s own tensors, not its children's: FSDP materialises a GPT
-        built on the meta device module by module (kdlab/parallel.py). For the GPT itself,
-        its RoPE tables, which are empty after that materialisation."""
+        """Rule 1 for ``module``'s own tensors, not its children's: a GPT built on the meta
+        device is drawn module by module, each module's weights whole before they are
+        sharded (kdlab/parallel.py). For the GPT itself, its RoPE tables, which are empty
+        after that materialisation."""
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=module.in_features**-0.5, generator=generator)
         elif isinstance(module, nn.RMSNorm):
@@ -222,8 +232,9 @@ class GPT(nn.Module):
         hidden, attention = [x], {}
         for i, block in enumerate(self.blocks, start=1):
             if i in attention_layers:
-                attention[i] = block.attn.probabilities(block.attn_norm(x), cos, sin)
-            x = block(x, cos, sin)
+                x, attention[i] = block(x, cos, sin, attention=True)
+            else:
+                x = block(x, cos, sin)
             hidden.append(x)
         return Features(self.readout(x), hidden, attention)
 
@@ -238,7 +249,7 @@ class GPT(nn.Module):
             raise ValueError(f"Learning rate must be a positive number, got {lr}.")
         if weight_decay < 0:
             raise ValueError(f"Weight decay must be non-negative, got {weight_decay}.")
-        # by module, not by p.ndim: FSDP flattens the parameters it shards
+        # by module, not by p.ndim: the rule follows what a weight does, not its shape
         hidden = [m.weight for m in self.blocks.modules() if isinstance(m, nn.Linear)]
         norms = [m.weight for m in self.modules() if isinstance(m, nn.RMSNorm)]
         groups = [

@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 from kdlab.losses import next_token_loss
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape
-from kdlab.parallel import build_gpt, clip_gradient_norm, is_fsdp
+from kdlab.parallel import build_gpt
 
 
 class DivergedError(RuntimeError):
@@ -70,25 +70,14 @@ class LanguageModelModule(L.LightningModule):
         self.val_ce = MeanMetric()
 
     def configure_model(self) -> None:
-        """Build the GPT: on the meta device under FSDP, which materialises it shard by
-        shard, so no rank holds the whole model in fp32; else on the CPU."""
+        """Build the GPT: sharded under FSDP, drawn shard by shard so no rank holds the
+        whole model; else on the CPU."""
         if self.model is None:
-            self.model = build_gpt(self.shape, self.init_rng_state, meta=is_fsdp(self._trainer))
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            self.model = build_gpt(self.shape, self.init_rng_state, strategy)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Lightning's FSDP refuses to clip by norm; FSDP's own clip takes every shard."""
-        by_norm = gradient_clip_algorithm in (None, "norm")
-        if gradient_clip_val and by_norm and clip_gradient_norm(self.trainer, gradient_clip_val):
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.optimizer_groups(self.lr, self.weight_decay) + self.extra_groups()

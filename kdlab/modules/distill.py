@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryCalibrationError
 
@@ -32,6 +33,7 @@ from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape
 from kdlab.modules.base import LanguageModelModule
 from kdlab.modules.features import FeatureMatching
+from kdlab.parallel import is_fsdp
 
 
 class DistillModule(LanguageModelModule):
@@ -90,6 +92,16 @@ class DistillModule(LanguageModelModule):
     @property
     def teacher(self) -> nn.Module | None:
         return self._teacher[0]
+
+    def configure_model(self) -> None:
+        """The student's GPT, and under FSDP its feature projections sharded too: each
+        is a unit of its own, or its gradient would not be averaged over ranks."""
+        super().configure_model()
+        if self.matching is None or not is_fsdp(self._trainer):
+            return
+        for projection in self.matching.projections:
+            if isinstance(projection, nn.Linear) and not isinstance(projection, FSDPModule):
+                self.trainer.strategy.shard(projection)
 
     def on_fit_start(self) -> None:
         self._place_teacher()
