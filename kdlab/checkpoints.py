@@ -24,6 +24,7 @@ good one, or from scratch: a resume that replays the same batches reaches the sa
 from __future__ import annotations
 
 import datetime as dt
+import io
 import pickle
 import shutil
 import sys
@@ -44,8 +45,10 @@ SHARDED_METADATA = "meta.pt"  # Lightning writes it last in a sharded (FSDP) che
 
 
 def aside(path: Path, suffix: str) -> Path:
-    """Where ``path`` is staged (STAGED), kept while replaced (REPLACED) or set aside."""
-    return path.parent / ASIDE / f"{path.name}{suffix}"
+    """Where ``path`` is staged (STAGED), kept while replaced (REPLACED) or set aside; a
+    path already in the aside folder stays there."""
+    folder = path.parent if path.parent.name == ASIDE else path.parent / ASIDE
+    return folder / f"{path.name}{suffix}"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -99,21 +102,119 @@ def discard(path: Path) -> None:
 def unreadable(path: Path) -> str | None:
     """Why the checkpoint at ``path`` cannot be resumed from; None when it can.
 
-    The file is memory-mapped, not read: a truncated archive fails on its missing index
-    at the end, and no tensor is copied.
+    A file is memory-mapped, not read: a truncated archive fails on its missing index at
+    the end, and no tensor is copied. A sharded checkpoint (a directory) is checked
+    through everything torch's loader would unpickle whole: Lightning's metadata, the
+    index of its items, and each item that is not a tensor. Code in any of them is
+    refused (ConfigError), never run.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:  # whole, but it asks to run code: refuse, keep as evidence
-        raise ConfigError(
-            f"the run's checkpoint {path} holds more than tensors and plain values, and "
-            "kdlab never runs code from a weights file, so it is refused"
-        ) from None
-    except Exception as err:  # a damaged file fails in many ways (zip, OSError)
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
-    if not isinstance(state, dict) or not {"state_dict", "global_step"} <= set(state):
-        return "not a Lightning checkpoint (no state_dict and global_step)"
+        if path.is_dir():
+            _check_sharded(path)
+        elif not _holds(_load_as_data(path, path), "state_dict", "global_step"):
+            return "not a Lightning checkpoint (no state_dict and global_step)"
+    except _Unreadable as err:
+        return str(err)
     return None
+
+
+class _Unreadable(Exception):
+    """A checkpoint that does not load: set aside, not refused."""
+
+
+def _load_as_data(source: Path | io.BytesIO, checkpoint: Path) -> Any:
+    """torch.load of tensors and plain values only."""
+    try:
+        state = torch.load(
+            source, map_location="cpu", weights_only=True, mmap=isinstance(source, Path)
+        )
+    except pickle.UnpicklingError:  # whole, but it asks to run code: refuse, keep as evidence
+        raise _code_refused(checkpoint) from None
+    except Exception as err:  # a damaged file fails in many ways (zip, OSError)
+        raise _Unreadable(_first_line(err)) from None
+    return state
+
+
+def _holds(state: Any, *keys: str) -> bool:
+    return isinstance(state, dict) and set(keys) <= set(state)
+
+
+def _code_refused(checkpoint: Path) -> ConfigError:
+    return ConfigError(
+        f"the run's checkpoint {checkpoint} holds more than tensors and plain values, and "
+        "kdlab never runs code from a weights file, so it is refused"
+    )
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+
+
+SHARDED_INDEX = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
+SHARDED_NAMES = ("state_dict.", "optimizer_")  # how Lightning's ModelParallelStrategy names items
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Unpickles torch.distributed.checkpoint's index and nothing else: its own records,
+    torch sizes, dtypes and layouts, and paths. torch reads it with plain pickle."""
+
+    RECORDS = {
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in (
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "_MEM_FORMAT_ENCODING",
+        )
+    } | {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.serialization", "_get_layout"),
+        ("torch", "Size"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) not in self.RECORDS and not dtype:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
+        return super().find_class(module, name)
+
+
+def _check_sharded(path: Path) -> None:
+    """Raise _Unreadable (or ConfigError for code) unless the sharded checkpoint at
+    ``path`` reads as data and names its items as this kdlab's FSDP strategy does."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    if not _holds(_load_as_data(path / SHARDED_METADATA, path), "global_step"):
+        raise _Unreadable("not a Lightning checkpoint (no global_step)")
+    try:
+        with open(path / SHARDED_INDEX, "rb") as handle:
+            index = _IndexUnpickler(handle).load()
+        items, storage = index.state_dict_metadata, index.storage_data
+    except pickle.UnpicklingError:
+        raise _code_refused(path) from None
+    except Exception as err:
+        raise _Unreadable(f"its index: {_first_line(err)}") from None
+    foreign = sorted(name for name in items if not name.startswith(SHARDED_NAMES))
+    if foreign:  # FSDP1's layout: model.* at the top
+        raise _Unreadable(
+            f"its shards hold {foreign[0]}, as kdlab's FSDP1 strategy wrote them; this "
+            "kdlab's FSDP2 strategy reads state_dict.* and optimizer_* items"
+        )
+    for where, info in storage.items():
+        if not isinstance(items.get(where.fqn), BytesStorageMetadata):
+            continue  # a tensor: torch loads those with weights_only
+        if info.transform_descriptors:
+            raise _Unreadable(f"its item {where.fqn} is stored transformed")
+        with open(path / info.relative_path, "rb") as handle:
+            handle.seek(info.offset)
+            blob = io.BytesIO(handle.read(info.length))
+        _load_as_data(blob, path)
 
 
 def set_aside(path: Path, reason: str) -> None:
@@ -136,8 +237,13 @@ def set_aside(path: Path, reason: str) -> None:
 
 
 def resume_point(candidates: list[Path]) -> Path | None:
-    """The newest candidate checkpoint that loads; those that do not are set aside."""
-    found = sorted((p for p in candidates if p.is_file()), key=_mtime, reverse=True)
+    """The newest candidate checkpoint that loads; those that do not are set aside. A
+    sharded one counts once its metadata is written (last), and is as old as that file."""
+    found = sorted(
+        (p for p in candidates if p.is_file() or (p / SHARDED_METADATA).is_file()),
+        key=_mtime,
+        reverse=True,
+    )
     for path in found:
         reason = unreadable(path)
         if reason is None:
@@ -148,6 +254,6 @@ def resume_point(candidates: list[Path]) -> Path | None:
 
 def _mtime(path: Path) -> float:
     try:
-        return path.stat().st_mtime
+        return (path / SHARDED_METADATA if path.is_dir() else path).stat().st_mtime
     except FileNotFoundError:  # set aside by another rank meanwhile
         return 0.0

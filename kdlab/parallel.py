@@ -10,11 +10,14 @@ the paper sweeps choose per size, see ``kdlab sweep plan --gpu``):
   is a unit (and, with ``activation_checkpointing``, a checkpointed one), the GPT's
   embedding and final norm the root unit, so one block's weights are gathered at a time.
   Under bf16-mixed the units gather and reduce in bf16 (the residual stream is bf16),
-  the fp32 master weights stay sharded. Checkpoints are sharded: a directory, each rank
-  writes its shard, the whole directory is swapped in once complete, resume reads them
-  back.
+  the fp32 master weights stay sharded. Gradient accumulation reduce-scatters every
+  micro-batch: skipping that would hold every unit's whole gradient between
+  micro-batches, which kdlab/models/memory.py does not budget. Checkpoints are sharded: a
+  directory, each rank writes its shard, the whole directory is swapped in once
+  complete, resume reads them back (kdlab/checkpoints.py reads what torch would unpickle
+  as data first).
 
-Under FSDP the LightningModule builds its GPT on the meta device and :func:`build_gpt`
+Under FSDP the LightningModule's :func:`build_gpt` builds its GPT on the meta device,
 shards it, then draws it module by module (:func:`draw_sharded`): each module's weights
 are drawn whole on the CPU, by the muP rules and from the seed's RNG state, and each rank
 keeps its shard, so no rank ever holds the whole model at once, and the weights are the
@@ -39,13 +42,14 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import (
     FSDPModule,
     MixedPrecisionPolicy,
     fully_shard,
     register_fsdp_forward_method,
 )
-from torch.distributed.tensor import distribute_tensor
+from torch.distributed.tensor import DTensor
 
 from kdlab.checkpoints import STAGED, aside, clear_staged, swap_in_directory
 from kdlab.models.gpt import GPT
@@ -78,15 +82,17 @@ class BlockFSDPStrategy(ModelParallelStrategy):
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
-    def shard(self, module: nn.Module, units: list[nn.Module] | None = None) -> None:
-        """``fully_shard`` each of ``units``, then ``module`` (whatever parameters of its
-        the units leave), in the run's mixed precision."""
-        bf16 = str(self.precision_plugin.precision).startswith("bf16")
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+    def mixed_precision(self) -> MixedPrecisionPolicy:
+        """Under bf16-mixed, units gather their weights and reduce their gradients in bf16
+        (the sharded master weights stay fp32); otherwise they keep the weights' dtype."""
+        if str(self.precision_plugin.precision).startswith("bf16"):
+            return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+        return MixedPrecisionPolicy()
+
+    def shard(self, module: nn.Module) -> None:
+        """Make ``module`` a unit of its own (a student's feature projection)."""
         mesh = self.device_mesh["data_parallel"]
-        for unit in units or []:
-            fully_shard(unit, mesh=mesh, mp_policy=policy if bf16 else MixedPrecisionPolicy())
-        fully_shard(module, mesh=mesh, mp_policy=policy if bf16 else MixedPrecisionPolicy())
+        fully_shard(module, mesh=mesh, mp_policy=self.mixed_precision())
 
     def setup(self, trainer: L.Trainer) -> None:
         unsharded = outside_units(self.lightning_module)
@@ -137,18 +143,40 @@ def build_gpt(
     shape: ModelShape, rng_state: torch.Tensor, strategy: L.pytorch.Strategy | None = None
 ) -> GPT:
     """The GPT of a run, drawn from ``rng_state``: sharded by ``strategy`` when it is
-    FSDP (built on the meta device, so never whole), else whole on the CPU."""
+    FSDP, else whole on the CPU."""
     if not isinstance(strategy, BlockFSDPStrategy):
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             torch.set_rng_state(rng_state)
             return GPT(shape)
+    return sharded_gpt(
+        shape,
+        rng_state,
+        strategy.device_mesh["data_parallel"],
+        strategy.root_device,
+        strategy.mixed_precision(),
+        checkpointing=strategy.activation_checkpointing,
+    )
+
+
+def sharded_gpt(
+    shape: ModelShape,
+    rng_state: torch.Tensor,
+    mesh: DeviceMesh,
+    device: torch.device,
+    policy: MixedPrecisionPolicy,
+    checkpointing: bool = False,
+) -> GPT:
+    """A GPT built on the meta device (so never whole), each block a unit (checkpointed
+    with ``checkpointing``), the embedding and final norm the root unit, then drawn."""
     with torch.device("meta"):
         gpt = GPT(shape)
-    if strategy.activation_checkpointing:
+    if checkpointing:
         gpt.blocks = nn.ModuleList(checkpoint_wrapper(block) for block in gpt.blocks)
-    strategy.shard(gpt, units=list(gpt.blocks))
+    for block in gpt.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(gpt, mesh=mesh, mp_policy=policy)
     register_fsdp_forward_method(gpt, "features")
-    draw_sharded(gpt, rng_state, strategy.root_device)
+    draw_sharded(gpt, rng_state, device)
     return gpt
 
 
@@ -156,8 +184,8 @@ def build_gpt(
 def draw_sharded(gpt: GPT, rng_state: torch.Tensor, device: torch.device) -> None:
     """Materialise a sharded GPT built on the meta device: module by module in
     ``GPT.init_order``, its weights drawn whole on the CPU from ``rng_state`` by
-    ``GPT.init_module``, then this rank's shard kept. The result is the model
-    ``GPT.reset_parameters(generator)`` draws, at any world size."""
+    ``GPT.init_module``, then this rank's shard copied to ``device``. The result is the
+    model ``GPT.reset_parameters(generator)`` draws, at any world size."""
     gpt.to_empty(device=device)
     generator = torch.Generator()
     generator.set_state(rng_state)
@@ -172,9 +200,20 @@ def draw_sharded(gpt: GPT, rng_state: torch.Tensor, device: torch.device) -> Non
             gpt.init_module(module, generator)
         finally:
             module._parameters.update(sharded)  # ...and gets its sharded ones back
-        for name, p in sharded.items():  # every rank drew the same: no communication
-            mine = distribute_tensor(whole[name], p.device_mesh, p.placements, src_data_rank=None)
-            p.to_local().copy_(mine.to_local())
+        for name, p in sharded.items():
+            p.to_local().copy_(_my_shard(whole[name], p))
+
+
+def _my_shard(whole: torch.Tensor, sharded: DTensor) -> torch.Tensor:
+    """This rank's part of ``whole`` as FSDP2 shards it: dim 0 split by torch.chunk over
+    a 1-D mesh (DTensor's Shard), taken on the CPU so only the shard travels."""
+    (placement,) = sharded.placements
+    rank, ranks = sharded.device_mesh.get_local_rank(), sharded.device_mesh.size()
+    chunks = torch.chunk(whole, ranks, dim=placement.dim)
+    mine = chunks[rank] if rank < len(chunks) else whole.narrow(placement.dim, 0, 0)
+    if mine.shape != sharded.to_local().shape:
+        raise RuntimeError(f"a shard of {tuple(whole.shape)} is not split as FSDP2 splits it")
+    return mine
 
 
 def is_fsdp(trainer: L.Trainer | None) -> bool:

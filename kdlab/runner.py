@@ -40,7 +40,6 @@ from kdlab.callbacks import (
 from kdlab.checkpoints import (
     ASIDE,
     REPLACED,
-    SHARDED_METADATA,
     AtomicCheckpointIO,
     aside,
     resume_point,
@@ -293,23 +292,14 @@ def _attempt(cfg: DictConfig, plan: RunPlan, row: dict[str, Any] | None) -> Atte
 
 def _resume_checkpoint(attempt: Attempt) -> Path | None:
     """The newest checkpoint of the attempt that loads: kdlab's last.ckpt or a SLURM
-    pre-emption checkpoint; any file that does not load is set aside.
-
-    A sharded (FSDP) checkpoint is a directory, complete once rank 0 has written its
-    metadata file after every shard; its time is that file's, and one without it is
-    ignored (a save cut short). A checkpoint's REPLACED copy is the previous one, whole,
-    when a swap (kdlab.checkpoints.swap_in_directory) was cut between its two renames."""
+    pre-emption checkpoint, a file or a sharded (FSDP) directory; any that does not load
+    is set aside (kdlab.checkpoints.resume_point). A checkpoint's REPLACED copy is the
+    previous one, whole, when a swap (kdlab.checkpoints.swap_in_directory) was cut between
+    its two renames."""
     last = attempt.dir / "checkpoints" / "last.ckpt"
     saved = [*attempt.dir.glob("hpc_ckpt_*.ckpt"), last]
     replaced = [*(attempt.dir / ASIDE).glob(f"hpc_ckpt_*.ckpt{REPLACED}"), aside(last, REPLACED)]
-    found = saved + replaced
-    sharded = [p for p in found if (p / SHARDED_METADATA).is_file()]
-    newest_file = resume_point([p for p in found if not p.is_dir()])
-    stamped = [(p / SHARDED_METADATA).stat().st_mtime for p in sharded]
-    if newest_file is not None:
-        sharded.append(newest_file)
-        stamped.append(newest_file.stat().st_mtime)
-    return max(zip(stamped, sharded, strict=True))[1] if sharded else None
+    return resume_point(saved + replaced)
 
 
 def _promote(plan: RunPlan, attempt: Attempt) -> None:

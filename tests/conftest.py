@@ -206,3 +206,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         print(f"\nthe tests left files in the repository: {', '.join(left[:20])}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def write_sharded_checkpoint(
+    path: Path, step: int, items: dict | None = None, metadata: bool = True
+) -> Path:
+    """A sharded checkpoint as Lightning's ModelParallelStrategy writes one, in miniature:
+    torch.distributed.checkpoint's shards and index of ``items`` (by default a weight
+    and an optimizer setting), then (``metadata``) meta.pt with the step, written last."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    if items is None:
+        weights = {"model.w": torch.full((2,), float(step))}
+        items = {"state_dict": weights, "optimizer_0": {"param_groups": [{"lr": 0.1}]}}
+    with warnings.catch_warnings():  # one process and no process group, as meant here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(items, checkpoint_id=path, no_dist=True)
+    if metadata:
+        torch.save({"global_step": step}, path / "meta.pt")
+    return path

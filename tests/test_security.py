@@ -19,7 +19,7 @@ from kdlab.cli import main as kdlab_main
 from kdlab.errors import ConfigError
 from kdlab.laws.published import paper_fit_document
 from kdlab.rundb import RunStore
-from tests.conftest import FAST, compose_run, run_cli
+from tests.conftest import FAST, compose_run, run_cli, write_sharded_checkpoint
 from tests.test_report import build_study
 
 
@@ -187,6 +187,44 @@ def test_a_last_checkpoint_in_torch_format_with_code_is_refused_by_the_command(
     )
     assert "Traceback" not in result.stderr
     assert rows(tmp_path) == []
+
+
+def test_a_sharded_checkpoint_with_code_in_its_index_or_an_item_is_refused_unrun(
+    tmp_path: Path,
+) -> None:
+    """torch reads a sharded (FSDP) checkpoint's index with plain pickle and its items
+    that are not tensors with weights_only=False. kdlab reads both as data before a
+    resume: code in either is refused in one sentence (exit 2 from the command), never
+    run, and the checkpoint stays as evidence."""
+    import torch
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from kdlab.checkpoints import resume_point
+    from kdlab.run_plan import plan_run
+
+    marker = tmp_path / "marker"
+    plan = plan_run(compose_run(tmp_path, *TINY))
+    in_index = write_sharded_checkpoint(plan.run_dir / "checkpoints" / "last.ckpt", 4)
+    write_marker_pickle(in_index / ".metadata", marker)
+    result = run_cli("kdlab.train", f"paths.root_dir={tmp_path}", *FAST, *TINY)
+    assert not marker.exists()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"kdlab-train: error: the run's checkpoint {in_index} holds more than tensors and "
+        "plain values, and kdlab never runs code from a weights file, so it is refused"
+    )
+    assert rows(tmp_path) == [] and (in_index / ".metadata").is_file()
+
+    items = {"state_dict": {"model.w": torch.ones(2)}}
+    items["optimizer_0"] = {"param_groups": [{"name": _WritesMarker(marker)}]}
+    in_item = write_sharded_checkpoint(tmp_path / "other" / "last.ckpt", 4, items=items)
+    with pytest.raises(ConfigError, match=f"checkpoint {in_item} holds more than tensors"):
+        resume_point([in_item])
+    assert not marker.exists() and in_item.is_dir()
+
+    with contextlib.suppress(AttributeError):  # the payload returns None, not an index
+        FileSystemReader(in_index).read_metadata()
+    assert marker.exists()  # the attack is real: torch's own reader runs it
 
 
 def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
