@@ -369,6 +369,12 @@ def test_resume_takes_the_newest_complete_checkpoint_file_or_sharded_directory(t
     assert not hpc_previous.exists() and "does not load" in capsys.readouterr().err
     [damaged] = (tmp_path / ".kdlab-aside").glob("hpc_ckpt_2.ckpt.old.corrupt-*")
     assert (damaged / SHARDED_METADATA).read_bytes() == b"x"
+    # as is one an older kdlab's FSDP1 strategy wrote, whose items this one cannot load
+    fsdp1 = write_sharded_checkpoint(tmp_path / "hpc_ckpt_3.ckpt", 6, {"model.w": torch.ones(2)})
+    assert _resume_checkpoint(attempt) == previous and not fsdp1.exists()
+    assert "its shards hold model.w, as kdlab's FSDP1 strategy wrote them" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_sharded_checkpoint_swap_cut_anywhere_leaves_a_whole_one_to_resume(tmp_path, monkeypatch):
