@@ -26,7 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import pickle
+import re
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,7 @@ def _first_line(err: Exception) -> str:
 
 SHARDED_INDEX = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
 SHARDED_NAMES = ("state_dict.", "optimizer_")  # how Lightning's ModelParallelStrategy names items
+SHARD_FILE = re.compile(r"__\d+_\d+\.distcp")  # what torch's writer names a rank's shard file
 
 
 class _IndexUnpickler(pickle.Unpickler):
@@ -179,10 +182,61 @@ class _IndexUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        dtype = module == "torch" and isinstance(vars(torch).get(name), torch.dtype)
         if (module, name) not in self.RECORDS and not dtype:
             raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
         return super().find_class(module, name)
+
+
+def _read_index(path: Path) -> Any:
+    """The index of the sharded checkpoint at ``path``, read as data and checked: torch's
+    own records, every item stored in a shard file of this folder, within its bytes.
+    Raises ConfigError for code, _Unreadable for anything else wrong."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        StorageMeta,
+        TensorStorageMetadata,
+    )
+
+    try:
+        with open(path / SHARDED_INDEX, "rb") as handle:
+            index = _IndexUnpickler(handle).load()
+    except pickle.UnpicklingError:
+        raise _code_refused(path) from None
+    except Exception as err:
+        raise _Unreadable(f"its index: {_first_line(err)}") from None
+    items = getattr(index, "state_dict_metadata", None)
+    storage = getattr(index, "storage_data", None)
+    if not (
+        type(index) is Metadata
+        and type(index.storage_meta) in (StorageMeta, type(None))
+        and isinstance(items, dict)
+        and all(isinstance(name, str) for name in items)
+        and all(isinstance(v, TensorStorageMetadata | BytesStorageMetadata) for v in items.values())
+        and isinstance(storage, dict)
+        and all(type(k) is MetadataIndex and k.fqn in items for k in storage)
+        and all(type(v) is _StorageInfo for v in storage.values())
+    ):
+        raise _Unreadable("its index is not one torch.distributed.checkpoint writes")
+    sizes = {}
+    for info in storage.values():
+        name = info.relative_path
+        if not (isinstance(name, str) and SHARD_FILE.fullmatch(name)):
+            raise _Unreadable(f"its index names {name!r}, not a shard file of its own")
+        if name not in sizes:
+            mode = (path / name).lstat()  # a link could lead out of the folder
+            if not stat.S_ISREG(mode.st_mode):
+                raise _Unreadable(f"its shard file {name} is not a plain file")
+            sizes[name] = mode.st_size
+        span = (info.offset, info.length)
+        if not all(type(n) is int and n >= 0 for n in span) or sum(span) > sizes[name]:
+            raise _Unreadable(f"its index points past the end of {name}")
+        if info.transform_descriptors:
+            raise _Unreadable(f"its shard file {name} holds items stored transformed")
+    return index
 
 
 def _check_sharded(path: Path) -> None:
@@ -192,29 +246,65 @@ def _check_sharded(path: Path) -> None:
 
     if not _holds(_load_as_data(path / SHARDED_METADATA, path), "global_step"):
         raise _Unreadable("not a Lightning checkpoint (no global_step)")
-    try:
-        with open(path / SHARDED_INDEX, "rb") as handle:
-            index = _IndexUnpickler(handle).load()
-        items, storage = index.state_dict_metadata, index.storage_data
-    except pickle.UnpicklingError:
-        raise _code_refused(path) from None
-    except Exception as err:
-        raise _Unreadable(f"its index: {_first_line(err)}") from None
-    foreign = sorted(name for name in items if not name.startswith(SHARDED_NAMES))
+    index = _read_index(path)
+    names = index.state_dict_metadata
+    foreign = sorted(name for name in names if not name.startswith(SHARDED_NAMES))
     if foreign:  # FSDP1's layout: model.* at the top
         raise _Unreadable(
             f"its shards hold {foreign[0]}, as kdlab's FSDP1 strategy wrote them; this "
             "kdlab's FSDP2 strategy reads state_dict.* and optimizer_* items"
         )
-    for where, info in storage.items():
-        if not isinstance(items.get(where.fqn), BytesStorageMetadata):
+    for where, info in index.storage_data.items():
+        if not isinstance(names[where.fqn], BytesStorageMetadata):
             continue  # a tensor: torch loads those with weights_only
-        if info.transform_descriptors:
-            raise _Unreadable(f"its item {where.fqn} is stored transformed")
-        with open(path / info.relative_path, "rb") as handle:
-            handle.seek(info.offset)
-            blob = io.BytesIO(handle.read(info.length))
+        try:
+            with open(path / info.relative_path, "rb") as handle:
+                handle.seek(info.offset)
+                blob = io.BytesIO(handle.read(info.length))
+        except OSError as err:  # gone meanwhile: set aside by another rank
+            raise _Unreadable(_first_line(err)) from None
         _load_as_data(blob, path)
+
+
+def load_sharded(state: dict[str, Any], path: Path) -> None:
+    """torch.distributed.checkpoint.load of ``state`` from ``path``, reading as data only:
+    the index through :func:`_read_index`, and every item that is not a tensor with
+    weights_only (torch's own reader unpickles both whole). Every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    def index_as_data() -> Any:
+        try:
+            return _read_index(path)
+        except _Unreadable as err:
+            raise ConfigError(f"the run's checkpoint {path} does not load: {err}") from None
+
+    index_as_data()  # in one sentence here; torch would wrap it in its own report
+
+    class IndexAsData(dcp.FileSystemReader):
+        def read_metadata(self) -> Any:  # no rank-local index: torch reads those with pickle
+            index = index_as_data()  # as it is when read, not as it was checked
+            if index.storage_meta is None:
+                index.storage_meta = StorageMeta()
+            index.storage_meta.load_id = self.load_id
+            return index
+
+    class ItemsAsData(dcp.DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            _load_as_data(value, path)  # raises for code; then torch's load of the same bytes
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    try:
+        dcp.load(state, storage_reader=IndexAsData(path), planner=ItemsAsData())
+    except CheckpointException as err:  # torch gathers every rank's failures into one
+        refusals = [
+            failure for failure, _ in err.failures.values() if isinstance(failure, ConfigError)
+        ]
+        if refusals:
+            raise refusals[0] from None
+        raise
 
 
 def set_aside(path: Path, reason: str) -> None:

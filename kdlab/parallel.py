@@ -41,7 +41,12 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import (
     FSDPModule,
@@ -51,7 +56,14 @@ from torch.distributed.fsdp import (
 )
 from torch.distributed.tensor import DTensor
 
-from kdlab.checkpoints import STAGED, aside, clear_staged, swap_in_directory
+from kdlab.checkpoints import (
+    SHARDED_METADATA,
+    STAGED,
+    aside,
+    clear_staged,
+    load_sharded,
+    swap_in_directory,
+)
 from kdlab.models.gpt import GPT
 from kdlab.models.ladder import ModelShape
 
@@ -102,6 +114,27 @@ class BlockFSDPStrategy(ModelParallelStrategy):
                 "would differ between ranks; shard them in configure_model (kdlab/parallel.py)"
             )
         super().setup(trainer)
+
+    def load_checkpoint(
+        self, checkpoint_path: Any, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's load of a sharded checkpoint, with torch's reader reading as data
+        only (kdlab.checkpoints.load_sharded): the weights, each optimizer's state, then
+        Lightning's own metadata, which it returns."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not path.is_dir():  # a whole checkpoint file: Lightning loads those as data
+            return super().load_checkpoint(path, weights_only=True)
+        module = self.lightning_module
+        weights = {"state_dict": get_model_state_dict(module)}
+        load_sharded(weights, path)
+        module.load_state_dict(weights["state_dict"], strict=module.strict_loading)
+        for number, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{number}"
+            state = {key: get_optimizer_state_dict(module, optimizer)}
+            load_sharded(state, path)
+            options = StateDictOptions(cpu_offload=True)
+            set_optimizer_state_dict(module, optimizer, state[key], options=options)
+        return torch.load(path / SHARDED_METADATA, map_location="cpu", weights_only=True)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None

@@ -196,10 +196,12 @@ def test_a_sharded_checkpoint_with_code_in_its_index_or_an_item_is_refused_unrun
     that are not tensors with weights_only=False. kdlab reads both as data before a
     resume: code in either is refused in one sentence (exit 2 from the command), never
     run, and the checkpoint stays as evidence."""
+    import warnings
+
     import torch
     from torch.distributed.checkpoint import FileSystemReader
 
-    from kdlab.checkpoints import resume_point
+    from kdlab.checkpoints import load_sharded, resume_point
     from kdlab.run_plan import plan_run
 
     marker = tmp_path / "marker"
@@ -221,10 +223,65 @@ def test_a_sharded_checkpoint_with_code_in_its_index_or_an_item_is_refused_unrun
     with pytest.raises(ConfigError, match=f"checkpoint {in_item} holds more than tensors"):
         resume_point([in_item])
     assert not marker.exists() and in_item.is_dir()
+    # kdlab's loader refuses it too, were it changed after that check
+    template = {"optimizer_0": {"param_groups": [{"name": "hidden"}]}}
+    with warnings.catch_warnings():  # one process and no process group, as meant here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        with pytest.raises(ConfigError, match=f"checkpoint {in_item} holds more than tensors"):
+            load_sharded(template, in_item)
+    assert not marker.exists()
 
     with contextlib.suppress(AttributeError):  # the payload returns None, not an index
         FileSystemReader(in_index).read_metadata()
     assert marker.exists()  # the attack is real: torch's own reader runs it
+
+
+def test_a_sharded_checkpoint_that_leads_torch_elsewhere_is_set_aside_and_never_loaded(
+    tmp_path: Path, capsys
+) -> None:
+    """An index torch's loader would fail on, so that it falls back to a rank-local index
+    it unpickles whole, or one that points outside the folder: kdlab sets the checkpoint
+    aside before a resume, and its own loader refuses it even if asked directly."""
+    import warnings
+
+    import torch
+
+    from kdlab.checkpoints import SHARDED_INDEX, _IndexUnpickler, load_sharded, resume_point
+
+    marker = tmp_path / "marker"
+
+    def tampered(name: str, change) -> Path:
+        checkpoint = write_sharded_checkpoint(tmp_path / name / "last.ckpt", 4)
+        with open(checkpoint / SHARDED_INDEX, "rb") as handle:
+            index = _IndexUnpickler(handle).load()
+        change(index)
+        (checkpoint / SHARDED_INDEX).write_bytes(pickle.dumps(index))
+        return checkpoint
+
+    def no_storage_meta(index) -> None:
+        index.storage_meta = 1  # torch fails on this, then reads __0.metadata
+
+    def outside(index) -> None:
+        for info in index.storage_data.values():
+            info.relative_path = "../../secret.pt"
+
+    fallback = tampered("fallback", no_storage_meta)
+    write_marker_pickle(fallback / "__0.metadata", marker)
+    leading_out = tampered("outside", outside)
+    (tmp_path / "secret.pt").write_bytes(b"x" * 10_000)
+    for checkpoint, reason in (
+        (fallback, "its index is not one torch.distributed.checkpoint writes"),
+        (leading_out, "its index names '../../secret.pt', not a shard file of its own"),
+    ):
+        state = {"state_dict": {"model.w": torch.zeros(2)}}
+        with warnings.catch_warnings():  # one process and no process group, as meant here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            with pytest.raises(ConfigError, match=f"checkpoint {checkpoint} does not load: "):
+                load_sharded(state, checkpoint)
+        assert resume_point([checkpoint]) is None and not checkpoint.exists()
+        assert reason in capsys.readouterr().err
+        assert torch.equal(state["state_dict"]["model.w"], torch.zeros(2))  # nothing read
+    assert not marker.exists()
 
 
 def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
