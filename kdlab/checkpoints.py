@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import pickle
 import re
 import shutil
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -108,8 +109,13 @@ def unreadable(path: Path) -> str | None:
     the end, and no tensor is copied. A sharded checkpoint (a directory) is checked
     through everything torch's loader would unpickle whole: Lightning's metadata, the
     index of its items, and each item that is not a tensor. Code in any of them is
-    refused (ConfigError), never run.
+    refused (ConfigError), never run, and nothing outside the checkpoint is read. A
+    crafted index can still cost time or memory (as any pickle, or torch's weights_only
+    loads, can): whoever can write a run's folder can delete it anyway; what kdlab
+    guarantees is that its files never run code or lead elsewhere.
     """
+    if path.is_symlink():  # it could lead to another run's, or another user's, checkpoint
+        return f"a link to {os.readlink(path)}; a run resumes only from its own checkpoints"
     try:
         if path.is_dir():
             _check_sharded(path)
@@ -157,35 +163,69 @@ SHARDED_NAMES = ("state_dict.", "optimizer_")  # how Lightning's ModelParallelSt
 SHARD_FILE = re.compile(r"__\d+_\d+\.distcp")  # what torch's writer names a rank's shard file
 
 
-class _IndexUnpickler(pickle.Unpickler):
-    """Unpickles torch.distributed.checkpoint's index and nothing else: its own records,
-    torch sizes, dtypes and layouts, and paths. torch reads it with plain pickle."""
+def _no_path(*parts: Any) -> None:
+    """Stands in for the path torch records as the index's checkpoint_id: loading does not
+    use it, and building it could cost memory the pickle does not (shared references)."""
+    return None
 
-    RECORDS = {
-        ("torch.distributed.checkpoint.metadata", name)
-        for name in (
-            "Metadata",
-            "MetadataIndex",
-            "StorageMeta",
-            "TensorProperties",
-            "TensorStorageMetadata",
-            "BytesStorageMetadata",
-            "ChunkStorageMetadata",
-            "_MEM_FORMAT_ENCODING",
-        )
-    } | {
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-        ("torch.serialization", "_get_layout"),
-        ("torch", "Size"),
-        ("pathlib", "PosixPath"),
-        ("pathlib", "PurePosixPath"),
-    }
+
+class _IndexUnpickler(pickle._Unpickler):
+    """Unpickles torch.distributed.checkpoint's index and nothing else: its own records,
+    torch sizes, dtypes and layouts (torch reads it with plain pickle). Python's own
+    implementation, so BUILD can be limited to those records: on a class it would set the
+    class's attributes (pathlib's, say) for the whole process."""
+
+    RECORD_NAMES = (
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
-        dtype = module == "torch" and isinstance(vars(torch).get(name), torch.dtype)
-        if (module, name) not in self.RECORDS and not dtype:
-            raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
-        return super().find_class(module, name)
+        from torch.distributed.checkpoint import filesystem, metadata
+
+        if module == "torch.distributed.checkpoint.metadata" and name in self.RECORD_NAMES:
+            return getattr(metadata, name)
+        if (module, name) == ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):
+            return filesystem._StorageInfo
+        if (module, name) == ("torch.serialization", "_get_layout"):
+            return torch.serialization._get_layout
+        if (module, name) == ("pathlib", "PosixPath"):
+            return _no_path
+        if module == "torch" and (name == "Size" or isinstance(vars(torch).get(name), torch.dtype)):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
+
+    def _build_a_record(self) -> None:
+        from torch.distributed.checkpoint import filesystem, metadata
+
+        records = [getattr(metadata, name) for name in self.RECORD_NAMES]
+        if type(self.stack[-2]) not in (*records, filesystem._StorageInfo):
+            raise pickle.UnpicklingError("a checkpoint index builds only its own records")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _build_a_record
+
+
+def _open_plain(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a plain file, not a link (which could lead out
+    of the run's folder) nor a pipe (which could block the read forever)."""
+    if path.is_symlink():
+        raise _Unreadable(f"{path.name} is a link")
+    try:  # and if it became one since: O_NOFOLLOW
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        raise _Unreadable(f"{path.name}: {_first_line(err)}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _Unreadable(f"{path.name} is not a plain file")
+    return os.fdopen(fd, "rb")
 
 
 def _read_index(path: Path) -> Any:
@@ -202,8 +242,10 @@ def _read_index(path: Path) -> Any:
     )
 
     try:
-        with open(path / SHARDED_INDEX, "rb") as handle:
+        with _open_plain(path / SHARDED_INDEX) as handle:
             index = _IndexUnpickler(handle).load()
+    except _Unreadable:
+        raise
     except pickle.UnpicklingError:
         raise _code_refused(path) from None
     except Exception as err:
@@ -221,16 +263,17 @@ def _read_index(path: Path) -> Any:
         and all(type(v) is _StorageInfo for v in storage.values())
     ):
         raise _Unreadable("its index is not one torch.distributed.checkpoint writes")
+    weights = [name for name in items if name.startswith("state_dict.")]
+    if not all(type(items[name]) is TensorStorageMetadata for name in weights):
+        raise _Unreadable("its index stores a weight as something other than a tensor")
     sizes = {}
     for info in storage.values():
         name = info.relative_path
         if not (isinstance(name, str) and SHARD_FILE.fullmatch(name)):
             raise _Unreadable(f"its index names {name!r}, not a shard file of its own")
         if name not in sizes:
-            mode = (path / name).lstat()  # a link could lead out of the folder
-            if not stat.S_ISREG(mode.st_mode):
-                raise _Unreadable(f"its shard file {name} is not a plain file")
-            sizes[name] = mode.st_size
+            with _open_plain(path / name) as shard:
+                sizes[name] = os.fstat(shard.fileno()).st_size
         span = (info.offset, info.length)
         if not all(type(n) is int and n >= 0 for n in span) or sum(span) > sizes[name]:
             raise _Unreadable(f"its index points past the end of {name}")
@@ -244,6 +287,7 @@ def _check_sharded(path: Path) -> None:
     ``path`` reads as data and names its items as this kdlab's FSDP strategy does."""
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
+    _open_plain(path / SHARDED_METADATA).close()  # not a link, not a pipe
     if not _holds(_load_as_data(path / SHARDED_METADATA, path), "global_step"):
         raise _Unreadable("not a Lightning checkpoint (no global_step)")
     index = _read_index(path)
@@ -257,12 +301,9 @@ def _check_sharded(path: Path) -> None:
     for where, info in index.storage_data.items():
         if not isinstance(names[where.fqn], BytesStorageMetadata):
             continue  # a tensor: torch loads those with weights_only
-        try:
-            with open(path / info.relative_path, "rb") as handle:
-                handle.seek(info.offset)
-                blob = io.BytesIO(handle.read(info.length))
-        except OSError as err:  # gone meanwhile: set aside by another rank
-            raise _Unreadable(_first_line(err)) from None
+        with _open_plain(path / info.relative_path) as handle:  # gone: set aside meanwhile
+            handle.seek(info.offset)
+            blob = io.BytesIO(handle.read(info.length))
         _load_as_data(blob, path)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -246,17 +247,12 @@ def test_a_sharded_checkpoint_that_leads_torch_elsewhere_is_set_aside_and_never_
 
     import torch
 
-    from kdlab.checkpoints import SHARDED_INDEX, _IndexUnpickler, load_sharded, resume_point
+    from kdlab.checkpoints import load_sharded, resume_point
 
     marker = tmp_path / "marker"
 
     def tampered(name: str, change) -> Path:
-        checkpoint = write_sharded_checkpoint(tmp_path / name / "last.ckpt", 4)
-        with open(checkpoint / SHARDED_INDEX, "rb") as handle:
-            index = _IndexUnpickler(handle).load()
-        change(index)
-        (checkpoint / SHARDED_INDEX).write_bytes(pickle.dumps(index))
-        return checkpoint
+        return _with_index_changed(tmp_path / name / "last.ckpt", change)
 
     def no_storage_meta(index) -> None:
         index.storage_meta = 1  # torch fails on this, then reads __0.metadata
@@ -282,6 +278,72 @@ def test_a_sharded_checkpoint_that_leads_torch_elsewhere_is_set_aside_and_never_
         assert reason in capsys.readouterr().err
         assert torch.equal(state["state_dict"]["model.w"], torch.zeros(2))  # nothing read
     assert not marker.exists()
+
+
+def _with_index_changed(checkpoint: Path, change) -> Path:
+    """A sharded checkpoint whose index ``change`` edited."""
+    from kdlab.checkpoints import SHARDED_INDEX, _IndexUnpickler
+
+    write_sharded_checkpoint(checkpoint, 4)
+    with open(checkpoint / SHARDED_INDEX, "rb") as handle:
+        index = _IndexUnpickler(handle).load()
+    change(index)
+    (checkpoint / SHARDED_INDEX).write_bytes(pickle.dumps(index))
+    return checkpoint
+
+
+def test_a_sharded_checkpoint_reaching_past_its_records_or_folder_is_stopped(
+    tmp_path: Path, capsys
+) -> None:
+    """An index that sets a class's attributes (pickle's BUILD on a class: pathlib's would
+    redirect every path of the process) is refused as code; an index that is a pipe (a
+    read that never ends), metadata or a whole checkpoint that is a link (another run's),
+    and a weight stored as bytes are set aside, each with its reason."""
+    import threading
+
+    import torch
+
+    from kdlab.checkpoints import SHARDED_INDEX, SHARDED_METADATA, resume_point, unreadable
+
+    classy = write_sharded_checkpoint(tmp_path / "classy" / "last.ckpt", 4)
+    build_on_a_class = b"ctorch\nSize\nN}X\x0c\x00\x00\x00kdlab_markerK\x01s\x86b0"
+    index = classy / SHARDED_INDEX
+    index.write_bytes(build_on_a_class + index.read_bytes())
+    with pytest.raises(ConfigError, match=f"checkpoint {classy} holds more than tensors"):
+        resume_point([classy])
+    assert not hasattr(torch.Size, "kdlab_marker") and classy.is_dir()
+
+    piped = write_sharded_checkpoint(tmp_path / "piped" / "last.ckpt", 4)
+    (piped / SHARDED_INDEX).unlink()
+    os.mkfifo(piped / SHARDED_INDEX)
+    answer = []
+    reader = threading.Thread(target=lambda: answer.append(unreadable(piped)), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert answer == [".metadata is not a plain file"]
+
+    elsewhere = write_sharded_checkpoint(tmp_path / "other-run" / "last.ckpt", 9)
+    linked_metadata = write_sharded_checkpoint(tmp_path / "linked-meta" / "last.ckpt", 4)
+    (linked_metadata / SHARDED_METADATA).unlink()
+    (linked_metadata / SHARDED_METADATA).symlink_to(elsewhere / SHARDED_METADATA)
+    linked = tmp_path / "linked" / "last.ckpt"
+    linked.parent.mkdir()
+    linked.symlink_to(elsewhere, target_is_directory=True)
+
+    def weight_as_bytes(index) -> None:
+        from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+        index.state_dict_metadata["state_dict.model.w"] = BytesStorageMetadata()
+
+    as_bytes = _with_index_changed(tmp_path / "as-bytes" / "last.ckpt", weight_as_bytes)
+    for checkpoint, reason in (
+        (linked_metadata, "(meta.pt is a link)"),
+        (linked, f"a link to {elsewhere}; a run resumes only from its own checkpoints"),
+        (as_bytes, "its index stores a weight as something other than a tensor"),
+    ):
+        assert resume_point([checkpoint]) is None and not checkpoint.exists()
+        assert reason in capsys.readouterr().err
+    assert (elsewhere / SHARDED_METADATA).is_file()  # the links went aside, not their targets
 
 
 def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
