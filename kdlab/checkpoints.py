@@ -23,7 +23,9 @@ good one, or from scratch: a resume that replays the same batches reaches the sa
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import io
 import os
 import pickle
@@ -31,6 +33,9 @@ import re
 import shutil
 import stat
 import sys
+from collections.abc import Iterator
+from dataclasses import fields as dataclass_fields
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -130,8 +135,14 @@ class _Unreadable(Exception):
     """A checkpoint that does not load: set aside, not refused."""
 
 
-def _load_as_data(source: Path | io.BytesIO, checkpoint: Path) -> Any:
-    """torch.load of tensors and plain values only."""
+def _load_as_data(source: Path | BinaryIO, checkpoint: Path) -> Any:
+    """torch.load of tensors and plain values only, from a path (memory-mapped) or an open
+    file, which must be a torch archive: torch reads anything else as a legacy pickle,
+    and a damaged file would then look like one asking to run code."""
+    if not isinstance(source, Path) and source.read(4) != b"PK\x03\x04":
+        raise _Unreadable("not a torch archive")
+    if not isinstance(source, Path):
+        source.seek(0)
     try:
         state = torch.load(
             source, map_location="cpu", weights_only=True, mmap=isinstance(source, Path)
@@ -203,35 +214,60 @@ class _IndexUnpickler(pickle._Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
 
     def _build_a_record(self) -> None:
+        """BUILD as torch's records are built: a dataclass instance given its own fields
+        (TensorProperties: the tuple its __setstate__ takes). Never a class, nor an enum
+        member, which are shared by the whole process; never attributes besides fields,
+        which could shadow a record's methods."""
         from torch.distributed.checkpoint import filesystem, metadata
 
+        record, state = self.stack[-2], self.stack[-1]
         records = [getattr(metadata, name) for name in self.RECORD_NAMES]
-        if type(self.stack[-2]) not in (*records, filesystem._StorageInfo):
+        records = [kind for kind in (*records, filesystem._StorageInfo) if is_dataclass(kind)]
+        if type(record) not in records:
             raise pickle.UnpicklingError("a checkpoint index builds only its own records")
+        if type(record) is metadata.TensorProperties:
+            fits = isinstance(state, tuple) and len(state) == 5
+        else:
+            fields = {field.name for field in dataclass_fields(record)}
+            fits = isinstance(state, dict) and all(key in fields for key in state)
+        if not fits:
+            raise pickle.UnpicklingError("a checkpoint record is built from its fields only")
         pickle._Unpickler.load_build(self)
 
     dispatch[pickle.BUILD[0]] = _build_a_record
 
 
-def _open_plain(path: Path) -> BinaryIO:
-    """``path`` opened for reading if it is a plain file, not a link (which could lead out
-    of the run's folder) nor a pipe (which could block the read forever)."""
-    if path.is_symlink():
-        raise _Unreadable(f"{path.name} is a link")
-    try:  # and if it became one since: O_NOFOLLOW
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+def _open_folder(path: Path) -> int:
+    """A descriptor of the sharded checkpoint folder ``path``, if it is one and not a link:
+    its files are then opened through it (:func:`_open_plain`), so what they are cannot
+    change with what the path leads to meanwhile."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as err:
-        raise _Unreadable(f"{path.name}: {_first_line(err)}") from None
+        raise _Unreadable(
+            "it is a link" if err.errno == errno.ELOOP else _first_line(err)
+        ) from None
+
+
+def _open_plain(name: str, folder: int) -> BinaryIO:
+    """The file ``name`` of ``folder`` opened for reading if it is a plain file, not a link
+    (which could lead out of the run's folder) nor a pipe (which could block forever)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError as err:
+        raise _Unreadable(
+            f"{name} is a link" if err.errno == errno.ELOOP else f"{name}: {_first_line(err)}"
+        ) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise _Unreadable(f"{path.name} is not a plain file")
+        raise _Unreadable(f"{name} is not a plain file")
     return os.fdopen(fd, "rb")
 
 
-def _read_index(path: Path) -> Any:
-    """The index of the sharded checkpoint at ``path``, read as data and checked: torch's
-    own records, every item stored in a shard file of this folder, within its bytes.
-    Raises ConfigError for code, _Unreadable for anything else wrong."""
+def _read_index(path: Path, folder: int) -> Any:
+    """The index of the sharded checkpoint at ``path`` (opened as ``folder``), read as data
+    and checked: torch's own records, every item stored in a shard file of this folder,
+    within its bytes. Raises ConfigError for code, _Unreadable for anything else wrong."""
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import (
         BytesStorageMetadata,
@@ -242,7 +278,7 @@ def _read_index(path: Path) -> Any:
     )
 
     try:
-        with _open_plain(path / SHARDED_INDEX) as handle:
+        with _open_plain(SHARDED_INDEX, folder) as handle:
             index = _IndexUnpickler(handle).load()
     except _Unreadable:
         raise
@@ -252,16 +288,22 @@ def _read_index(path: Path) -> Any:
         raise _Unreadable(f"its index: {_first_line(err)}") from None
     items = getattr(index, "state_dict_metadata", None)
     storage = getattr(index, "storage_data", None)
-    if not (
-        type(index) is Metadata
-        and type(index.storage_meta) in (StorageMeta, type(None))
-        and isinstance(items, dict)
-        and all(isinstance(name, str) for name in items)
-        and all(isinstance(v, TensorStorageMetadata | BytesStorageMetadata) for v in items.values())
-        and isinstance(storage, dict)
-        and all(type(k) is MetadataIndex and k.fqn in items for k in storage)
-        and all(type(v) is _StorageInfo for v in storage.values())
-    ):
+    try:  # a record built twice can hold anything: checks that raise say no, too
+        torch_wrote_it = (
+            type(index) is Metadata
+            and type(index.storage_meta) in (StorageMeta, type(None))
+            and isinstance(items, dict)
+            and all(type(name) is str for name in items)
+            and all(
+                type(v) in (TensorStorageMetadata, BytesStorageMetadata) for v in items.values()
+            )
+            and isinstance(storage, dict)
+            and all(type(k) is MetadataIndex and type(k.fqn) is str for k in storage)
+            and all(k.fqn in items and type(v) is _StorageInfo for k, v in storage.items())
+        )
+    except Exception:
+        torch_wrote_it = False
+    if not torch_wrote_it:
         raise _Unreadable("its index is not one torch.distributed.checkpoint writes")
     weights = [name for name in items if name.startswith("state_dict.")]
     if not all(type(items[name]) is TensorStorageMetadata for name in weights):
@@ -272,7 +314,7 @@ def _read_index(path: Path) -> Any:
         if not (isinstance(name, str) and SHARD_FILE.fullmatch(name)):
             raise _Unreadable(f"its index names {name!r}, not a shard file of its own")
         if name not in sizes:
-            with _open_plain(path / name) as shard:
+            with _open_plain(name, folder) as shard:
                 sizes[name] = os.fstat(shard.fileno()).st_size
         span = (info.offset, info.length)
         if not all(type(n) is int and n >= 0 for n in span) or sum(span) > sizes[name]:
@@ -287,45 +329,85 @@ def _check_sharded(path: Path) -> None:
     ``path`` reads as data and names its items as this kdlab's FSDP strategy does."""
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
-    _open_plain(path / SHARDED_METADATA).close()  # not a link, not a pipe
-    if not _holds(_load_as_data(path / SHARDED_METADATA, path), "global_step"):
-        raise _Unreadable("not a Lightning checkpoint (no global_step)")
-    index = _read_index(path)
-    names = index.state_dict_metadata
-    foreign = sorted(name for name in names if not name.startswith(SHARDED_NAMES))
-    if foreign:  # FSDP1's layout: model.* at the top
-        raise _Unreadable(
-            f"its shards hold {foreign[0]}, as kdlab's FSDP1 strategy wrote them; this "
-            "kdlab's FSDP2 strategy reads state_dict.* and optimizer_* items"
-        )
-    for where, info in index.storage_data.items():
-        if not isinstance(names[where.fqn], BytesStorageMetadata):
-            continue  # a tensor: torch loads those with weights_only
-        with _open_plain(path / info.relative_path) as handle:  # gone: set aside meanwhile
-            handle.seek(info.offset)
-            blob = io.BytesIO(handle.read(info.length))
-        _load_as_data(blob, path)
+    folder = _open_folder(path)
+    try:
+        if not _holds(_read_lightning_metadata(path, folder), "global_step"):
+            raise _Unreadable("not a Lightning checkpoint (no global_step)")
+        index = _read_index(path, folder)
+        names = index.state_dict_metadata
+        foreign = sorted(name for name in names if not name.startswith(SHARDED_NAMES))
+        if foreign:  # FSDP1's layout: model.* at the top
+            raise _Unreadable(
+                f"its shards hold {foreign[0]}, as kdlab's FSDP1 strategy wrote them; this "
+                "kdlab's FSDP2 strategy reads state_dict.* and optimizer_* items"
+            )
+        for where, info in index.storage_data.items():
+            if not isinstance(names[where.fqn], BytesStorageMetadata):
+                continue  # a tensor: torch loads those with weights_only
+            with _open_plain(info.relative_path, folder) as handle:
+                handle.seek(info.offset)
+                blob = io.BytesIO(handle.read(info.length))
+            _load_as_data(blob, path)
+    finally:
+        os.close(folder)
+
+
+def _read_lightning_metadata(path: Path, folder: int) -> Any:
+    with _open_plain(SHARDED_METADATA, folder) as handle:
+        return _load_as_data(handle, path)
+
+
+def read_sharded_metadata(path: Path) -> dict[str, Any]:
+    """Lightning's metadata of the sharded checkpoint at ``path`` (the step, the loops'
+    and callbacks' states), read as data."""
+    try:
+        folder = _open_folder(path)
+        try:
+            return _read_lightning_metadata(path, folder)
+        finally:
+            os.close(folder)
+    except _Unreadable as err:
+        raise ConfigError(f"the run's checkpoint {path} does not load: {err}") from None
 
 
 def load_sharded(state: dict[str, Any], path: Path) -> None:
     """torch.distributed.checkpoint.load of ``state`` from ``path``, reading as data only:
-    the index through :func:`_read_index`, and every item that is not a tensor with
-    weights_only (torch's own reader unpickles both whole). Every rank calls it."""
+    the index through :func:`_read_index`, every item that is not a tensor with
+    weights_only (torch's own reader unpickles both whole), and every file through one
+    descriptor of the folder, as a plain file of its own. Every rank calls it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.filesystem import FileSystem
     from torch.distributed.checkpoint.metadata import StorageMeta
 
-    def index_as_data() -> Any:
-        try:
-            return _read_index(path)
-        except _Unreadable as err:
-            raise ConfigError(f"the run's checkpoint {path} does not load: {err}") from None
+    refusals: list[ConfigError] = []  # torch wraps what its reader raises in its own report
 
-    index_as_data()  # in one sentence here; torch would wrap it in its own report
+    def as_data(read: Any, *args: Any) -> Any:
+        try:
+            return read(*args)
+        except _Unreadable as err:
+            refusal = ConfigError(f"the run's checkpoint {path} does not load: {err}")
+        except ConfigError as err:
+            refusal = err
+        refusals.append(refusal)
+        raise refusal
+
+    folder = as_data(_open_folder, path)
+    as_data(_read_index, path, folder)  # in one sentence here; torch would wrap it
+
+    class FolderFiles(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, file: Any, mode: str) -> Iterator[BinaryIO]:
+            with as_data(_open_plain, Path(file).name, folder) as stream:  # a checked name
+                yield stream
 
     class IndexAsData(dcp.FileSystemReader):
+        def __init__(self) -> None:
+            super().__init__(path)
+            self.fs = FolderFiles()
+
         def read_metadata(self) -> Any:  # no rank-local index: torch reads those with pickle
-            index = index_as_data()  # as it is when read, not as it was checked
+            index = as_data(_read_index, path, folder)  # as it is when read
             if index.storage_meta is None:
                 index.storage_meta = StorageMeta()
             index.storage_meta.load_id = self.load_id
@@ -333,19 +415,18 @@ def load_sharded(state: dict[str, Any], path: Path) -> None:
 
     class ItemsAsData(dcp.DefaultLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-            _load_as_data(value, path)  # raises for code; then torch's load of the same bytes
-            value.seek(0)
+            as_data(_load_as_data, value, path)  # raises for code; then torch's load of the
+            value.seek(0)  # same bytes
             super().load_bytes(read_item, value)
 
     try:
-        dcp.load(state, storage_reader=IndexAsData(path), planner=ItemsAsData())
-    except CheckpointException as err:  # torch gathers every rank's failures into one
-        refusals = [
-            failure for failure, _ in err.failures.values() if isinstance(failure, ConfigError)
-        ]
+        dcp.load(state, storage_reader=IndexAsData(), planner=ItemsAsData())
+    except CheckpointException:
         if refusals:
             raise refusals[0] from None
         raise
+    finally:
+        os.close(folder)
 
 
 def set_aside(path: Path, reason: str) -> None:

@@ -57,11 +57,11 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor
 
 from kdlab.checkpoints import (
-    SHARDED_METADATA,
     STAGED,
     aside,
     clear_staged,
     load_sharded,
+    read_sharded_metadata,
     swap_in_directory,
 )
 from kdlab.models.gpt import GPT
@@ -134,7 +134,7 @@ class BlockFSDPStrategy(ModelParallelStrategy):
             load_sharded(state, path)
             options = StateDictOptions(cpu_offload=True)
             set_optimizer_state_dict(module, optimizer, state[key], options=options)
-        return torch.load(path / SHARDED_METADATA, map_location="cpu", weights_only=True)
+        return read_sharded_metadata(path)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None

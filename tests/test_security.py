@@ -312,6 +312,20 @@ def test_a_sharded_checkpoint_reaching_past_its_records_or_folder_is_stopped(
     with pytest.raises(ConfigError, match=f"checkpoint {classy} holds more than tensors"):
         resume_point([classy])
     assert not hasattr(torch.Size, "kdlab_marker") and classy.is_dir()
+    # an enum member is shared too: redefining how it pickles would break every later save
+    from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING
+
+    member = _MEM_FORMAT_ENCODING(0)
+    build_on_a_member = (
+        b"ctorch.distributed.checkpoint.metadata\n_MEM_FORMAT_ENCODING\nK\x00\x85R"
+        b"}X\r\x00\x00\x00__reduce_ex__ctorch\nSize\nsb0"
+    )
+    shared = write_sharded_checkpoint(tmp_path / "shared" / "last.ckpt", 4)
+    index = shared / SHARDED_INDEX
+    index.write_bytes(build_on_a_member + index.read_bytes())
+    with pytest.raises(ConfigError, match=f"checkpoint {shared} holds more than tensors"):
+        resume_point([shared])
+    assert "__reduce_ex__" not in vars(member)
 
     piped = write_sharded_checkpoint(tmp_path / "piped" / "last.ckpt", 4)
     (piped / SHARDED_INDEX).unlink()
@@ -344,6 +358,54 @@ def test_a_sharded_checkpoint_reaching_past_its_records_or_folder_is_stopped(
         assert resume_point([checkpoint]) is None and not checkpoint.exists()
         assert reason in capsys.readouterr().err
     assert (elsewhere / SHARDED_METADATA).is_file()  # the links went aside, not their targets
+
+
+def test_a_sharded_checkpoint_changed_after_its_check_is_read_as_checked(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Between kdlab's check and torch's reads, a shard file swapped for a link (to another
+    run's) is refused, and a whole folder swapped for a link is not followed: every file
+    is read through the folder kdlab opened and checked."""
+    import warnings
+
+    import torch
+
+    import kdlab.checkpoints as checkpoints
+
+    elsewhere = write_sharded_checkpoint(tmp_path / "other-run" / "last.ckpt", 9)
+    real_read_index = checkpoints._read_index
+
+    def load_after(swap, checkpoint: Path) -> torch.Tensor:
+        calls = []
+
+        def read_index_then_swap(*args):
+            index = real_read_index(*args)
+            calls.append(1)
+            if len(calls) == 1:  # after kdlab's check, before torch reads
+                swap(checkpoint)
+            return index
+
+        monkeypatch.setattr(checkpoints, "_read_index", read_index_then_swap)
+        state = {"state_dict": {"model.w": torch.zeros(2)}}
+        with warnings.catch_warnings():  # one process and no process group, as meant here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            checkpoints.load_sharded(state, checkpoint)
+        monkeypatch.undo()
+        return state["state_dict"]["model.w"]
+
+    def shard_to_link(checkpoint: Path) -> None:
+        (checkpoint / "__0_0.distcp").unlink()
+        (checkpoint / "__0_0.distcp").symlink_to(elsewhere / "__0_0.distcp")
+
+    def folder_to_link(checkpoint: Path) -> None:
+        checkpoint.rename(checkpoint.with_name("moved"))
+        checkpoint.symlink_to(elsewhere, target_is_directory=True)
+
+    own = write_sharded_checkpoint(tmp_path / "run" / "last.ckpt", 4)
+    with pytest.raises(ConfigError, match=f"checkpoint {own} does not load: __0_0.distcp is a"):
+        load_after(shard_to_link, own)
+    own = write_sharded_checkpoint(tmp_path / "run-b" / "last.ckpt", 4)
+    assert torch.equal(load_after(folder_to_link, own), torch.full((2,), 4.0))  # not 9s
 
 
 def test_kdlabs_own_files_load_as_data(teacher, train, tmp_path: Path) -> None:
