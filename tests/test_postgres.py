@@ -268,3 +268,60 @@ def test_wandb_import_into_postgresql(fresh_database, tmp_path):
     before = store.get(key)
     assert kdlab_main(args) == 2
     assert store.get(key) == before
+
+
+def test_a_database_created_between_two_reads_of_its_revision_is_at_head(
+    fresh_database, monkeypatch
+):
+    """Another job creates the database while this one reads its revision: whichever of
+    the two reads (its runs table, its recorded revision) comes first, the creation
+    lands after it, and the database must read as new (None) or at head, never as one
+    from before migrations. A 2-rank job's rank 1 once refused rank 0's new database so."""
+    from sqlalchemy import create_engine
+
+    from kdlab.rundb import schema_version
+
+    reads, creating = [], []
+
+    def then_another_job_creates_it() -> None:
+        reads.append(1)
+        if len(reads) == 1:
+            creating.append(1)  # the other job reads with the real functions
+            RunStore(fresh_database)
+            creating.clear()
+
+    real_inspect, real_configure = schema_version.inspect, schema_version.MigrationContext.configure
+
+    class Inspector:
+        def __init__(self, inspector):
+            self.inspector = inspector
+
+        def has_table(self, name):
+            found = self.inspector.has_table(name)
+            then_another_job_creates_it()
+            return found
+
+    class Context:
+        def __init__(self, context):
+            self.context = context
+
+        def get_current_revision(self):
+            revision = self.context.get_current_revision()
+            then_another_job_creates_it()
+            return revision
+
+    def inspect(*args, **kwargs):
+        inspector = real_inspect(*args, **kwargs)
+        return inspector if creating else Inspector(inspector)
+
+    def configure(*args, **kwargs):
+        context = real_configure(*args, **kwargs)
+        return context if creating else Context(context)
+
+    monkeypatch.setattr(schema_version, "inspect", inspect)
+    monkeypatch.setattr(schema_version.MigrationContext, "configure", configure)
+    engine = create_engine(fresh_database)
+    with engine.connect() as connection:
+        assert schema_version.current(connection) in (None, schema_version.head())
+    engine.dispose()
+    assert len(reads) == 2

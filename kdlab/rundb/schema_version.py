@@ -47,9 +47,16 @@ def known() -> set[str]:
 
 
 def current(connection: Connection) -> str | None:
-    """The database's revision; None for an empty database."""
+    """The database's revision; None for an empty database.
+
+    The runs table is looked for first: kdlab creates it and records the revision in one
+    transaction, so once the table is seen the revision is too. Read the other way round,
+    a job could miss the revision of a database another job was creating, then see its
+    table, and take it for one from before migrations (a 2-rank job did: rank 1 refused
+    the database rank 0 had just made)."""
+    has_runs = inspect(connection).has_table("runs")
     revision = MigrationContext.configure(connection).get_current_revision()
-    if revision is None and inspect(connection).has_table("runs"):
+    if revision is None and has_runs:
         return BASELINE  # made before kdlab used migrations
     return revision
 
