@@ -198,6 +198,13 @@ class _IndexUnpickler(pickle._Unpickler):
     )
     dispatch = dict(pickle._Unpickler.dispatch)
 
+    def __init__(self, file: BinaryIO) -> None:
+        from torch.distributed.checkpoint import filesystem, metadata
+
+        super().__init__(file)
+        kinds = (*(getattr(metadata, name) for name in self.RECORD_NAMES), filesystem._StorageInfo)
+        self.buildable = tuple(kind for kind in kinds if is_dataclass(kind))
+
     def find_class(self, module: str, name: str) -> Any:
         from torch.distributed.checkpoint import filesystem, metadata
 
@@ -218,12 +225,10 @@ class _IndexUnpickler(pickle._Unpickler):
         (TensorProperties: the tuple its __setstate__ takes). Never a class, nor an enum
         member, which are shared by the whole process; never attributes besides fields,
         which could shadow a record's methods."""
-        from torch.distributed.checkpoint import filesystem, metadata
+        from torch.distributed.checkpoint import metadata
 
         record, state = self.stack[-2], self.stack[-1]
-        records = [getattr(metadata, name) for name in self.RECORD_NAMES]
-        records = [kind for kind in (*records, filesystem._StorageInfo) if is_dataclass(kind)]
-        if type(record) not in records:
+        if type(record) not in self.buildable:
             raise pickle.UnpicklingError("a checkpoint index builds only its own records")
         if type(record) is metadata.TensorProperties:
             fits = isinstance(state, tuple) and len(state) == 5

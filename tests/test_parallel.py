@@ -61,6 +61,19 @@ class _StopAt(L.Callback):
             raise RuntimeError(f"stopped at step {self.step}")
 
 
+def _record_trainer(monkeypatch, seen: dict) -> None:
+    """Keep the Trainer the runner builds next as ``seen["trainer"]``."""
+    import kdlab.runner as runner
+
+    build_trainer = runner.build_trainer
+
+    def recording(*args, **kwargs):
+        seen["trainer"] = trainer = build_trainer(*args, **kwargs)
+        return trainer
+
+    monkeypatch.setattr(runner, "build_trainer", recording)
+
+
 def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
     tmp_path, process_group, monkeypatch
 ):
@@ -78,14 +91,8 @@ def test_fsdp_run_shards_blocks_and_resumes_from_its_sharded_checkpoint(
         seen["callbacks"] = callbacks
         return callbacks
 
-    build_trainer = runner.build_trainer
-
-    def recording(*args, **kwargs):
-        seen["trainer"] = trainer = build_trainer(*args, **kwargs)
-        return trainer
-
     monkeypatch.setattr(runner, "run_callbacks", stopping)
-    monkeypatch.setattr(runner, "build_trainer", recording)
+    _record_trainer(monkeypatch, seen)
     with pytest.raises(RuntimeError, match="stopped at step 6"):
         runner.execute(compose_run(tmp_path / "stopped", *overrides))
     trainer = seen["trainer"]
@@ -149,16 +156,8 @@ def test_bf16_mixed_fsdp_gathers_bf16_and_keeps_fp32_master_weights(
     """The paper's precision under FSDP: units gather and reduce in bf16 while the
     sharded master weights stay fp32, and the run ends near its fp32 twin (the same
     initial weights: both are drawn by the sharded path)."""
-    import kdlab.runner as runner
-
     seen = {}
-    build_trainer = runner.build_trainer
-
-    def recording(*args, **kwargs):
-        seen["trainer"] = trainer = build_trainer(*args, **kwargs)
-        return trainer
-
-    monkeypatch.setattr(runner, "build_trainer", recording)
+    _record_trainer(monkeypatch, seen)
     short = ["model=nano_L2", "data.tokens=16384", "data.tokens_per_param=null", FSDP_CKPT]
     fp32 = train(*short, root=tmp_path / "fp32")
     bf16 = train(*short, "trainer.precision=bf16-mixed", root=tmp_path / "bf16")  # same key
@@ -177,19 +176,12 @@ def test_a_feature_matching_student_trains_under_fsdp(train, tmp_path, process_g
     trained parameter left outside every unit is named."""
     from torch.distributed.fsdp import FSDPModule
 
-    import kdlab.runner as runner
     from kdlab.parallel import outside_units
     from tests.test_distill import STUDENT, TEACHER
 
     train(*TEACHER)
     seen = {}
-    build_trainer = runner.build_trainer
-
-    def recording(*args, **kwargs):
-        seen["trainer"] = trainer = build_trainer(*args, **kwargs)
-        return trainer
-
-    monkeypatch.setattr(runner, "build_trainer", recording)
+    _record_trainer(monkeypatch, seen)
     features = ["objective=features", "objective.features.attention_weight=0.5"]
     student = train(*STUDENT, *features, FSDP_CKPT)
     assert student["status"] == "done" and student["teacher_key"]
